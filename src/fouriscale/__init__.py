@@ -1,0 +1,27 @@
+"""FouriScale for diffusers: training-free high-resolution generation with pretrained Stable Diffusion.
+
+```python
+import fouriscale
+fouriscale.apply_fouriscale(pipe)                       # SD 1.x / 2.x / SDXL pipeline, in place
+image = pipe(prompt, height=2048, width=2048).images[0]
+fouriscale.remove_fouriscale(pipe)                      # back to the stock pipeline
+```
+"""
+
+from .config import PAPER_PRESETS, FouriScaleConfig, Preset
+from .patch import apply_fouriscale, get_plan, is_fouriscale_applied, remove_fouriscale
+from .plan import Plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "apply_fouriscale",
+    "remove_fouriscale",
+    "is_fouriscale_applied",
+    "get_plan",
+    "FouriScaleConfig",
+    "Preset",
+    "PAPER_PRESETS",
+    "Plan",
+    "__version__",
+]

@@ -1,0 +1,183 @@
+"""FouriScale settings: one frozen, validated dataclass and the paper's presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+__all__ = ["FouriScaleConfig", "Preset", "PAPER_PRESETS", "FREEU_MODES"]
+
+FREEU_MODES = ("paper", "diffusers", None)
+
+
+@dataclass(frozen=True)
+class FouriScaleConfig:
+    """Settings of FouriScale. Every field has the paper's behaviour as its default.
+
+    Settings that depend on the requested size (dilation, base size, layer base sizes, start/stop
+    steps) are derived at call time from ``height``/``width`` and the UNet's native size unless given
+    here; one config therefore serves every size and aspect ratio.
+
+    Attributes:
+        start_step (`int`, *optional*, defaults to `None`):
+            First step of the progressive phase: before it the full dilation ``d`` is used. `None` takes the
+            paper's value (10 of 50 steps for SD 1.x/2.x with ``d <= 3``, else 20 of 50), scaled to the
+            number of steps.
+        stop_step (`int`, *optional*, defaults to `None`):
+            From this step on the patched convs run as plain convs. `None` takes the paper's value (30 of 50 for
+            SD with ``d <= 3``, else 35 of 50), scaled to the number of steps.
+        progressive (`bool`, defaults to `True`):
+            Shrink the dilation linearly from ``d`` to 1 between ``start_step`` and ``stop_step``
+            (ablation: `False` keeps ``d`` until ``stop_step``).
+        low_pass (`bool`, defaults to `True`):
+            Low-pass filter the input of each dilated conv (the paper's structural consistency; ablation:
+            `False` leaves plain dilated convolutions, as in ScaleCrafter).
+        attention_guidance (`bool`, defaults to `True`):
+            FouriScale guidance: a third UNet branch with the weak mask whose self-attention uses the
+            queries and keys of the strongly filtered branch (ablation: `False` runs the usual two branches).
+        pad_then_crop (`bool`, defaults to `True`):
+            Pad feature maps to the base aspect ratio before filtering and crop after (arbitrary aspect
+            ratios; ablation: `False` filters at the map's own size).
+        amp_guidance (`bool`, defaults to `False`):
+            Multiply the guidance scale by ``amp_guidance_factor`` before ``start_step`` (the paper's advice
+            for blurry SDXL results).
+        amp_guidance_factor (`float`, defaults to `2.4`):
+            Factor of ``amp_guidance``.
+        freeu (`str`, *optional*, defaults to `"paper"`):
+            FreeU as the official scripts apply it (`"paper"`: stage chosen by the channel count of the
+            incoming hidden state), diffusers' ``enable_freeu`` (`"diffusers"`: stage chosen by up-block
+            index), or `None` for no FreeU.
+        freeu_params (`tuple[float, float, float, float]`, *optional*, defaults to `None`):
+            FreeU's ``(b1, b2, s1, s2)``. `None` picks the paper's values by family: SD 1.x
+            ``(1.2, 1.4, 0.9, 0.2)``, SD 2.x ``(1.1, 1.2, 0.9, 0.2)``, SDXL ``(1.1, 1.2, 0.6, 0.4)``.
+        dilation (`int`, *optional*, defaults to `None`):
+            Dilation ``d``. `None` derives it from the size: SD ``max(ceil(H / h0), ceil(W / w0))``; SDXL the
+            scale of the chosen base bucket.
+        base_size (`tuple[int, int]`, *optional*, defaults to `None`):
+            Reference size ``(height, width)`` in pixels. `None`: the UNet's native size for SD, the best of
+            SDXL's 40 training buckets for SDXL.
+        layers (`tuple[str, ...]`, *optional*, defaults to `None`):
+            Module paths (or glob patterns) of the convolutions to patch. `None` derives the paper's sets from
+            the UNet's structure.
+        mask_floor (`float`, *optional*, defaults to `None`):
+            Floor value ``v`` of both low-pass masks. `None`: 0 for SD, 0.6 for SDXL.
+        detail_dilation_divisor (`float`, *optional*, defaults to `None`):
+            The detail branch convolves with dilation ``ceil(max(d_i / divisor, 1))``. `None`: 1 for SD,
+            1.5 for SDXL.
+        base_size_conditioning (`bool`, defaults to `True`):
+            SDXL: set the ``original_size`` and ``target_size`` micro-conditions to the base bucket when they
+            are left at their default ``(height, width)``.
+    """
+
+    start_step: int | None = None
+    stop_step: int | None = None
+    progressive: bool = True
+    low_pass: bool = True
+    attention_guidance: bool = True
+    pad_then_crop: bool = True
+    amp_guidance: bool = False
+    amp_guidance_factor: float = 2.4
+    freeu: str | None = "paper"
+    freeu_params: tuple[float, float, float, float] | None = None
+    dilation: int | None = None
+    base_size: tuple[int, int] | None = None
+    layers: tuple[str, ...] | None = None
+    mask_floor: float | None = None
+    detail_dilation_divisor: float | None = None
+    base_size_conditioning: bool = True
+
+    def __post_init__(self) -> None:
+        def fail(name: str, problem: str) -> None:
+            raise ValueError(f"FouriScaleConfig.{name}: {problem}")
+
+        for name in ("progressive", "low_pass", "attention_guidance", "pad_then_crop", "amp_guidance",
+                     "base_size_conditioning"):  # fmt: skip
+            if not isinstance(getattr(self, name), bool):
+                fail(name, f"expected True or False, got {getattr(self, name)!r}")
+        for name in ("start_step", "stop_step"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 0):
+                fail(name, f"expected a step number >= 0 or None, got {value!r}")
+        if self.start_step is not None and self.stop_step is not None and self.start_step > self.stop_step:
+            fail("start_step", f"start_step ({self.start_step}) must not exceed stop_step ({self.stop_step})")
+        if not _is_number(self.amp_guidance_factor) or not self.amp_guidance_factor > 0:
+            fail("amp_guidance_factor", f"expected a positive number, got {self.amp_guidance_factor!r}")
+        if self.freeu not in FREEU_MODES:
+            fail("freeu", f"expected 'paper', 'diffusers' or None, got {self.freeu!r}")
+        if self.freeu_params is not None:
+            params = self.freeu_params
+            if not isinstance(params, (tuple, list)) or len(params) != 4 or not all(_is_number(p) for p in params):
+                fail("freeu_params", f"expected four numbers (b1, b2, s1, s2), got {params!r}")
+            object.__setattr__(self, "freeu_params", tuple(float(p) for p in params))
+        if self.dilation is not None and (not _is_int(self.dilation) or self.dilation < 1):
+            fail("dilation", f"expected an integer >= 1 or None, got {self.dilation!r}")
+        if self.base_size is not None:
+            size = self.base_size
+            if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_int(s) and s > 0 for s in size):
+                fail("base_size", f"expected (height, width) in pixels as two positive integers, got {size!r}")
+            object.__setattr__(self, "base_size", (int(size[0]), int(size[1])))
+        if self.layers is not None:
+            layers = (self.layers,) if isinstance(self.layers, str) else self.layers
+            if not isinstance(layers, (tuple, list)) or not layers or not all(isinstance(s, str) and s for s in layers):
+                fail("layers", f"expected a non-empty list of module paths, got {self.layers!r}")
+            object.__setattr__(self, "layers", tuple(layers))
+        if self.mask_floor is not None and (not _is_number(self.mask_floor) or not 0 <= self.mask_floor < 1):
+            fail("mask_floor", f"expected a number in [0, 1), got {self.mask_floor!r}")
+        if self.detail_dilation_divisor is not None and (
+            not _is_number(self.detail_dilation_divisor) or not self.detail_dilation_divisor >= 1
+        ):
+            fail("detail_dilation_divisor", f"expected a number >= 1, got {self.detail_dilation_divisor!r}")
+
+    def replace(self, **overrides) -> FouriScaleConfig:
+        """A copy with some fields changed; unknown names raise ``TypeError`` listing the valid ones."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            valid = ", ".join(f.name for f in dataclasses.fields(self))
+            raise TypeError(f"unknown FouriScale option(s) {', '.join(unknown)}; valid options: {valid}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict:
+        """Plain-Python form (JSON-serialisable) of every field."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One of the paper's experimental settings (50 DDIM steps, official start/stop steps)."""
+
+    name: str
+    family: str  # "sd1", "sd2" or "sdxl": the model the setting was reported for
+    height: int
+    width: int
+    guidance_scale: float
+    num_inference_steps: int = 50
+    config: FouriScaleConfig = field(default_factory=FouriScaleConfig)
+
+
+def _paper_presets() -> dict[str, Preset]:
+    presets = {}
+    for family, label in (("sd1", "sd1.5"), ("sd2", "sd2.1")):
+        for h, w, window in ((1024, 1024, (10, 30)), (1280, 1280, (10, 30)), (1024, 2048, (20, 35)), (2048, 2048, (20, 35))):
+            name = f"{label}-{w}x{h}"
+            presets[name] = Preset(name, family, h, w, 7.5, config=FouriScaleConfig(start_step=window[0], stop_step=window[1]))
+    for h, w in ((2048, 2048), (2560, 2560), (2048, 4096), (4096, 4096)):
+        name = f"sdxl-{w}x{h}"
+        presets[name] = Preset(name, "sdxl", h, w, 5.0, config=FouriScaleConfig(start_step=20, stop_step=35))
+    return presets
+
+
+#: The paper's settings by name, e.g. ``PAPER_PRESETS["sdxl-4096x4096"]`` (names are ``WIDTHxHEIGHT``).
+PAPER_PRESETS: dict[str, Preset] = _paper_presets()

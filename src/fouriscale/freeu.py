@@ -1,0 +1,95 @@
+"""FreeU as the FouriScale paper applied it (layer 3), and the switch to diffusers' own FreeU.
+
+The official scripts decide FreeU's stage by the channel count of the hidden state entering each
+up-block resnet: the UNet's deepest width gets ``(b1, s1)``, half of it gets ``(b2, s2)``. The first
+half of the hidden state's channels is multiplied by ``b`` and the skip feature is Fourier-filtered
+with ``s``. diffusers' ``enable_freeu`` instead picks the stage by up-block index; on SD 1.5 the paper's
+rule also gates the first resnet of ``up_blocks.2``.
+
+Diffusers concatenates ``[hidden, skip]`` right before calling each resnet, so the paper's variant is
+a forward pre-hook on the resnet that splits the concatenation at the known backbone width.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .profiles import FreeUSite, ModelProfile
+from .spectral import freeu_filter
+from .state import Runtime
+
+__all__ = ["freeu_stage", "PaperFreeUHook", "attach_paper_freeu", "DiffusersFreeU"]
+
+
+def freeu_stage(backbone_channels: int, deepest_channels: int) -> int | None:
+    """Stage of the paper's FreeU: 1 when the incoming width is the deepest width, 2 when it is half of it."""
+    if backbone_channels == deepest_channels:
+        return 1
+    if 2 * backbone_channels == deepest_channels:
+        return 2
+    return None
+
+
+class PaperFreeUHook:
+    """Forward pre-hook of one up-block resnet: scale the backbone half, filter the skip feature."""
+
+    def __init__(self, site: FreeUSite, stage: int, runtime: Runtime) -> None:
+        self.site = site
+        self.stage = stage
+        self._runtime = runtime
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
+        state = self._runtime.state
+        if state is None or state.plan.freeu_params is None or state.plan.config.freeu != "paper" or not args:
+            return None
+        b1, b2, s1, s2 = state.plan.freeu_params
+        b, s = (b1, s1) if self.stage == 1 else (b2, s2)
+        x = args[0]
+        C = self.site.backbone_channels
+        half = C // 2
+        x = torch.cat([x[:, :half] * b, x[:, half:C], freeu_filter(x[:, C:], s)], dim=1)
+        return (x, *args[1:]), kwargs
+
+
+def attach_paper_freeu(unet: nn.Module, profile: ModelProfile, runtime: Runtime) -> list:
+    """Register the paper's FreeU pre-hooks; returns their removable handles."""
+    handles = []
+    for site in profile.freeu_sites:
+        stage = freeu_stage(site.backbone_channels, profile.deepest_channels)
+        if stage is None:
+            continue
+        resnet = unet.get_submodule(site.name)
+        handles.append(resnet.register_forward_pre_hook(PaperFreeUHook(site, stage, runtime), with_kwargs=True))
+    return handles
+
+
+class DiffusersFreeU:
+    """``freeu="diffusers"``: diffusers' ``enable_freeu`` while applied, the previous FreeU state after removal."""
+
+    _ATTRS = ("s1", "s2", "b1", "b2")
+
+    def __init__(self, unet: nn.Module, params: tuple[float, float, float, float]) -> None:
+        self.unet = unet
+        self.previous = [
+            {a: getattr(block, a, None) for a in self._ATTRS} for block in unet.up_blocks
+        ]
+        b1, b2, s1, s2 = params
+        unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+
+    def remove(self) -> None:
+        for block, saved in zip(self.unet.up_blocks, self.previous):
+            for attr, value in saved.items():
+                setattr(block, attr, value)
+
+
+def disable_diffusers_freeu(unet: nn.Module) -> DiffusersFreeU | None:
+    """Switch off a FreeU enabled through diffusers (so the paper's variant does not stack on it); returns
+    an object whose ``remove()`` restores it, or ``None`` when none was on."""
+    if not any(getattr(block, "b1", None) for block in unet.up_blocks):
+        return None
+    saved = DiffusersFreeU.__new__(DiffusersFreeU)
+    saved.unet = unet
+    saved.previous = [{a: getattr(block, a, None) for a in DiffusersFreeU._ATTRS} for block in unet.up_blocks]
+    unet.disable_freeu()
+    return saved
