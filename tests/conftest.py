@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny random pipelines saved to a temp dir and loaded back with ``from_pretrained``."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """Diffusers folders of the tiny SD 1.5-layout and SDXL-layout pipelines."""
+    from fouriscale.testing import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("models")
+    return {family: save_tiny_pipeline(str(root / family), family) for family in ("sd15", "sdxl")}
+
+
+def _load(path, family):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipe = cls.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(tiny_dirs):
+    return _load(tiny_dirs["sd15"], "sd15")
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(tiny_dirs):
+    return _load(tiny_dirs["sdxl"], "sdxl")
+
+
+@pytest.fixture
+def clean(request):
+    """Remove FouriScale from the given pipelines after the test, whatever happened."""
+    pipes = []
+    yield pipes.append
+    import fouriscale
+
+    for pipe in pipes:
+        fouriscale.remove_fouriscale(pipe)
+
+
+def latents_for(pipe, height, width, batch=1, seed=0):
+    f = pipe.vae_scale_factor
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, pipe.unet.config.in_channels, height // f, width // f, generator=g)

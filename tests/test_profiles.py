@@ -1,0 +1,101 @@
+"""Layer selection and FreeU stages read off real and tiny UNet structures."""
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel, UNet2DModel
+
+from fouriscale.freeu import freeu_stage
+from fouriscale.profiles import detect_profile
+from fouriscale.testing import real_unet_config, tiny_unet_config
+from reference import SD_LAYERS, SDXL_LAYERS
+
+
+def _meta_unet(config):
+    with torch.device("meta"):
+        return UNet2DConditionModel(**config)
+
+
+@pytest.fixture(scope="module")
+def real_unets():
+    return {family: _meta_unet(real_unet_config(family)) for family in ("sd15", "sd21", "sdxl")}
+
+
+def test_real_sd15_layers_are_the_papers(real_unets):
+    profile = detect_profile(real_unets["sd15"], 8)
+    assert sorted(s.name for s in profile.layers) == sorted(SD_LAYERS)
+    assert (profile.family, profile.variant, profile.native_latent) == ("sd", "sd1", (64, 64))
+    assert profile.freeu_values == (1.2, 1.4, 0.9, 0.2) and profile.mask_floor == 0.0
+    kinds = {s.name: s.kind for s in profile.layers}
+    assert kinds["down_blocks.2.downsamplers.0.conv"] == "downsampler"
+    assert kinds["up_blocks.1.upsamplers.0.conv"] == "upsampler"
+    assert profile.layer("down_blocks.2.downsamplers.0.conv").stride == (2, 2)
+    # The level of each layer gives the official base sizes (SD 1.5: 16 for down_blocks.2, 32 for up_blocks.2).
+    levels = {s.name.rsplit(".resnets", 1)[0]: s.level for s in profile.layers if s.kind == "conv"}
+    assert levels == {"down_blocks.2": 2, "down_blocks.3": 3, "mid_block": 3, "up_blocks.0": 3, "up_blocks.1": 2,
+                      "up_blocks.2": 1}  # fmt: skip
+
+
+def test_real_sd21_uses_the_same_layers_and_its_own_values(real_unets):
+    profile = detect_profile(real_unets["sd21"], 8)
+    assert sorted(s.name for s in profile.layers) == sorted(SD_LAYERS)
+    assert (profile.variant, profile.native_latent, profile.native_size) == ("sd2", (96, 96), (768, 768))
+    assert profile.freeu_values == (1.1, 1.2, 0.9, 0.2)
+
+
+def test_real_sdxl_layers_are_the_papers(real_unets):
+    profile = detect_profile(real_unets["sdxl"], 8)
+    assert sorted(s.name for s in profile.layers) == sorted(SDXL_LAYERS)
+    assert (profile.family, profile.native_size) == ("sdxl", (1024, 1024))
+    assert profile.freeu_values == (1.1, 1.2, 0.6, 0.4) and profile.mask_floor == 0.6
+    assert profile.detail_dilation_divisor == 1.5
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd21", "sdxl"])
+def test_tiny_models_get_the_same_names_as_real_ones(family, real_unets):
+    tiny = detect_profile(_meta_unet(tiny_unet_config(family)), 2)
+    real = detect_profile(real_unets[family], 8)
+    assert [s.name for s in tiny.layers] == [s.name for s in real.layers]
+    assert [s.name for s in tiny.freeu_sites] == [s.name for s in real.freeu_sites]
+
+
+def test_paper_freeu_gates_by_incoming_channels_on_sd15(real_unets):
+    profile = detect_profile(real_unets["sd15"], 8)
+    stages = {s.name: freeu_stage(s.backbone_channels, profile.deepest_channels) for s in profile.freeu_sites}
+    b1 = sorted(n for n, st in stages.items() if st == 1)
+    b2 = sorted(n for n, st in stages.items() if st == 2)
+    assert b1 == sorted([f"up_blocks.{b}.resnets.{r}" for b in (0, 1) for r in (0, 1, 2)] + ["up_blocks.2.resnets.0"])
+    assert b2 == ["up_blocks.2.resnets.1", "up_blocks.2.resnets.2", "up_blocks.3.resnets.0"]
+
+
+def test_paper_freeu_on_sdxl(real_unets):
+    profile = detect_profile(real_unets["sdxl"], 8)
+    stages = {s.name: freeu_stage(s.backbone_channels, profile.deepest_channels) for s in profile.freeu_sites}
+    assert sorted(n for n, st in stages.items() if st == 1) == sorted(
+        [f"up_blocks.0.resnets.{r}" for r in (0, 1, 2)] + ["up_blocks.1.resnets.0"]
+    )
+    assert sorted(n for n, st in stages.items() if st == 2) == [
+        "up_blocks.1.resnets.1", "up_blocks.1.resnets.2", "up_blocks.2.resnets.0"
+    ]  # fmt: skip
+
+
+def test_user_layers_by_name_and_pattern(real_unets):
+    unet = real_unets["sd15"]
+    profile = detect_profile(unet, 8, ("mid_block.resnets.0.conv1", "up_blocks.3.resnets.*.conv2"))
+    assert [s.name for s in profile.layers] == ["mid_block.resnets.0.conv1"] + [
+        f"up_blocks.3.resnets.{r}.conv2" for r in range(3)
+    ]
+    assert profile.layer("up_blocks.3.resnets.0.conv2").level == 0
+    with pytest.raises(ValueError, match="matches no spatial convolution"):
+        detect_profile(unet, 8, ("down_blocks.9.resnets.0.conv1",))
+    with pytest.raises(ValueError, match="matches no spatial convolution"):
+        detect_profile(unet, 8, ("down_blocks.2.resnets.0.conv_shortcut",))
+
+
+def test_unknown_layouts_are_rejected():
+    with torch.device("meta"):
+        plain = UNet2DModel(sample_size=16, block_out_channels=(32, 32, 64), layers_per_block=1,
+                            down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3)  # fmt: skip
+    with pytest.raises(ValueError, match="unknown UNet layout"):
+        detect_profile(plain, 8)
+    with pytest.raises(TypeError, match="UNet2DConditionModel"):
+        detect_profile(torch.nn.Linear(2, 2), 8)

@@ -1,0 +1,64 @@
+"""Final latents through the public API match the plain re-statement of the algorithm (tests/reference.py)."""
+
+import pytest
+import torch
+
+import fouriscale
+from conftest import latents_for
+from reference import reference_latents
+
+STEPS = 10
+
+
+def _sd_base(name):
+    """Native feature size of a layer of the tiny SD model (native latent 16): 16 >> level."""
+    block, index = name.split(".")[:2]
+    if block == "mid_block":
+        return (2, 2)
+    level = int(index) if block == "down_blocks" else 3 - int(index)
+    return (16 >> level,) * 2
+
+
+# (height, width, d, base): tiny native size is 32 px. SDXL buckets scale by 32/1024; for 64x96
+# (h x w) the best is 832x1152 -> (26, 36) with s = 3 (see test_schedule).
+SD_CASES = [(64, 64, 2), (64, 96, 3)]
+SDXL_CASES = [(64, 64, 2, (32.0, 32.0)), (64, 96, 3, (26.0, 36.0))]
+
+
+def _ours(pipe, height, width, latents, **config):
+    fouriscale.apply_fouriscale(pipe, **config)
+    try:
+        return pipe("a red cat", negative_prompt="blurry", height=height, width=width, num_inference_steps=STEPS,
+                    guidance_scale=7.5, latents=latents, output_type="latent").images  # fmt: skip
+    finally:
+        fouriscale.remove_fouriscale(pipe)
+
+
+@pytest.mark.parametrize("height, width, d", SD_CASES)
+@pytest.mark.parametrize("amp", [False, True])
+def test_sd_matches_reference(sd_pipe, height, width, d, amp):
+    latents = latents_for(sd_pipe, height, width)
+    start, stop = 2, 6  # the paper's 10/30 of 50 (d <= 3) scaled to 10 steps
+    freeu = (1.2, 1.4, 0.9, 0.2)
+    ours = _ours(sd_pipe, height, width, latents, amp_guidance=amp)
+    ref = reference_latents(sd_pipe, "a red cat", "blurry", height, width, STEPS, 7.5, latents, d=d, base=_sd_base,
+                            start=start, stop=stop, amp=amp, freeu=freeu)  # fmt: skip
+    scale = ref.abs().max()
+    torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)
+    # The comparison is sharp: moving the window by one step is far outside the tolerance.
+    shifted = _ours(sd_pipe, height, width, latents, amp_guidance=amp, start_step=start + 1, stop_step=stop)
+    assert (shifted - ref).abs().max() / scale > 1e-3
+
+
+@pytest.mark.parametrize("height, width, d, bucket", SDXL_CASES)
+@pytest.mark.parametrize("amp", [False, True])
+def test_sdxl_matches_reference(sdxl_pipe, height, width, d, bucket, amp):
+    latents = latents_for(sdxl_pipe, height, width)
+    start, stop = 4, 7  # the paper's 20/35 of 50 scaled to 10 steps
+    ours = _ours(sdxl_pipe, height, width, latents, amp_guidance=amp)
+    ref = reference_latents(sdxl_pipe, "a red cat", "blurry", height, width, STEPS, 7.5, latents, d=d, base=bucket,
+                            start=start, stop=stop, amp=amp, freeu=(1.1, 1.2, 0.6, 0.4))  # fmt: skip
+    scale = ref.abs().max()
+    torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)
+    other_floor = _ours(sdxl_pipe, height, width, latents, amp_guidance=amp, mask_floor=0.5)
+    assert (other_floor - ref).abs().max() / scale > 1e-3

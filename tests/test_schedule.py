@@ -1,0 +1,124 @@
+"""Dilation, SDXL buckets, the step schedule and step lookup."""
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
+
+from fouriscale.branches import locate_step
+from fouriscale.schedule import (
+    SDXL_BUCKETS,
+    choose_bucket,
+    conv_dilation,
+    default_window,
+    detail_conv_dilation,
+    mask_scale,
+    sd_dilation,
+    step_dilation,
+)
+
+
+def test_sd_dilation_from_latent_sizes():
+    assert sd_dilation(128, 128, 64, 64) == 2  # 1024^2 from 512
+    assert sd_dilation(160, 160, 64, 64) == 3  # 1280^2
+    assert sd_dilation(128, 256, 64, 64) == 4  # 2048x1024
+    assert sd_dilation(256, 256, 64, 64) == 4  # 2048^2
+    assert sd_dilation(64, 64, 64, 64) == 1
+    assert sd_dilation(65, 64, 64, 64) == 2
+
+
+def test_bucket_table_is_sdxls_forty():
+    assert len(SDXL_BUCKETS) == 40 == len(set(SDXL_BUCKETS))
+    assert SDXL_BUCKETS[0] == (512, 2048) and SDXL_BUCKETS[20] == (1024, 1024) and SDXL_BUCKETS[-1] == (2048, 512)
+    ratios = [h / w for h, w in SDXL_BUCKETS]
+    assert ratios == sorted(ratios)
+    assert all(h % 64 == 0 and w % 64 == 0 for h, w in SDXL_BUCKETS)
+
+
+@pytest.mark.parametrize(
+    "height, width, bucket, scale",
+    [
+        (2048, 2048, (1024, 1024), 2),
+        (4096, 4096, (1024, 1024), 4),
+        (1024, 1024, (1024, 1024), 1),
+        (768, 1280, (768, 1280), 1),
+        # s = 3 needs 683 <= bh < 1024 and 1366 <= bw < 2048: 704x1408 pads 64 + 128, 704x1472 pads 64 + 320.
+        (2048, 4096, (704, 1408), 3),
+        (4096, 2048, (1408, 704), 3),
+        # 896x1088 and 960x1024 both pad 832 at s = 3; the first in table order wins, as in the official code.
+        (2560, 2560, (896, 1088), 3),
+        (1408, 2688, (704, 1344), 2),  # exact fit
+    ],
+)
+def test_bucket_choice(height, width, bucket, scale):
+    assert choose_bucket(height, width) == (bucket, scale)
+
+
+def test_bucket_choice_scales_with_native_size():
+    assert choose_bucket(64, 96, scale=1 / 32) == ((26.0, 36.0), 3)
+
+
+def test_bucket_choice_rejects_extreme_aspect_ratios():
+    with pytest.raises(ValueError, match="aspect"):
+        choose_bucket(512, 8192)
+
+
+def test_default_window_is_the_papers_scaled():
+    assert default_window("sd", 2, 50) == (10, 30)
+    assert default_window("sd", 3, 50) == (10, 30)
+    assert default_window("sd", 4, 50) == (20, 35)
+    assert default_window("sdxl", 2, 50) == (20, 35)
+    assert default_window("sd", 2, 25) == (5, 15)
+    assert default_window("sdxl", 3, 30) == (12, 21)
+    assert default_window("sd", 2, 10) == (2, 6)
+
+
+def test_step_dilation_follows_the_schedule():
+    d, start, stop = 4, 20, 35
+    assert [step_dilation(i, d, start, stop) for i in (0, 19, 20)] == [4.0, 4.0, 4.0]
+    assert step_dilation(27, d, start, stop) == pytest.approx(3 * 8 / 15 + 1)
+    assert step_dilation(34, d, start, stop) == pytest.approx(1.2)
+    assert step_dilation(35, d, start, stop) is None and step_dilation(49, d, start, stop) is None
+    assert step_dilation(27, d, start, stop, progressive=False) == 4.0
+
+
+def test_step_dilation_ceil_matches_exact_arithmetic():
+    for d in range(2, 7):
+        for start, stop in [(10, 30), (20, 35), (5, 15), (12, 21), (0, 7)]:
+            for i in range(start, stop):
+                exact = Fraction(d - 1) * Fraction(stop - i, stop - start) + 1
+                assert conv_dilation(step_dilation(i, d, start, stop)) == math.ceil(exact)
+
+
+def test_branch_dilations_and_mask_scales():
+    assert conv_dilation(2.0) == 2 and conv_dilation(2.0001) == 3
+    assert detail_conv_dilation(3.0, 1.5) == 2 and detail_conv_dilation(1.2, 1.5) == 1
+    assert detail_conv_dilation(2.6, 1.0) == 3
+    assert mask_scale(3.0, 2) == 1.5 and mask_scale(1.5, 2) == 1
+
+
+@pytest.mark.parametrize(
+    "scheduler_cls, order",
+    [(DDIMScheduler, 1), (EulerDiscreteScheduler, 1), (DPMSolverMultistepScheduler, 1), (HeunDiscreteScheduler, 2)],
+)
+def test_step_lookup_counts_denoising_steps(scheduler_cls, order):
+    scheduler = scheduler_cls(num_train_timesteps=1000)
+    scheduler.set_timesteps(7)
+    seen = [locate_step(scheduler, t) for t in scheduler.timesteps]
+    steps = [s for s, _ in seen]
+    assert all(n == 7 for _, n in seen)
+    if order == 1:
+        assert steps == list(range(7))
+    else:  # [t0, t1, t1, t2, t2, ...]: two UNet calls per step after the first
+        assert steps == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
+    # A copy of the timestep (no shared storage) is located by value.
+    assert locate_step(scheduler, scheduler.timesteps[3].clone())[0] == steps[3]
+    assert locate_step(scheduler, float(scheduler.timesteps[-1]))[0] == steps[-1]
+
+
+def test_step_lookup_without_timesteps_is_none():
+    scheduler = DDIMScheduler()
+    scheduler.timesteps = torch.tensor([])
+    assert locate_step(scheduler, torch.tensor(10)) is None
