@@ -169,6 +169,7 @@ def test_structural_consistency_needs_the_low_pass_filter():
     assert err_filtered < 0.01 * err_plain, (err_filtered, err_plain)
 
 
+@torch.no_grad()
 def test_dilated_conv_is_conv_with_zero_inserted_kernel():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 5, 3, padding=1)
@@ -183,6 +184,7 @@ def test_dilated_conv_is_conv_with_zero_inserted_kernel():
     torch.testing.assert_close(dilated_conv2d(conv, up, 3)[..., ::3, ::3], conv(x), rtol=1e-5, atol=1e-5)
 
 
+@torch.no_grad()
 def test_strided_dilated_conv_keeps_stride_and_output_size():
     conv = nn.Conv2d(2, 2, 3, stride=2, padding=1)
     x = torch.randn(1, 2, 24, 16)

@@ -45,6 +45,16 @@ class FouriScaleConv2d(nn.Module):
         self.spec = spec
         self._runtime = runtime
 
+    def __getattr__(self, name: str):
+        # Reads of conv attributes (weight, bias, stride, in_channels, ...) reach the wrapped conv, so code
+        # that inspects the layer (LoRA layers check `lora_A.weight.dtype`) sees what it expects.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "conv":
+                raise
+            return getattr(self._modules["conv"], name)
+
     def extra_repr(self) -> str:
         return f"layer={self.spec.name!r}, kind={self.spec.kind!r}"
 

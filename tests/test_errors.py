@@ -1,0 +1,123 @@
+"""Bad input raises a TypeError/ValueError that says what to do, and leaves the pipeline untouched."""
+
+import pytest
+import torch
+
+import fouriscale
+from fouriscale import PAPER_PRESETS, FouriScaleConfig
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"start_step": -1}, "start_step"),
+        ({"start_step": 1.5}, "start_step"),
+        ({"start_step": 30, "stop_step": 10}, "must not exceed"),
+        ({"amp_guidance_factor": 0}, "positive"),
+        ({"amp_guidance_factor": float("nan")}, "positive"),
+        ({"freeu": "yes"}, "'paper', 'diffusers' or None"),
+        ({"freeu_params": (1, 2, 3)}, "four numbers"),
+        ({"dilation": 0}, "integer >= 1"),
+        ({"dilation": True}, "integer >= 1"),
+        ({"base_size": (1024,)}, "height, width"),
+        ({"base_size": (1024, -8)}, "height, width"),
+        ({"layers": ()}, "non-empty"),
+        ({"layers": ("a", 3)}, "non-empty"),
+        ({"mask_floor": 1.0}, r"\[0, 1\)"),
+        ({"detail_dilation_divisor": 0.5}, ">= 1"),
+        ({"progressive": "no"}, "True or False"),
+    ],
+)
+def test_invalid_config_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FouriScaleConfig(**kwargs)
+
+
+def test_config_is_frozen_and_normalised():
+    config = FouriScaleConfig(layers=["mid_block.resnets.0.conv1"], freeu_params=[1, 2, 3, 4], base_size=[1024, 768])
+    assert config.layers == ("mid_block.resnets.0.conv1",) and config.freeu_params == (1.0, 2.0, 3.0, 4.0)
+    assert config.base_size == (1024, 768) and hash(config)
+    with pytest.raises(Exception):
+        config.amp_guidance = True
+    assert config.replace(amp_guidance=True).amp_guidance and not config.amp_guidance
+    assert FouriScaleConfig().to_dict()["freeu"] == "paper"
+
+
+def test_paper_presets():
+    assert set(PAPER_PRESETS) == {
+        "sd1.5-1024x1024", "sd1.5-1280x1280", "sd1.5-2048x1024", "sd1.5-2048x2048",
+        "sd2.1-1024x1024", "sd2.1-1280x1280", "sd2.1-2048x1024", "sd2.1-2048x2048",
+        "sdxl-2048x2048", "sdxl-2560x2560", "sdxl-4096x2048", "sdxl-4096x4096",
+    }  # fmt: skip
+    preset = PAPER_PRESETS["sd1.5-2048x1024"]
+    assert (preset.height, preset.width, preset.config.start_step, preset.config.stop_step) == (1024, 2048, 20, 35)
+    assert PAPER_PRESETS["sd1.5-1280x1280"].config.start_step == 10
+    assert PAPER_PRESETS["sdxl-4096x2048"].guidance_scale == 5.0
+
+
+def test_unknown_override_is_a_type_error(sd_pipe):
+    with pytest.raises(TypeError, match="unknown FouriScale option.*dilaton.*valid options"):
+        fouriscale.apply_fouriscale(sd_pipe, dilaton=2)
+    assert not fouriscale.is_fouriscale_applied(sd_pipe)
+
+
+def test_non_diffusers_objects_are_type_errors(sd_pipe):
+    with pytest.raises(TypeError, match="diffusers pipeline"):
+        fouriscale.apply_fouriscale(object())
+    with pytest.raises(TypeError, match="not its UNet"):
+        fouriscale.apply_fouriscale(sd_pipe.unet)
+    with pytest.raises(TypeError, match="FouriScaleConfig"):
+        fouriscale.apply_fouriscale(sd_pipe, config={"amp_guidance": True})
+    with pytest.raises(TypeError, match="diffusers pipeline"):
+        fouriscale.remove_fouriscale("pipe")
+
+
+def test_unknown_unet_layout_is_a_value_error():
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8, 16), layers_per_block=1, norm_num_groups=4,
+                       down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3)  # fmt: skip
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    with pytest.raises(ValueError, match="unknown UNet layout"):
+        fouriscale.apply_fouriscale(pipe)
+
+
+def test_unknown_layer_names_fail_cleanly(sd_pipe):
+    with pytest.raises(ValueError, match="matches no spatial convolution"):
+        fouriscale.apply_fouriscale(sd_pipe, layers=("down_blocks.7.resnets.0.conv1",))
+    assert not fouriscale.is_fouriscale_applied(sd_pipe)
+    assert not sd_pipe.unet._forward_pre_hooks
+
+
+def test_sizes_the_model_cannot_take(sd_pipe, sdxl_pipe, clean):
+    with pytest.raises(ValueError, match="positive multiple of 2"):
+        fouriscale.get_plan(sd_pipe, 65, 64)
+    with pytest.raises(ValueError, match="positive"):
+        fouriscale.get_plan(sd_pipe, 0, 64)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        fouriscale.get_plan(sd_pipe, 64, 64, 0)
+    clean(sdxl_pipe)
+    fouriscale.apply_fouriscale(sdxl_pipe)
+    # 16:1 is beyond SDXL's 1:4 .. 4:1 buckets: the call fails before the first step with advice.
+    with pytest.raises(ValueError, match="aspect ratios SDXL was trained on"):
+        sdxl_pipe("a cat", height=32, width=512, num_inference_steps=2, output_type="latent")
+    assert sdxl_pipe._fouriscale_patch.runtime.state is None
+    # An explicit base size makes any aspect ratio possible.
+    fouriscale.apply_fouriscale(sdxl_pipe, base_size=(32, 128))
+    out = sdxl_pipe("a cat", height=32, width=512, num_inference_steps=2, output_type="latent").images
+    assert torch.isfinite(out).all()
+
+
+def test_failed_apply_leaves_no_patch(sd_pipe, monkeypatch):
+    import fouriscale.patch as patch_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(patch_module, "attach_paper_freeu", boom)
+    before = dict(sd_pipe.unet.named_modules())
+    with pytest.raises(RuntimeError, match="boom"):
+        fouriscale.apply_fouriscale(sd_pipe)
+    assert dict(sd_pipe.unet.named_modules()).keys() == before.keys()
+    assert not fouriscale.is_fouriscale_applied(sd_pipe)
+    assert not any(type(p).__name__ == "FouriScaleAttnProcessor" for p in sd_pipe.unet.attn_processors.values())

@@ -1,0 +1,216 @@
+"""End to end through the public API on tiny SD 1.5-layout and SDXL-layout pipelines."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
+
+import fouriscale
+from conftest import latents_for
+
+PROMPT = "a red cat"
+
+
+def run(pipe, height=64, width=64, steps=6, seed=0, **kwargs):
+    kwargs.setdefault("output_type", "latent")
+    kwargs.setdefault("latents", latents_for(pipe, height, width, seed=seed))
+    kwargs.setdefault("negative_prompt", "blurry")
+    prompt = kwargs.pop("prompt", PROMPT)
+    return pipe(prompt, height=height, width=width, num_inference_steps=steps, **kwargs).images
+
+
+def record_steps(pipe, layer="mid_block.resnets.0.conv1"):
+    """Record, at each forward of a patched conv, the rows it sees and the step FouriScale runs."""
+    seen = []
+    runtime = pipe._fouriscale_patch.runtime
+
+    def hook(module, args):
+        state = runtime.state
+        seen.append((args[0].shape[0], None if state is None else state.step.index))
+
+    return seen, pipe.unet.get_submodule(layer).register_forward_pre_hook(hook)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("height, width", [(64, 64), (64, 96), (96, 48)])
+def test_generates_images_of_the_requested_size(request, clean, family, height, width):
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    stock = run(pipe, height, width, output_type="np")
+    clean(pipe)
+    fouriscale.apply_fouriscale(pipe)
+    image = run(pipe, height, width, output_type="np")
+    assert image.shape == (1, height, width, 3)
+    assert np.isfinite(image).all()
+    assert np.abs(image - stock).max() > 1e-3  # FouriScale changed the result
+    pil = run(pipe, height, width, output_type="pil", steps=2)[0]
+    assert pil.size == (width, height)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_remove_restores_bit_identical_output(request, family):
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    before = run(pipe, 64, 96)
+    modules = dict(pipe.unet.named_modules())
+    processors = dict(pipe.unet.attn_processors)
+    fouriscale.apply_fouriscale(pipe)
+    patched = run(pipe, 64, 96)
+    fouriscale.remove_fouriscale(pipe)
+    after = run(pipe, 64, 96)
+    assert not torch.equal(before, patched)
+    assert torch.equal(before, after)
+    assert dict(pipe.unet.named_modules()).keys() == modules.keys()
+    assert all(a is b for a, b in zip(pipe.unet.modules(), modules.values()))
+    assert all(pipe.unet.attn_processors[k] is v for k, v in processors.items())
+    assert not pipe.unet._forward_pre_hooks and not pipe.unet._forward_hooks
+    assert not fouriscale.is_fouriscale_applied(pipe)
+    fouriscale.remove_fouriscale(pipe)  # removing twice is harmless
+
+
+def test_apply_twice_is_harmless_and_new_config_replaces(sd_pipe, clean):
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    once = run(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    assert torch.equal(run(sd_pipe), once)
+    assert len(sd_pipe.unet._forward_pre_hooks) == 1
+    fouriscale.apply_fouriscale(sd_pipe, freeu=None)
+    without_freeu = run(sd_pipe)
+    assert not torch.equal(without_freeu, once)
+    fouriscale.apply_fouriscale(sd_pipe, config=fouriscale.FouriScaleConfig(freeu=None))
+    assert torch.equal(run(sd_pipe), without_freeu)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_native_size_is_a_noop_and_says_so_once(request, clean, caplog, family):
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    stock = run(pipe, 32, 32)
+    clean(pipe)
+    fouriscale.apply_fouriscale(pipe)
+    with caplog.at_level(logging.INFO, logger="fouriscale"):
+        assert torch.equal(run(pipe, 32, 32), stock)
+        assert torch.equal(run(pipe, 32, 32), stock)
+    assert sum("no-op" in r.getMessage() for r in caplog.records) == 1
+    small = run(pipe, 32, 24)
+    fouriscale.remove_fouriscale(pipe)
+    assert torch.equal(small, run(pipe, 32, 24))
+
+
+def test_three_branches_while_active_two_after_stop(sd_pipe, clean):
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe, start_step=1, stop_step=2)
+    seen, handle = record_steps(sd_pipe)
+    try:
+        out = run(sd_pipe, steps=3, num_images_per_prompt=2, latents=None, generator=torch.Generator().manual_seed(0))
+        run(sd_pipe, steps=3, guidance_scale=1.0)
+    finally:
+        handle.remove()
+    assert out.shape[0] == 2  # the pipeline gets the stock batch back
+    # [uncond, structure, detail] x 2 images while active, then [uncond, cond]; without CFG
+    # [structure, detail] while active, then [cond].
+    assert seen == [(6, 0), (6, 1), (4, 2), (2, 0), (2, 1), (1, 2)]
+
+
+def test_no_cfg_changes_the_result(sd_pipe, clean):
+    clean(sd_pipe)
+    stock = run(sd_pipe, guidance_scale=1.0)
+    fouriscale.apply_fouriscale(sd_pipe)
+    out = run(sd_pipe, guidance_scale=1.0)
+    assert out.shape == stock.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, stock)
+
+
+def test_batches_of_prompts_match_single_prompts(sd_pipe, clean):
+    """Each image of a batch comes out as if generated alone: the branch bookkeeping keeps rows apart."""
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    lat = torch.cat([latents_for(sd_pipe, 64, 64, seed=s) for s in (0, 1, 2, 3)])
+    prompts = ["a red cat", "a blue dog"]
+    both = run(sd_pipe, prompt=prompts, negative_prompt=["blurry", "dark"], num_images_per_prompt=2, latents=lat)
+    assert both.shape[0] == 4
+    for index, (prompt, negative) in enumerate([(prompts[0], "blurry")] * 2 + [(prompts[1], "dark")] * 2):
+        alone = run(sd_pipe, prompt=prompt, negative_prompt=negative, latents=lat[index : index + 1])
+        scale = alone.abs().max()
+        torch.testing.assert_close(both[index : index + 1] / scale, alone / scale, rtol=0, atol=1e-5)
+
+
+def test_prompt_embeds_and_callbacks(sd_pipe, clean):
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    direct = run(sd_pipe)
+    embeds, negative = sd_pipe.encode_prompt(PROMPT, "cpu", 1, True, "blurry")
+    steps = []
+
+    def on_step(pipe, i, t, tensors):
+        steps.append(i)
+        assert tensors["latents"].shape[0] == 1
+        return tensors
+
+    via_embeds = run(sd_pipe, prompt=None, negative_prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative,
+                     callback_on_step_end=on_step)  # fmt: skip
+    assert steps == list(range(6))
+    torch.testing.assert_close(via_embeds, direct, rtol=0, atol=1e-5)
+    rescaled = run(sd_pipe, guidance_rescale=0.7)
+    assert torch.isfinite(rescaled).all() and not torch.equal(rescaled, direct)
+
+
+@pytest.mark.parametrize(
+    "scheduler_cls", [EulerDiscreteScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler]
+)
+def test_any_scheduler_and_steps_counted_not_calls(sd_pipe, clean, scheduler_cls):
+    clean(sd_pipe)
+    original = sd_pipe.scheduler
+    sd_pipe.scheduler = scheduler_cls.from_config(original.config)
+    try:
+        fouriscale.apply_fouriscale(sd_pipe)
+        seen, handle = record_steps(sd_pipe)
+        out = run(sd_pipe, steps=5)
+        handle.remove()
+    finally:
+        sd_pipe.scheduler = original
+    assert torch.isfinite(out).all()
+    steps = [step for _, step in seen]
+    if scheduler_cls is HeunDiscreteScheduler:  # two UNet calls per step after the first
+        assert steps == [0, 1, 1, 2, 2, 3, 3, 4, 4]
+    else:
+        assert steps == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision(tiny_dirs, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dirs["sd15"], torch_dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    fouriscale.apply_fouriscale(pipe)
+    out = run(pipe, steps=3, latents=latents_for(pipe, 64, 64).to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out.float()).all()
+
+
+def test_sdxl_conditions_on_the_base_bucket(sdxl_pipe, clean):
+    clean(sdxl_pipe)
+    fouriscale.apply_fouriscale(sdxl_pipe)
+    seen = []
+    handle = sdxl_pipe.unet.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["added_cond_kwargs"]["time_ids"].clone()), with_kwargs=True
+    )
+    try:
+        run(sdxl_pipe, 64, 96, steps=2)
+        run(sdxl_pipe, 64, 96, steps=2, original_size=(512, 512))
+    finally:
+        handle.remove()
+    # Bucket 832x1152 scaled to the tiny model's native 32 px: (26, 36); 3 branches while active.
+    assert seen[0].shape == (3, 6)
+    assert seen[0][0].tolist() == [26.0, 36.0, 0.0, 0.0, 26.0, 36.0]
+    assert seen[2][1].tolist() == [512.0, 512.0, 0.0, 0.0, 26.0, 36.0]  # an explicit original_size stays
+
+
+def test_plan_is_printable_and_follows_the_size(sd_pipe):
+    plan = fouriscale.get_plan(sd_pipe, 64, 96, 50)
+    text = str(plan)
+    assert plan.dilation == 3 and (plan.start, plan.stop) == (10, 30)
+    assert "down_blocks.2.downsamplers.0.conv" in text and "dilation d         3" in text
+    assert fouriscale.get_plan(sd_pipe, 32, 32, 50).noop
+    assert fouriscale.get_plan(sd_pipe, 128, 128, 50).dilation == 4
+    assert (fouriscale.get_plan(sd_pipe, 128, 128, 50).start, fouriscale.get_plan(sd_pipe, 128, 128, 50).stop) == (20, 35)
