@@ -21,6 +21,8 @@ __all__ = [
     "tiny_pipeline",
     "save_tiny_pipeline",
     "tiny_tokenizer",
+    "save_single_file",
+    "save_tiny_lora",
 ]
 
 FAMILIES = ("sd15", "sd21", "sdxl")
@@ -59,7 +61,7 @@ def tiny_unet_config(family: str, sample_size: int = 16, width: int = 32) -> dic
                     use_linear_projection=family == "sd21", layers_per_block=2, norm_num_groups=8)  # fmt: skip
     if family == "sdxl":
         return dict(sample_size=sample_size, block_out_channels=(w, 2 * w, 2 * w), down_block_types=_XL_DOWN,
-                    up_block_types=_XL_UP, cross_attention_dim=64, attention_head_dim=(2, 4, 4),
+                    up_block_types=_XL_UP, cross_attention_dim=32 + 64, attention_head_dim=(2, 4, 4),
                     transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
                     addition_embed_type="text_time", addition_time_embed_dim=8,
                     projection_class_embeddings_input_dim=6 * 8 + 32, layers_per_block=2,
@@ -121,8 +123,9 @@ def tiny_pipeline(family: str = "sd15", seed: int = 0, sample_size: int = 16):
     vocab_size = len(tokenizer.get_vocab())
     torch.manual_seed(seed + 2)
     if family == "sdxl":
+        # Different widths for the two encoders, as in SDXL (768 and 1280), so single-file loading tells them apart.
         text_encoder = _text_encoder(32, False, vocab_size)
-        text_encoder_2 = _text_encoder(32, True, vocab_size)
+        text_encoder_2 = _text_encoder(64, True, vocab_size)
         return StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
             tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler, add_watermarker=False,
@@ -140,3 +143,139 @@ def save_tiny_pipeline(path: str, family: str = "sd15", seed: int = 0, sample_si
     pipe = tiny_pipeline(family, seed, sample_size)
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def _unet_to_ldm(state: dict, config) -> dict:
+    """Diffusers UNet keys -> the original (LDM / A1111) layout, prefix ``model.diffusion_model.``."""
+    L = config.layers_per_block
+    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+              "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
+    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}  # fmt: skip
+    has_attn = {i: t.startswith("CrossAttn") for i, t in enumerate(config.up_block_types)}
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        head = ".".join(parts[:2]) if ".".join(parts[:2]) in fixed else parts[0]
+        if head in fixed:
+            new = f"{fixed[head]}.{parts[-1]}"
+        elif parts[0] in ("down_blocks", "up_blocks", "mid_block"):
+            if parts[0] == "mid_block":
+                kind, j, rest = parts[1], int(parts[2]), parts[3:]
+                block = f"middle_block.{ {('resnets', 0): 0, ('attentions', 0): 1, ('resnets', 1): 2}[(kind, j)] }"
+            else:
+                i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), parts[4:]
+                if parts[0] == "down_blocks":
+                    if kind == "downsamplers":
+                        block, rest = f"input_blocks.{(i + 1) * (L + 1)}.0.op", rest[1:]
+                    else:
+                        block = f"input_blocks.{1 + i * (L + 1) + j}.{0 if kind == 'resnets' else 1}"
+                else:
+                    if kind == "upsamplers":
+                        block = f"output_blocks.{i * (L + 1) + L}.{2 if has_attn[i] else 1}"
+                    else:
+                        block = f"output_blocks.{i * (L + 1) + j}.{0 if kind == 'resnets' else 1}"
+            if kind == "resnets":
+                rest = [resnet.get(rest[0], rest[0])] + rest[1:]
+            new = ".".join([block] + rest)
+        else:
+            new = key
+        out["model.diffusion_model." + new] = value
+    return out
+
+
+def _vae_to_ldm(state: dict, config) -> dict:
+    """Diffusers VAE keys -> the original layout, prefix ``first_stage_model.``."""
+    n = len(config.block_out_channels)
+    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
+    out = {}
+    for key, value in state.items():
+        new = key
+        for side in ("encoder", "decoder"):
+            new = new.replace(f"{side}.conv_norm_out", f"{side}.norm_out")
+            new = new.replace(f"{side}.mid_block.resnets.0", f"{side}.mid.block_1")
+            new = new.replace(f"{side}.mid_block.resnets.1", f"{side}.mid.block_2")
+            if f"{side}.mid_block.attentions.0." in new:
+                rest = new.split(f"{side}.mid_block.attentions.0.", 1)[1]
+                name, leaf = rest.rsplit(".", 1)
+                new = f"{side}.mid.attn_1.{attn[name]}.{leaf}"
+                if leaf == "weight" and value.dim() == 2:
+                    value = value[:, :, None, None]
+        parts = new.split(".")
+        if parts[1] in ("down_blocks", "up_blocks"):
+            i = int(parts[2])
+            level = i if parts[1] == "down_blocks" else n - 1 - i
+            group = "down" if parts[1] == "down_blocks" else "up"
+            if parts[3] == "resnets":
+                leaf = ".".join(parts[5:]).replace("conv_shortcut", "nin_shortcut")
+                new = f"{parts[0]}.{group}.{level}.block.{parts[4]}.{leaf}"
+            else:
+                sampler = "downsample" if group == "down" else "upsample"
+                new = f"{parts[0]}.{group}.{level}.{sampler}.{'.'.join(parts[5:])}"
+        out["first_stage_model." + new] = value
+    return out
+
+
+def _open_clip(state: dict, prefix: str) -> dict:
+    """``CLIPTextModelWithProjection`` keys -> OpenCLIP's layout (SDXL's second text encoder)."""
+    out = {}
+    layers = {}
+    for key, value in state.items():
+        k = key.removeprefix("text_model.")
+        if k == "embeddings.token_embedding.weight":
+            out["token_embedding.weight"] = value
+        elif k == "embeddings.position_embedding.weight":
+            out["positional_embedding"] = value
+        elif k.startswith("final_layer_norm."):
+            out["ln_final." + k.split(".", 1)[1]] = value
+        elif key == "text_projection.weight":
+            out["text_projection"] = value.T.contiguous()
+        elif k.startswith("encoder.layers."):
+            _, _, i, rest = k.split(".", 3)
+            if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
+                layers.setdefault((i, rest.rsplit(".", 1)[1]), {})[rest.split(".")[1]] = value
+                continue
+            rest = (rest.replace("layer_norm1", "ln_1").replace("layer_norm2", "ln_2").replace("mlp.fc1", "mlp.c_fc")
+                    .replace("mlp.fc2", "mlp.c_proj").replace("self_attn.out_proj", "attn.out_proj"))  # fmt: skip
+            out[f"transformer.resblocks.{i}.{rest}"] = value
+    for (i, leaf), qkv in layers.items():
+        out[f"transformer.resblocks.{i}.attn.in_proj_{leaf}"] = torch.cat([qkv["q_proj"], qkv["k_proj"], qkv["v_proj"]])
+    return {prefix + k: v for k, v in out.items()}
+
+
+def save_single_file(pipe, path: str) -> str:
+    """Write ``pipe``'s weights as one original-layout ``.safetensors`` checkpoint (the A1111/civitai format)."""
+    from safetensors.torch import save_file
+
+    state = {}
+    state.update(_unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config))
+    state.update(_vae_to_ldm(pipe.vae.state_dict(), pipe.vae.config))
+
+    def text_model_keys(model):
+        return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in model.state_dict().items()}
+
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        state.update({"conditioner.embedders.0.transformer." + k: v for k, v in text_model_keys(pipe.text_encoder).items()})
+        state.update(_open_clip(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
+    else:
+        state.update({"cond_stage_model.transformer." + k: v for k, v in text_model_keys(pipe.text_encoder).items()})
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, path)
+    return path
+
+
+def save_tiny_lora(path: str, pipe, rank: int = 4, seed: int = 0) -> str:
+    """Save a random LoRA for ``pipe``'s UNet attention projections in diffusers' format; returns the file path."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = pipe.unet
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="tiny")  # fmt: skip
+    try:
+        layers = get_peft_model_state_dict(unet, adapter_name="tiny")
+    finally:
+        unet.delete_adapters("tiny")
+    type(pipe).save_lora_weights(path, unet_lora_layers=layers, weight_name="lora.safetensors", safe_serialization=True)
+    return os.path.join(path, "lora.safetensors")
