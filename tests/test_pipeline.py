@@ -214,3 +214,11 @@ def test_plan_is_printable_and_follows_the_size(sd_pipe):
     assert fouriscale.get_plan(sd_pipe, 32, 32, 50).noop
     assert fouriscale.get_plan(sd_pipe, 128, 128, 50).dilation == 4
     assert (fouriscale.get_plan(sd_pipe, 128, 128, 50).start, fouriscale.get_plan(sd_pipe, 128, 128, 50).stop) == (20, 35)
+
+
+def test_plan_of_a_patched_pipeline_is_the_same(sd_pipe, clean):
+    before = str(fouriscale.get_plan(sd_pipe, 64, 96, 20))
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    assert str(fouriscale.get_plan(sd_pipe, 64, 96, 20)) == before
+    assert str(fouriscale.get_plan(sd_pipe.unet, 64, 96, 20, vae_scale_factor=2)) == before

@@ -187,16 +187,28 @@ def is_fouriscale_applied(pipe) -> bool:
 
 
 def get_plan(
-    pipe, height: int, width: int, num_inference_steps: int = 50, config: FouriScaleConfig | None = None, **overrides
+    pipe,
+    height: int,
+    width: int,
+    num_inference_steps: int = 50,
+    config: FouriScaleConfig | None = None,
+    *,
+    vae_scale_factor: int | None = None,
+    **overrides,
 ) -> Plan:
-    """The :class:`~fouriscale.plan.Plan` FouriScale follows for this pipeline, size and step count.
+    """The :class:`~fouriscale.plan.Plan` FouriScale follows for a size and step count.
 
-    Uses the applied config when ``pipe`` is patched and no ``config`` is given.
+    ``pipe`` is a pipeline (its applied config is used when no ``config`` is given) or a bare UNet, which
+    may live on the meta device (then ``vae_scale_factor`` defaults to 8). Raises ``ValueError`` for sizes
+    the model cannot take.
     """
-    unet = _unet_of(pipe)
-    patch = getattr(pipe, _ATTR, None)
-    if config is None and patch is not None:
-        config = patch.config
+    if isinstance(pipe, nn.Module) and hasattr(pipe, "down_blocks"):
+        unet, factor = pipe, vae_scale_factor or 8
+    else:
+        unet, factor = _unet_of(pipe), vae_scale_factor or _vae_scale_factor(pipe)
+        patch = getattr(pipe, _ATTR, None)
+        if config is None and patch is not None:
+            config = patch.config
     config = _resolve_config(config, overrides)
-    profile = detect_profile(_structure(unet), _vae_scale_factor(pipe), config.layers)
+    profile = detect_profile(_structure(unet), factor, config.layers)
     return make_plan(profile, height, width, num_inference_steps, config)

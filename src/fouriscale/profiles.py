@@ -94,12 +94,15 @@ class ModelProfile:
         raise KeyError(name)
 
 
-def _conv_of(module: nn.Module) -> nn.Conv2d | None:
-    """The 2-D convolution behind ``module`` (itself, or a LoRA layer's ``base_layer``)."""
+def _conv_of(module: nn.Module | None, depth: int = 0) -> nn.Conv2d | None:
+    """The 2-D convolution behind ``module``: itself, or the conv inside a wrapper (a LoRA layer's
+    ``base_layer``, FouriScale's own conv wrapper)."""
     if isinstance(module, nn.Conv2d):
         return module
-    base = getattr(module, "base_layer", None)
-    return base if isinstance(base, nn.Conv2d) else None
+    if not isinstance(module, nn.Module) or depth > 2:
+        return None
+    inner = module._modules.get("base_layer") or module._modules.get("conv")
+    return _conv_of(inner, depth + 1)
 
 
 def _candidates(unet: nn.Module) -> list[LayerSpec]:

@@ -57,8 +57,8 @@ def choose_bucket(
         ratio = height / width
         raise ValueError(
             f"{int(height)}x{int(width)} (height x width, aspect {ratio:.3g}) is outside the aspect ratios "
-            "SDXL was trained on (height/width between 0.25 and 4); choose a size closer to square or pass "
-            "base_size=(h, w) explicitly."
+            "SDXL was trained on (height/width between 0.25 and 4); choose a size closer to square, or set an "
+            "explicit base size (base_size=(h, w), --base-size WxH)."
         )
     return best[1], best[2]
 
