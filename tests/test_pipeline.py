@@ -222,3 +222,41 @@ def test_plan_of_a_patched_pipeline_is_the_same(sd_pipe, clean):
     fouriscale.apply_fouriscale(sd_pipe)
     assert str(fouriscale.get_plan(sd_pipe, 64, 96, 20)) == before
     assert str(fouriscale.get_plan(sd_pipe.unet, 64, 96, 20, vae_scale_factor=2)) == before
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_sequential_uncond_gives_the_same_result_with_smaller_passes(request, clean, family):
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    clean(pipe)
+    fouriscale.apply_fouriscale(pipe, sequential_uncond=False, amp_guidance=True)
+    batched = run(pipe, 64, 96)
+    fouriscale.apply_fouriscale(pipe, sequential_uncond=True, amp_guidance=True)
+    seen, handle = record_steps(pipe)
+    try:
+        sequential = run(pipe, 64, 96)
+    finally:
+        handle.remove()
+    scale = batched.abs().max()
+    torch.testing.assert_close(sequential / scale, batched / scale, rtol=0, atol=1e-5)
+    plan = fouriscale.get_plan(pipe, 64, 96, 6)
+    expected = []
+    for i in range(6):
+        expected += [(1, i), (2, i)] if plan.step(i).active else [(2, i)]
+    assert seen == expected  # never more rows than the stock [uncond, cond] batch
+
+
+def test_sequential_offload_hooks_are_honoured(sd_pipe, clean):
+    from accelerate import cpu_offload
+    from accelerate.hooks import remove_hook_from_submodules
+
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    expected = run(sd_pipe, steps=3)
+    cpu_offload(sd_pipe.unet, execution_device=torch.device("cpu"))
+    try:
+        conv = sd_pipe.unet.get_submodule("mid_block.resnets.0.conv1")
+        assert conv.conv.weight.device.type == "meta"  # weights live in the offload map between calls
+        torch.testing.assert_close(run(sd_pipe, steps=3), expected, rtol=0, atol=0)
+    finally:
+        remove_hook_from_submodules(sd_pipe.unet)
+    assert torch.equal(run(sd_pipe, steps=3), expected)

@@ -27,6 +27,11 @@ __all__ = ["BranchWrapper", "locate_step", "expand_batch"]
 
 logger = logging.getLogger("fouriscale")
 
+# `sequential_uncond=None` runs the unconditional branch as its own pass from this latent area on
+# (128 x 128 latents: 1024 px for SD, every SDXL size FouriScale acts on), where activations, not
+# weights, start to dominate memory and a batch of two already fills the device.
+SEQUENTIAL_UNCOND_MIN_LATENT = 128 * 128
+
 
 def _timestep_index_by_storage(timesteps: torch.Tensor, t) -> int | None:
     """Index of ``t`` in ``timesteps`` when ``t`` is a view into it (the usual ``for t in timesteps``): no device sync."""
@@ -116,6 +121,7 @@ class BranchWrapper:
         self._told: set = set()
         self._pending: CallState | None = None
         self._stock: int = 1
+        self._uncond: torch.Tensor | None = None
 
     def plan(self, height: int, width: int, num_steps: int) -> Plan:
         """The (cached) plan for an image size in pixels and a number of denoising steps."""
@@ -170,13 +176,27 @@ class BranchWrapper:
             if isinstance(added, dict) and isinstance(added.get("time_ids"), torch.Tensor):
                 added = dict(added, time_ids=_base_time_ids(added["time_ids"], plan.height, plan.width, plan.base_size))
                 kwargs = dict(kwargs, added_cond_kwargs=added)
-        if len(roles) != stock:
+        self._uncond = None
+        if roles[0] == UNCOND and len(roles) == 3 and self._sequential_uncond(sample):
+            # The unconditional branch runs as its own pass now and the hooked forward runs the coupled
+            # (structure, detail) pair, so the UNet never sees more than the stock two-image batch.
+            self.runtime.state = CallState(plan=plan, step=step, roles=(UNCOND,), branch_size=rows)
+            out = module.forward(*expand_batch(args, (0,), rows, total), **expand_batch(kwargs, (0,), rows, total))
+            self._uncond = out[0] if isinstance(out, tuple) else out.sample
+            roles = roles[1:]
+        if len(roles) != stock or self._uncond is not None:
             sources = tuple(0 if role == UNCOND else stock - 1 for role in roles)
             args = expand_batch(args, sources, rows, total)
             kwargs = expand_batch(kwargs, sources, rows, total)
         self.runtime.state = CallState(plan=plan, step=step, roles=roles, branch_size=rows)
         self._stock = stock
         return args, kwargs
+
+    def _sequential_uncond(self, sample: torch.Tensor) -> bool:
+        choice = self.config.sequential_uncond
+        if choice is None:
+            return sample.shape[-2] * sample.shape[-1] >= SEQUENTIAL_UNCOND_MIN_LATENT
+        return choice
 
     def post_forward(self, module, args: tuple, kwargs: dict, output):
         state, self.runtime.state = self.runtime.state, None
@@ -185,6 +205,9 @@ class BranchWrapper:
         sample = output[0] if isinstance(output, tuple) else output.sample
         rows, roles = state.branch_size, state.roles
         chunks = dict(zip(roles, sample.split(rows)))
+        if self._uncond is not None:
+            chunks[UNCOND], self._uncond = self._uncond, None
+            roles = (UNCOND, *roles)
         cond = chunks[DETAIL] if DETAIL in chunks else chunks[COND]
         if self._stock == 2:
             uncond = chunks[UNCOND]

@@ -68,6 +68,15 @@ class FouriScaleConfig:
         base_size_conditioning (`bool`, defaults to `True`):
             SDXL: set the ``original_size`` and ``target_size`` micro-conditions to the base bucket when they
             are left at their default ``(height, width)``.
+        sequential_uncond (`bool`, *optional*, defaults to `None`):
+            Run the unconditional branch as a UNet pass of its own, so no pass is larger than direct
+            inference's two-image batch (same peak memory; same output to round-off). `None`: on from
+            128x128 latents (1024 px) up.
+        vae_tiling (`bool`, *optional*, defaults to `None`):
+            Decode in tiles that share GroupNorm statistics (no colour or contrast seams). `None`: on for
+            images above ``vae_tiling_threshold`` pixels.
+        vae_tiling_threshold (`int`, defaults to `2048 * 2048`):
+            Pixel count above which `vae_tiling=None` tiles the decode.
     """
 
     start_step: int | None = None
@@ -86,6 +95,9 @@ class FouriScaleConfig:
     mask_floor: float | None = None
     detail_dilation_divisor: float | None = None
     base_size_conditioning: bool = True
+    sequential_uncond: bool | None = None
+    vae_tiling: bool | None = None
+    vae_tiling_threshold: int = 2048 * 2048
 
     def __post_init__(self) -> None:
         def fail(name: str, problem: str) -> None:
@@ -122,6 +134,11 @@ class FouriScaleConfig:
             if not isinstance(layers, (tuple, list)) or not layers or not all(isinstance(s, str) and s for s in layers):
                 fail("layers", f"expected a non-empty list of module paths, got {self.layers!r}")
             object.__setattr__(self, "layers", tuple(layers))
+        for name in ("sequential_uncond", "vae_tiling"):
+            if getattr(self, name) not in (None, True, False):
+                fail(name, f"expected True, False or None, got {getattr(self, name)!r}")
+        if not _is_int(self.vae_tiling_threshold) or self.vae_tiling_threshold < 1:
+            fail("vae_tiling_threshold", f"expected a positive pixel count, got {self.vae_tiling_threshold!r}")
         if self.mask_floor is not None and (not _is_number(self.mask_floor) or not 0 <= self.mask_floor < 1):
             fail("mask_floor", f"expected a number in [0, 1), got {self.mask_floor!r}")
         if self.detail_dilation_divisor is not None and (

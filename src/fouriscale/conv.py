@@ -20,15 +20,23 @@ __all__ = ["FouriScaleConv2d", "dilated_conv2d"]
 
 
 def dilated_conv2d(conv: nn.Conv2d, x: torch.Tensor, k: int) -> torch.Tensor:
-    """``conv`` applied with dilation ``k`` and "same" padding ``k * (kernel - 1) // 2`` (same weights, bias, stride)."""
+    """``conv`` applied with dilation ``k`` and "same" padding ``k * (kernel - 1) // 2`` (same weights, bias, stride).
+
+    An accelerate hook on ``conv`` (sequential CPU offload) is honoured: it brings the weights in before
+    and sends them back after, as it would around the conv's own forward.
+    """
     if k == 1:
         return conv(x)
+    hook = getattr(conv, "_hf_hook", None)
+    if hook is not None:
+        (x,), _ = hook.pre_forward(conv, x)
     kh, kw = conv.kernel_size
     padding = (k * (kh - 1) // 2, k * (kw - 1) // 2)
     if conv.padding_mode != "zeros":
         x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]), mode=conv.padding_mode)
         padding = (0, 0)
-    return F.conv2d(x, conv.weight, conv.bias, conv.stride, padding, (k, k), conv.groups)
+    out = F.conv2d(x, conv.weight, conv.bias, conv.stride, padding, (k, k), conv.groups)
+    return hook.post_forward(conv, out) if hook is not None else out
 
 
 class FouriScaleConv2d(nn.Module):
@@ -51,7 +59,7 @@ class FouriScaleConv2d(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "conv":
+            if name == "conv" or name.startswith("_"):  # private state (hooks, ...) stays the wrapper's own
                 raise
             return getattr(self._modules["conv"], name)
 

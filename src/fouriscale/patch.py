@@ -7,6 +7,7 @@ Applying installs, on the pipeline's UNet only:
 * a :class:`~fouriscale.attention.FouriScaleAttnProcessor` on every self-attention layer, through
   ``set_attn_processor``;
 * FreeU (the paper's pre-hooks, or diffusers' ``enable_freeu``);
+* for large images, a tiled VAE decode whose tiles share GroupNorm statistics (``vae.decode``);
 * the :class:`~fouriscale.branches.BranchWrapper` forward hooks.
 
 Removing restores the original modules, processors and FreeU state, so the pipeline's output is
@@ -27,6 +28,7 @@ from .freeu import DiffusersFreeU, attach_paper_freeu, disable_diffusers_freeu
 from .plan import Plan, make_plan
 from .profiles import ModelProfile, detect_profile
 from .state import Runtime
+from .vae_tiling import SyncTiledDecode
 
 __all__ = ["apply_fouriscale", "remove_fouriscale", "is_fouriscale_applied", "get_plan"]
 
@@ -145,6 +147,10 @@ def apply_fouriscale(pipe, config: FouriScaleConfig | None = None, **overrides):
             patch.handles += attach_paper_freeu(model, profile, runtime)
         elif config.freeu == "diffusers":
             patch.restorers.append(DiffusersFreeU(model, config.freeu_params or profile.freeu_values))
+        vae = getattr(pipe, "vae", None)
+        if config.vae_tiling is not False and vae is not None and hasattr(vae, "decoder"):
+            threshold = None if config.vae_tiling else config.vae_tiling_threshold
+            patch.restorers.append(SyncTiledDecode(vae, threshold))
         patch.handles.append(unet.register_forward_pre_hook(wrapper.pre_forward, with_kwargs=True))
         patch.handles.append(unet.register_forward_hook(wrapper.post_forward, with_kwargs=True))
     except BaseException:
