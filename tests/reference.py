@@ -30,22 +30,14 @@ SDXL_LAYERS = (
 
 
 def ref_axis(P: int, s: float, v: float, weak: bool) -> torch.Tensor:
-    """The mask along one axis in fftshifted order, element by element in Python floats."""
+    """The mask along one axis in fftshifted order: g(k) on both sides of the centre, odd P extended."""
     half = P // 2
     R = math.floor((s - 1) * P / (2 * s)) if weak else max(P // 8, 1)
     if R == 0:
         return torch.ones(P)
-
-    def g(k):
-        return min(max(1 + (1 - v) / R * (half / s + 1 - k), v), 1)
-
-    m = torch.empty(P, dtype=torch.float64)
-    for k in range(half):
-        m[half + k] = g(k)
-        m[half - 1 - k] = g(k)
-    if P % 2:
-        m[P - 1] = g(half)
-    return m.float()
+    k = torch.arange(P - half, dtype=torch.float64)
+    g = torch.clamp(1 + (1 - v) / R * (half / s + 1 - k), min=v, max=1)
+    return torch.cat([g[:half].flip(0), g]).float()
 
 
 def ref_mask(P_h, P_w, s_h, s_w, v, weak) -> torch.Tensor:
@@ -61,10 +53,11 @@ def ref_lowpass(x: torch.Tensor, hb: float, wb: float, s_h: float, s_w: float, v
     ph, pw = int(hb * r), int(wb * r)
     x = F.pad(x, (0, pw - W, 0, ph - H))
     spec = torch.fft.fftshift(torch.fft.fftn(x, dim=(-2, -1)), dim=(-2, -1))
-    strong = ref_mask(ph, pw, s_h, s_w, v, weak=False)
-    weak = ref_mask(ph, pw, s_h, s_w, v, weak=True)
-    rows = x.shape[0] // n_branches
-    masks = torch.cat([strong.expand(rows * (n_branches - 1), 1, ph, pw), weak.expand(rows, 1, ph, pw)])
+    # Built on the CPU at full size for every call and moved to the data, as the official code does.
+    rows, channels = x.shape[0] // n_branches, x.shape[1]
+    strong = ref_mask(ph, pw, s_h, s_w, v, weak=False).repeat(rows * (n_branches - 1), channels, 1, 1)
+    weak = ref_mask(ph, pw, s_h, s_w, v, weak=True).repeat(rows, channels, 1, 1)
+    masks = torch.cat([strong, weak]).to(x.device)
     y = torch.fft.ifftn(torch.fft.ifftshift(spec * masks, dim=(-2, -1)), dim=(-2, -1)).real
     return y[..., :H, :W].to(dtype)
 
@@ -185,21 +178,26 @@ def _conv_forward(conv, name, d_i, family, base_of, height, v, n_branches):
 
 @torch.no_grad()
 def reference_latents(pipe, prompt, negative_prompt, height, width, steps, guidance, latents, *, d, base, start, stop,
-                      amp=False, freeu=None):  # fmt: skip
-    """Final latents of the algorithm for a tiny SD (``pipe.unet`` with SD 1.5 layout) or SDXL pipeline.
+                      amp=False, freeu=None, embeds=None, callback=None):  # fmt: skip
+    """Final latents of the algorithm for an SD (SD 1.5 block layout) or SDXL pipeline.
 
     ``base``: SD -> callable name -> (hb, wb) native feature size; SDXL -> the bucket (bh, bw) in pixels.
+    ``embeds``: precomputed ``(pos, neg)`` (SDXL: ``(pos, neg, pooled, neg_pooled)``) instead of prompts.
+    ``callback(i)`` runs after every step (the benchmark times steps with it).
     """
     unet, scheduler = pipe.unet, pipe.scheduler
     family = "sdxl" if unet.config.addition_embed_type == "text_time" else "sd"
     v = 0.6 if family == "sdxl" else 0.0
     layers = SDXL_LAYERS if family == "sdxl" else SD_LAYERS
     n = 3
+    device = latents.device
     if family == "sdxl":
-        pos, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, negative_prompt=negative_prompt, device="cpu",
-                                                          num_images_per_prompt=1, do_classifier_free_guidance=True)  # fmt: skip
+        if embeds is None:
+            embeds = pipe.encode_prompt(prompt, negative_prompt=negative_prompt, device="cpu", num_images_per_prompt=1,
+                                        do_classifier_free_guidance=True)  # fmt: skip
+        pos, neg, pooled, neg_pooled = embeds
         time_ids = pipe._get_add_time_ids(tuple(base), (0, 0), tuple(base), dtype=pos.dtype,
-                                          text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)  # fmt: skip
+                                          text_encoder_projection_dim=pooled.shape[-1]).to(device)  # fmt: skip
         embeds = torch.cat([neg, pos, pos])
         added = {"text_embeds": torch.cat([neg_pooled, pooled, pooled]), "time_ids": time_ids.repeat(3, 1)}
         bucket = base
@@ -207,7 +205,7 @@ def reference_latents(pipe, prompt, negative_prompt, height, width, steps, guida
         def base_of(name):
             return bucket
     else:
-        pos, neg = pipe.encode_prompt(prompt, "cpu", 1, True, negative_prompt)
+        pos, neg = embeds if embeds is not None else pipe.encode_prompt(prompt, "cpu", 1, True, negative_prompt)
         embeds = torch.cat([neg, pos, pos])
         added = None
         base_of = base
@@ -220,7 +218,7 @@ def reference_latents(pipe, prompt, negative_prompt, height, width, steps, guida
         deepest = unet.config.block_out_channels[-1]
         up_replacements = [(blk, _ref_up_forward(blk, freeu, deepest)) for blk in unet.up_blocks]
     try:
-        scheduler.set_timesteps(steps)
+        scheduler.set_timesteps(steps, device=device)
         x = latents * scheduler.init_noise_sigma
         for i, t in enumerate(scheduler.timesteps):
             if i < start:
@@ -240,6 +238,8 @@ def reference_latents(pipe, prompt, negative_prompt, height, width, steps, guida
             u, _, c = out.chunk(3)
             w = guidance * 2.4 if (amp and i < start) else guidance
             x = scheduler.step(u + w * (c - u), t, x, eta=0.0).prev_sample
+            if callback is not None:
+                callback(i)
     finally:
         unet.set_attn_processor(attn_procs)
     return x

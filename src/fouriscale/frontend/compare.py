@@ -1,0 +1,168 @@
+"""Pictures that show what FouriScale does: a labelled grid (whole images and a full-resolution detail crop)
+and the radially averaged log power spectrum of each image on one plot.
+
+    images = render_variants(pipe, "a corgi", seed=23, height=2048, width=2048,
+                             variants=["direct", "fouriscale", "no-low-pass"])
+    comparison_grid(images).save("grid.png"); spectrum_plot(images).save("spectrum.png")
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+import fouriscale
+
+__all__ = [
+    "VARIANTS",
+    "variant_config",
+    "render_variants",
+    "radial_power_spectrum",
+    "comparison_grid",
+    "spectrum_plot",
+    "default_crop",
+]
+
+# Variant name -> FouriScaleConfig changes ("direct" is the stock pipeline).
+VARIANTS: dict[str, dict | None] = {
+    "direct": None,
+    "fouriscale": {},
+    "no-low-pass": {"low_pass": False},
+    "no-attention-guidance": {"attention_guidance": False},
+    "no-pad-then-crop": {"pad_then_crop": False},
+    "no-progressive": {"progressive": False},
+    "no-freeu": {"freeu": None},
+    "amp-guidance": {"amp_guidance": True},
+}
+
+PAD, LABEL_H = 8, 28
+
+
+def variant_config(name: str, base: fouriscale.FouriScaleConfig) -> fouriscale.FouriScaleConfig | None:
+    """The config of a named variant (``None`` for direct inference); ``ValueError`` for unknown names."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+    changes = VARIANTS[name]
+    return None if changes is None else base.replace(**changes)
+
+
+def render_variants(pipe, prompt: str, *, seed: int, height: int, width: int, variants: list[str],
+                    config: fouriscale.FouriScaleConfig | None = None, **call) -> dict[str, Image.Image]:  # fmt: skip
+    """Generate the same prompt and seed once per variant; the pipeline is left as it was found."""
+    import torch
+
+    base = config or fouriscale.FouriScaleConfig()
+    configs = {name: variant_config(name, base) for name in variants}
+    was_applied = fouriscale.is_fouriscale_applied(pipe)
+    previous = pipe._fouriscale_patch.config if was_applied else None
+    images = {}
+    try:
+        for name, cfg in configs.items():
+            if cfg is None:
+                fouriscale.remove_fouriscale(pipe)
+            else:
+                fouriscale.apply_fouriscale(pipe, cfg)
+            generator = torch.Generator("cpu").manual_seed(seed)
+            images[name] = pipe(prompt, height=height, width=width, generator=generator, **call).images[0]
+    finally:
+        if was_applied:
+            fouriscale.apply_fouriscale(pipe, previous)
+        else:
+            fouriscale.remove_fouriscale(pipe)
+    return images
+
+
+def radial_power_spectrum(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """``(frequency in cycles/pixel, log10 mean power)`` of the image's luminance, averaged over rings."""
+    gray = np.asarray(image.convert("L"), dtype=np.float64)
+    gray = gray - gray.mean()
+    power = np.abs(np.fft.fftshift(np.fft.fft2(gray))) ** 2
+    h, w = gray.shape
+    fy = (np.arange(h) - h // 2) / h
+    fx = (np.arange(w) - w // 2) / w
+    radius = np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
+    bins = np.linspace(0, 0.5, min(h, w) // 2 + 1)
+    index = np.digitize(radius.ravel(), bins) - 1
+    valid = (index >= 0) & (index < len(bins) - 1)
+    sums = np.bincount(index[valid], weights=power.ravel()[valid], minlength=len(bins) - 1)
+    counts = np.bincount(index[valid], minlength=len(bins) - 1)
+    mean = sums / np.maximum(counts, 1)
+    centres = (bins[:-1] + bins[1:]) / 2
+    keep = counts > 0
+    return centres[keep], np.log10(mean[keep] + 1e-12)
+
+
+def default_crop(size: tuple[int, int], side: int) -> tuple[int, int, int, int]:
+    """A centred ``side`` x ``side`` box (clipped to the image) as ``(left, top, right, bottom)``."""
+    w, h = size
+    side = min(side, w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return left, top, left + side, top + side
+
+
+def _font():
+    try:
+        return ImageFont.load_default(size=16)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def comparison_grid(images: dict[str, Image.Image], column_width: int = 384,
+                    crop: tuple[int, int, int, int] | None = None) -> Image.Image:  # fmt: skip
+    """One labelled column per image: the whole image scaled to ``column_width``, then a crop of
+    ``column_width`` x ``column_width`` pixels at full resolution (default: the centre).
+
+    Size: ``n * column_width + (n + 1) * 8`` wide, ``8 + 28 + thumb_h + 8 + crop_h + 8`` high.
+    """
+    if not images:
+        raise ValueError("no images to compare")
+    first = next(iter(images.values()))
+    if any(im.size != first.size for im in images.values()):
+        raise ValueError("the images to compare must have the same size")
+    w, h = first.size
+    thumb_h = max(1, round(h * column_width / w))
+    box = crop or default_crop(first.size, column_width)
+    crop_h = box[3] - box[1]
+    n = len(images)
+    grid = Image.new("RGB", (n * column_width + (n + 1) * PAD, PAD + LABEL_H + thumb_h + PAD + crop_h + PAD), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font()
+    for i, (label, image) in enumerate(images.items()):
+        x = PAD + i * (column_width + PAD)
+        draw.text((x, PAD + 4), label, fill="black", font=font)
+        grid.paste(image.convert("RGB").resize((column_width, thumb_h), Image.LANCZOS), (x, PAD + LABEL_H))
+        grid.paste(image.convert("RGB").crop(box), (x, PAD + LABEL_H + thumb_h + PAD))
+    draw.rectangle(  # where the crop comes from, on the first thumbnail
+        [PAD + box[0] * column_width / w, PAD + LABEL_H + box[1] * thumb_h / h,
+         PAD + box[2] * column_width / w, PAD + LABEL_H + box[3] * thumb_h / h], outline="red", width=2,
+    )  # fmt: skip
+    return grid
+
+
+def spectrum_plot(images: dict[str, Image.Image], size: tuple[int, int] = (800, 500)) -> Image.Image:
+    """The radially averaged log power spectrum of every image on one matplotlib plot, as a PIL image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    try:
+        for label, image in images.items():
+            freq, power = radial_power_spectrum(image)
+            ax.plot(freq, power, label=label, linewidth=1.4)
+        ax.set_xlabel("spatial frequency (cycles / pixel)")
+        ax.set_ylabel("log10 power (radially averaged)")
+        ax.set_title("Power spectrum")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
