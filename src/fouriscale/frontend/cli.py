@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
 from .loading import SCHEDULERS, UserError
@@ -18,6 +19,8 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_SEED = 23
 DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}
+VARIANT_NAMES = ("direct", "fouriscale", "no-low-pass", "no-attention-guidance", "no-pad-then-crop", "no-progressive",
+                 "no-freeu", "amp-guidance")  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,6 +117,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(plan)
     _add_size_options(plan)
     _add_fouriscale_options(plan)
+
+    cmp = sub.add_parser("compare", help="picture direct inference, FouriScale and ablations side by side",
+                         description="Render one prompt and seed under several variants, then save a labelled grid "
+                         "(whole images and a full-resolution detail crop) and their power spectra on one plot.")  # fmt: skip
+    cmp.add_argument("prompt", help="the prompt")
+    _add_model_options(cmp)
+    _add_size_options(cmp)
+    cmp.add_argument("--guidance", type=float, help="guidance scale (default: 7.5 for SD, 5.0 for SDXL)")
+    cmp.add_argument("--negative", default="", help="negative prompt (default: none)")
+    cmp.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed (default: 23)")
+    cmp.add_argument("--variants", default="direct,fouriscale,no-low-pass,no-attention-guidance",
+                     help="comma-separated, from: " + ", ".join(VARIANT_NAMES) + " (default: %(default)s)")  # fmt: skip
+    cmp.add_argument("--crop", metavar="X,Y,SIZE", help="detail crop: left, top and side in pixels (default: centre)")
+    cmp.add_argument("--column-width", type=int, default=384, help="grid column width in pixels (default: 384)")
+    cmp.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS), help="sampler (default: ddim)")
+    cmp.add_argument("--eta", type=float, default=1.0, help="DDIM eta (default: 1.0)")
+    cmp.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="weights dtype")
+    cmp.add_argument("--device", default="auto", help="cuda, cuda:N, mps or cpu (default: auto)")
+    cmp.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: ./outputs)")
+    cmp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_fouriscale_options(cmp)
 
     ui = sub.add_parser("ui", help="start the local web UI")
     ui.add_argument("--model", help="model to load at start (hub id, folder or .safetensors)")
@@ -285,6 +309,56 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from .compare import comparison_grid, render_variants, spectrum_plot
+    from .loading import load_pipeline
+    from .outputs import slugify, write_png
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANT_NAMES]
+    if not variants or unknown:
+        raise UserError(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANT_NAMES)}")
+    crop = None
+    if args.crop:
+        try:
+            x, y, side = (int(v) for v in args.crop.split(","))
+        except ValueError:
+            raise UserError(f"--crop {args.crop}: expected X,Y,SIZE in pixels") from None
+        crop = (x, y, x + side, y + side)
+    if args.column_width < 16:
+        raise UserError("--column-width must be at least 16 pixels")
+    config = _config_from(args)
+    loaded = load_pipeline(args.model, dtype=args.dtype, device=args.device, scheduler=args.scheduler,
+                           allow_pickle=args.allow_pickle, config=args.model_config)  # fmt: skip
+    pipe = loaded.pipe
+    pipe.set_progress_bar_config(disable=args.no_progress)
+    sample = pipe.unet.config.sample_size
+    native = (sample, sample) if isinstance(sample, int) else tuple(sample)
+    height, width, steps = _resolve_size(args, (native[0] * pipe.vae_scale_factor, native[1] * pipe.vae_scale_factor),
+                                         loaded.family)  # fmt: skip
+    if crop and (crop[2] > width or crop[3] > height or min(crop) < 0):
+        raise UserError(f"--crop {args.crop}: the box leaves the {width}x{height} image")
+    guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE[loaded.family]
+    import fouriscale
+
+    try:
+        fouriscale.get_plan(pipe, height, width, steps, config)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    images = render_variants(pipe, args.prompt, seed=args.seed, height=height, width=width, variants=variants,
+                             config=config, num_inference_steps=steps, guidance_scale=guidance,
+                             negative_prompt=args.negative or None, eta=args.eta)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"compare-{args.seed}-{slugify(args.prompt)}"
+    for name, image in images.items():
+        write_png(image, out / f"{stem}-{name}.png")
+    write_png(comparison_grid(images, args.column_width, crop), out / f"{stem}-grid.png")
+    write_png(spectrum_plot(images), out / f"{stem}-spectrum.png")
+    print(f"wrote {stem}-grid.png, {stem}-spectrum.png and {len(images)} images in {args.out}")
+    return 0
+
+
 def cmd_ui(args) -> int:
     from .ui import launch
 
@@ -320,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     if not args.debug:
         _quiet_libraries()
-    commands = {"generate": cmd_generate, "plan": cmd_plan, "ui": cmd_ui}
+    commands = {"generate": cmd_generate, "plan": cmd_plan, "compare": cmd_compare, "ui": cmd_ui}
     try:
         return commands[args.command](args)
     except UserError as exc:

@@ -111,8 +111,11 @@ def image_settings(recipe: Recipe, job: Job, method: str, plan=None) -> dict:
     return settings
 
 
-def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale") -> Image.Image:
-    """Generate one image; ``method="direct"`` renders the same seed with the stock pipeline."""
+def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=None) -> Image.Image:
+    """Generate one image; ``method="direct"`` renders the same seed with the stock pipeline.
+
+    ``on_step(i)`` is called after each denoising step (progress reporting).
+    """
     kwargs = dict(
         prompt=job.prompt,
         negative_prompt=recipe.negative_prompt or None,
@@ -123,6 +126,13 @@ def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale") -> Image.
         eta=recipe.eta,
         generator=torch.Generator("cpu").manual_seed(job.seed),
     )
+    if on_step is not None:
+
+        def callback(pipe, i, t, tensors):
+            on_step(i)
+            return tensors
+
+        kwargs["callback_on_step_end"] = callback
     try:
         if method == "direct":
             fouriscale.remove_fouriscale(pipe)
