@@ -18,8 +18,7 @@ class FouriScaleAttnProcessor:
     """Self-attention (``attn1``) processor that shares Q/K from the structure to the detail branch.
 
     The detail branch is the last ``branch_size`` rows of the batch and the structure branch the rows
-    before it. Q and K are computed only for the other branches and the structure branch's copy is
-    reused, which saves a third of the Q/K projections.
+    before it; the detail rows of Q and K are overwritten in place with the structure rows.
     """
 
     def __init__(self, original, runtime: Runtime) -> None:
@@ -46,12 +45,12 @@ class FouriScaleAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        shared = hidden_states[:-rows]  # every branch but the detail branch
-        query = attn.to_q(shared)
-        key = attn.to_k(shared)
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
         value = attn.to_v(hidden_states)
-        query = torch.cat([query, query[-rows:]])
-        key = torch.cat([key, key[-rows:]])
+        # In place: no second copy of Q or K is ever alive (peak memory stays that of the stock processor).
+        query[-rows:] = query[-2 * rows : -rows]
+        key[-rows:] = key[-2 * rows : -rows]
 
         head_dim = key.shape[-1] // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)

@@ -120,24 +120,21 @@ def _candidates(unet: nn.Module) -> list[LayerSpec]:
             for conv_name in ("conv1", "conv2"):
                 add(f"{prefix}.resnets.{r}.{conv_name}", getattr(resnet, conv_name, None), "conv", level)
 
+    def add_block(prefix: str, block: nn.Module, level: int, samplers_attr: str, kind: str, step: int) -> int:
+        add_resnets(prefix, block, level)
+        samplers = getattr(block, samplers_attr, None) or []
+        for j, sampler in enumerate(samplers):
+            add(f"{prefix}.{samplers_attr}.{j}.conv", getattr(sampler, "conv", None), kind, level)
+        return level + step if samplers else level
+
     level = 0
     for i, block in enumerate(unet.down_blocks):
-        add_resnets(f"down_blocks.{i}", block, level)
-        samplers = getattr(block, "downsamplers", None)
-        if samplers:
-            for j, sampler in enumerate(samplers):
-                add(f"down_blocks.{i}.downsamplers.{j}.conv", getattr(sampler, "conv", None), "downsampler", level)
-            level += 1
+        level = add_block(f"down_blocks.{i}", block, level, "downsamplers", "downsampler", 1)
     if getattr(unet, "mid_block", None) is not None:
         add_resnets("mid_block", unet.mid_block, level)
     for i, block in enumerate(unet.up_blocks):
-        add_resnets(f"up_blocks.{i}", block, level)
-        samplers = getattr(block, "upsamplers", None)
-        if samplers:
-            for j, sampler in enumerate(samplers):
-                # The conv sees the upsampled map; `level` records the block's own level.
-                add(f"up_blocks.{i}.upsamplers.{j}.conv", getattr(sampler, "conv", None), "upsampler", level)
-            level -= 1
+        # An upsampler conv sees the upsampled map; its `level` records the block's own level.
+        level = add_block(f"up_blocks.{i}", block, level, "upsamplers", "upsampler", -1)
     return specs
 
 

@@ -113,10 +113,9 @@ def filter_real(x: torch.Tensor, half_mask: torch.Tensor) -> torch.Tensor:
     H, W = x.shape[-2:]
     spec = torch.fft.rfft2(x.float(), dim=(-2, -1))
     if half_mask.dim() == 5:
-        n = half_mask.shape[0]
-        spec = (spec.unflatten(0, (n, -1)) * half_mask).flatten(0, 1)
+        spec.unflatten(0, (half_mask.shape[0], -1)).mul_(half_mask)  # in place: one spectrum alive at a time
     else:
-        spec = spec * half_mask
+        spec.mul_(half_mask)
     return torch.fft.irfft2(spec, s=(H, W), dim=(-2, -1)).to(x.dtype)
 
 
