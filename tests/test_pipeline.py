@@ -260,3 +260,17 @@ def test_sequential_offload_hooks_are_honoured(sd_pipe, clean):
     finally:
         remove_hook_from_submodules(sd_pipe.unet)
     assert torch.equal(run(sd_pipe, steps=3), expected)
+
+
+def test_works_under_torch_compile(tiny_dirs):
+    """Dynamo traces through the patched UNet (the eager backend keeps the test fast on a CPU)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_dirs["sd15"])
+    pipe.set_progress_bar_config(disable=True)
+    fouriscale.apply_fouriscale(pipe)
+    eager = run(pipe, steps=3)
+    pipe.unet = torch.compile(pipe.unet, backend="eager")
+    torch.testing.assert_close(run(pipe, steps=3), eager, rtol=0, atol=1e-5)
+    fouriscale.remove_fouriscale(pipe)
+    assert not fouriscale.is_fouriscale_applied(pipe)
