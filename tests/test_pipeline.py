@@ -274,3 +274,16 @@ def test_works_under_torch_compile(tiny_dirs):
     torch.testing.assert_close(run(pipe, steps=3), eager, rtol=0, atol=1e-5)
     fouriscale.remove_fouriscale(pipe)
     assert not fouriscale.is_fouriscale_applied(pipe)
+
+
+def test_model_cpu_offload(tiny_dirs):
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_dirs["sdxl"])
+    pipe.set_progress_bar_config(disable=True)
+    fouriscale.apply_fouriscale(pipe, sequential_uncond=True)
+    expected = run(pipe, 64, 96, steps=3)
+    pipe.enable_model_cpu_offload(device="cpu")  # accelerate hooks move each model in for its forward
+    assert torch.equal(run(pipe, 64, 96, steps=3), expected)
+    fouriscale.remove_fouriscale(pipe)
+    assert torch.isfinite(run(pipe, 64, 96, steps=2)).all()
