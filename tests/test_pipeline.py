@@ -284,6 +284,8 @@ def test_model_cpu_offload(tiny_dirs):
     fouriscale.apply_fouriscale(pipe, sequential_uncond=True)
     expected = run(pipe, 64, 96, steps=3)
     pipe.enable_model_cpu_offload(device="cpu")  # accelerate hooks move each model in for its forward
-    assert torch.equal(run(pipe, 64, 96, steps=3), expected)
+    out = run(pipe, 64, 96, steps=3)
+    scale = expected.abs().max()
+    torch.testing.assert_close(out / scale, expected / scale, rtol=0, atol=1e-5)
     fouriscale.remove_fouriscale(pipe)
     assert torch.isfinite(run(pipe, 64, 96, steps=2)).all()
