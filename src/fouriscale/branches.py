@@ -119,7 +119,6 @@ class BranchWrapper:
         self.runtime = runtime
         self._plans: dict[tuple[int, int, int], Plan] = {}
         self._told: set = set()
-        self._pending: CallState | None = None
         self._stock: int = 1
         self._uncond: torch.Tensor | None = None
 
