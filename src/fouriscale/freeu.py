@@ -19,7 +19,8 @@ from .profiles import FreeUSite, ModelProfile
 from .spectral import freeu_filter
 from .state import Runtime
 
-__all__ = ["freeu_stage", "PaperFreeUHook", "attach_paper_freeu", "DiffusersFreeU"]
+__all__ = ["freeu_stage", "PaperFreeUHook", "attach_paper_freeu", "FreeUSnapshot", "enable_diffusers_freeu",
+           "disable_diffusers_freeu"]
 
 
 def freeu_stage(backbone_channels: int, deepest_channels: int) -> int | None:
@@ -64,32 +65,38 @@ def attach_paper_freeu(unet: nn.Module, profile: ModelProfile, runtime: Runtime)
     return handles
 
 
-class DiffusersFreeU:
-    """``freeu="diffusers"``: diffusers' ``enable_freeu`` while applied, the previous FreeU state after removal."""
+class FreeUSnapshot:
+    """The diffusers FreeU attributes of every up block, as they were; ``remove()`` puts them back."""
 
     _ATTRS = ("s1", "s2", "b1", "b2")
 
-    def __init__(self, unet: nn.Module, params: tuple[float, float, float, float]) -> None:
+    def __init__(self, unet: nn.Module) -> None:
         self.unet = unet
-        self.previous = [
-            {a: getattr(block, a, None) for a in self._ATTRS} for block in unet.up_blocks
-        ]
-        b1, b2, s1, s2 = params
-        unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+        self.saved = [{a: getattr(block, a, None) for a in self._ATTRS} for block in unet.up_blocks]
+
+    @property
+    def enabled(self) -> bool:
+        return any(saved["b1"] for saved in self.saved)
 
     def remove(self) -> None:
-        for block, saved in zip(self.unet.up_blocks, self.previous):
+        for block, saved in zip(self.unet.up_blocks, self.saved):
             for attr, value in saved.items():
                 setattr(block, attr, value)
 
 
-def disable_diffusers_freeu(unet: nn.Module) -> DiffusersFreeU | None:
+def enable_diffusers_freeu(unet: nn.Module, params: tuple[float, float, float, float]) -> FreeUSnapshot:
+    """``freeu="diffusers"``: diffusers' ``enable_freeu``; the returned snapshot restores the previous state."""
+    snapshot = FreeUSnapshot(unet)
+    b1, b2, s1, s2 = params
+    unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+    return snapshot
+
+
+def disable_diffusers_freeu(unet: nn.Module) -> FreeUSnapshot | None:
     """Switch off a FreeU enabled through diffusers (so the paper's variant does not stack on it); returns
-    an object whose ``remove()`` restores it, or ``None`` when none was on."""
-    if not any(getattr(block, "b1", None) for block in unet.up_blocks):
+    the snapshot that restores it, or ``None`` when none was on."""
+    snapshot = FreeUSnapshot(unet)
+    if not snapshot.enabled:
         return None
-    saved = DiffusersFreeU.__new__(DiffusersFreeU)
-    saved.unet = unet
-    saved.previous = [{a: getattr(block, a, None) for a in DiffusersFreeU._ATTRS} for block in unet.up_blocks]
     unet.disable_freeu()
-    return saved
+    return snapshot

@@ -24,7 +24,7 @@ from .attention import FouriScaleAttnProcessor
 from .branches import BranchWrapper
 from .config import FouriScaleConfig
 from .conv import FouriScaleConv2d
-from .freeu import DiffusersFreeU, attach_paper_freeu, disable_diffusers_freeu
+from .freeu import attach_paper_freeu, disable_diffusers_freeu, enable_diffusers_freeu
 from .plan import Plan, make_plan
 from .profiles import ModelProfile, detect_profile
 from .state import Runtime
@@ -146,7 +146,7 @@ def apply_fouriscale(pipe, config: FouriScaleConfig | None = None, **overrides):
                 patch.restorers.append(previous)
             patch.handles += attach_paper_freeu(model, profile, runtime)
         elif config.freeu == "diffusers":
-            patch.restorers.append(DiffusersFreeU(model, config.freeu_params or profile.freeu_values))
+            patch.restorers.append(enable_diffusers_freeu(model, config.freeu_params or profile.freeu_values))
         vae = getattr(pipe, "vae", None)
         if config.vae_tiling is not False and vae is not None and hasattr(vae, "decoder"):
             threshold = None if config.vae_tiling else config.vae_tiling_threshold
