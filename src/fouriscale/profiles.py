@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-__all__ = ["LayerSpec", "FreeUSite", "ModelProfile", "detect_profile", "FREEU_VALUES"]
+__all__ = ["LayerSpec", "FreeUSite", "ModelProfile", "detect_profile", "native_latent", "FREEU_VALUES"]
 
 # FreeU values (b1, b2, s1, s2) the official FouriScale scripts use.
 FREEU_VALUES = {
@@ -182,6 +182,16 @@ def _freeu_sites(unet: nn.Module) -> tuple[FreeUSite, ...]:
     return tuple(sites)
 
 
+def native_latent(config) -> tuple[int, int]:
+    """The UNet's native latent size ``(h0, w0)`` from ``config.sample_size`` (an int or a pair)."""
+    sample = config.sample_size
+    if isinstance(sample, int):
+        return sample, sample
+    if isinstance(sample, (list, tuple)) and len(sample) == 2:
+        return int(sample[0]), int(sample[1])
+    raise ValueError(f"unknown UNet layout: sample_size={sample!r} is neither an int nor (height, width).")
+
+
 def detect_profile(unet: nn.Module, vae_scale_factor: int, layers: tuple[str, ...] | None = None) -> ModelProfile:
     """Read a :class:`ModelProfile` off a diffusers ``UNet2DConditionModel``.
 
@@ -211,13 +221,7 @@ def detect_profile(unet: nn.Module, vae_scale_factor: int, layers: tuple[str, ..
             f"unknown UNet layout (addition_embed_type={embed!r}); FouriScale supports Stable Diffusion 1.x/2.x "
             "and SDXL UNets."
         )
-    sample = config.sample_size
-    if isinstance(sample, int):
-        native = (sample, sample)
-    elif isinstance(sample, (list, tuple)) and len(sample) == 2:
-        native = (int(sample[0]), int(sample[1]))
-    else:
-        raise ValueError(f"unknown UNet layout: sample_size={sample!r} is neither an int nor (height, width).")
+    native = native_latent(config)
     candidates = _candidates(unet)
     chosen = _default_selection(candidates, family) if layers is None else _user_selection(candidates, tuple(layers))
     if not chosen:

@@ -242,7 +242,7 @@ def cmd_generate(args) -> int:
     import fouriscale
 
     from .jobs import Recipe, make_jobs, run_batch
-    from .loading import load_pipeline, parse_lora, resolve_device, resolve_dtype
+    from .loading import load_pipeline, native_size, parse_lora, resolve_device, resolve_dtype
 
     prompts = _read_prompts(args)
     seeds = _seeds(args)
@@ -267,11 +267,7 @@ def cmd_generate(args) -> int:
         pipe.set_progress_bar_config(disable=True)
     else:
         pipe.set_progress_bar_config(leave=False, desc="steps", position=1)
-    unet_config = pipe.unet.config
-    sample = unet_config.sample_size
-    native = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    native = (native[0] * pipe.vae_scale_factor, native[1] * pipe.vae_scale_factor)
-    height, width, steps = _resolve_size(args, native, loaded.family)
+    height, width, steps = _resolve_size(args, native_size(pipe), loaded.family)
     guidance = args.guidance
     if guidance is None:
         guidance = PAPER_PRESETS[args.preset].guidance_scale if args.preset else DEFAULT_GUIDANCE[loaded.family]
@@ -293,14 +289,16 @@ def cmd_generate(args) -> int:
 def cmd_plan(args) -> int:
     import fouriscale
 
+    from ..profiles import detect_profile
     from .loading import load_unet_profile_source
 
     config = _config_from(args)
     unet, factor = load_unet_profile_source(args.model, args.model_config)
-    sample = unet.config.sample_size
-    native = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    family = "sdxl" if unet.config.get("addition_embed_type") == "text_time" else "sd"
-    height, width, steps = _resolve_size(args, (native[0] * factor, native[1] * factor), family)
+    try:
+        profile = detect_profile(unet, factor, config.layers)
+    except (TypeError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    height, width, steps = _resolve_size(args, profile.native_size, profile.family)
     try:
         plan = fouriscale.get_plan(unet, height, width, steps, config, vae_scale_factor=factor)
     except (TypeError, ValueError) as exc:
@@ -311,7 +309,7 @@ def cmd_plan(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare import comparison_grid, render_variants, spectrum_plot
-    from .loading import load_pipeline
+    from .loading import load_pipeline, native_size
     from .outputs import slugify, write_png
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -332,10 +330,7 @@ def cmd_compare(args) -> int:
                            allow_pickle=args.allow_pickle, config=args.model_config)  # fmt: skip
     pipe = loaded.pipe
     pipe.set_progress_bar_config(disable=args.no_progress)
-    sample = pipe.unet.config.sample_size
-    native = (sample, sample) if isinstance(sample, int) else tuple(sample)
-    height, width, steps = _resolve_size(args, (native[0] * pipe.vae_scale_factor, native[1] * pipe.vae_scale_factor),
-                                         loaded.family)  # fmt: skip
+    height, width, steps = _resolve_size(args, native_size(pipe), loaded.family)
     if crop and (crop[2] > width or crop[3] > height or min(crop) < 0):
         raise UserError(f"--crop {args.crop}: the box leaves the {width}x{height} image")
     guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE[loaded.family]

@@ -19,6 +19,7 @@ __all__ = [
     "LoadedModel",
     "load_pipeline",
     "load_unet_profile_source",
+    "native_size",
     "set_scheduler",
     "parse_lora",
     "resolve_device",
@@ -267,6 +268,14 @@ def load_pipeline(
     else:
         raise UserError(f"--offload {offload!r}: choose none, model or sequential")
     return LoadedModel(pipe=pipe, family=family, source=model, kind=kind)
+
+
+def native_size(pipe) -> tuple[int, int]:
+    """The pipeline's native image size ``(height, width)`` in pixels."""
+    from ..profiles import native_latent
+
+    h0, w0 = native_latent(pipe.unet.config)
+    return h0 * pipe.vae_scale_factor, w0 * pipe.vae_scale_factor
 
 
 def load_unet_profile_source(model: str, config: str | None = None):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
 from .jobs import Job, Recipe, image_settings, render
-from .loading import LoadedModel, UserError, load_pipeline
+from .loading import LoadedModel, UserError, load_pipeline, native_size
 from .outputs import Manifest, image_name, settings_key, write_png
 
 __all__ = ["Studio", "build_app", "launch", "SIZE_CHOICES", "QUEUE_SIZE"]
@@ -100,14 +100,10 @@ class Studio:
 
     @staticmethod
     def _size(loaded: LoadedModel, size: str, width, height) -> tuple[int, int]:
-        pipe = loaded.pipe
-        sample = pipe.unet.config.sample_size
-        native = (sample, sample) if isinstance(sample, int) else tuple(sample)
-        f = pipe.vae_scale_factor
         if size == CUSTOM:
             h, w = _int(height, "height", 1, 16384), _int(width, "width", 1, 16384)
         elif size == SIZE_CHOICES[0] or not size:
-            h, w = 2 * native[0] * f, 2 * native[1] * f
+            h, w = (2 * v for v in native_size(loaded.pipe))
         else:
             w, h = (int(v) for v in size.split("x"))
         for name, value in (("height", h), ("width", w)):
