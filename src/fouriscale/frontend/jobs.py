@@ -19,7 +19,8 @@ import fouriscale
 from .loading import UserError
 from .outputs import Manifest, image_name, read_settings, settings_key, write_png
 
-__all__ = ["Recipe", "Job", "parse_seeds", "make_jobs", "image_settings", "render", "run_batch", "side_by_side"]
+__all__ = ["Recipe", "Job", "parse_seeds", "make_jobs", "image_settings", "finished_settings", "output_name", "render",
+           "save_image", "run_batch", "side_by_side"]
 
 
 @dataclass(frozen=True)
@@ -148,20 +149,31 @@ def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=N
         ) from None
 
 
+def save_image(image: Image.Image, out: Path, settings: dict, rank: int = 0, manifest: Manifest | None = None) -> None:
+    """Write a finished image as ``out / settings["file"]`` with its settings (atomic PNG) and record it in the
+    folder's manifest."""
+    write_png(image, out / settings["file"], settings)
+    (manifest or Manifest(out)).add(dict(settings, rank=rank))
+
+
+def finished_settings(recipe: Recipe, job: Job, method: str, name: str, plan=None) -> dict:
+    """:func:`image_settings` plus the bookkeeping stored with a file: its key, name and job index."""
+    settings = image_settings(recipe, job, method, plan if method == "fouriscale" else None)
+    settings.update(key=settings_key(settings), file=name, index=job.index)
+    return settings
+
+
+def output_name(job: Job, method: str) -> str:
+    """File name of a job's image: ``NAME.png`` for FouriScale, ``NAME-direct.png`` for direct inference."""
+    return image_name(job.index, job.seed, job.prompt, "" if method == "fouriscale" else "-direct")
+
+
 def side_by_side(left: Image.Image, right: Image.Image, gap: int = 8) -> Image.Image:
     """``left | right`` on a white canvas (direct inference left, FouriScale right)."""
     canvas = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
     canvas.paste(left, (0, 0))
     canvas.paste(right, (left.width + gap, 0))
     return canvas
-
-
-def _outputs(recipe: Recipe, job: Job) -> list[tuple[str, str]]:
-    name = image_name(job.index, job.seed, job.prompt)
-    outputs = [("fouriscale", name)]
-    if recipe.compare:
-        outputs.append(("direct", name[: -len(".png")] + "-direct.png"))
-    return outputs
 
 
 def run_batch(pipe, recipe: Recipe, jobs: list[Job], out_dir: str, *, state=None, progress: bool = True) -> BatchResult:
@@ -183,13 +195,13 @@ def run_batch(pipe, recipe: Recipe, jobs: list[Job], out_dir: str, *, state=None
 
     rank = state.process_index if state is not None else 0
     planned = []
+    methods = ["fouriscale", "direct"] if recipe.compare else ["fouriscale"]
     for job in mine:
-        for method, name in _outputs(recipe, job):
-            settings = image_settings(recipe, job, method, plan if method == "fouriscale" else None)
-            key = settings_key(settings)
-            settings.update(key=key, file=name, index=job.index)
+        for method in methods:
+            name = output_name(job, method)
+            settings = finished_settings(recipe, job, method, name, plan)
             existing = read_settings(out / name)
-            if existing is not None and existing.get("key") != key:
+            if existing is not None and existing.get("key") != settings["key"]:
                 raise UserError(
                     f"{out / name} already holds an image made with other settings; choose another --out folder "
                     "or move that file away (nothing was overwritten)"
@@ -207,8 +219,7 @@ def run_batch(pipe, recipe: Recipe, jobs: list[Job], out_dir: str, *, state=None
             result.skipped.append(name)
         else:
             image = render(pipe, recipe, job, method)
-            write_png(image, out / name, settings)
-            manifest.add(dict(settings, rank=rank))
+            save_image(image, out, settings, rank, manifest)
             result.written.append(name)
             images[(job.index, method)] = image
         bar.update(1)

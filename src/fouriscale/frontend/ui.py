@@ -13,9 +13,8 @@ import threading
 from pathlib import Path
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
-from .jobs import Job, Recipe, image_settings, render
+from .jobs import Job, Recipe, finished_settings, output_name, render, save_image
 from .loading import LoadedModel, UserError, load_pipeline, native_size
-from .outputs import Manifest, image_name, settings_key, write_png
 
 __all__ = ["Studio", "build_app", "launch", "SIZE_CHOICES", "QUEUE_SIZE"]
 
@@ -88,12 +87,9 @@ class Studio:
                         progress(done, desc=f"{method}: step {i + 1}/{steps}")
 
                 image = render(pipe, recipe, job, method, on_step=on_step)
-                name = image_name(job.index, seed, job.prompt, "" if method == "fouriscale" else "-direct")
-                settings = image_settings(recipe, job, method, plan if method == "fouriscale" else None)
-                settings.update(key=settings_key(settings), file=name, index=job.index)
-                write_png(image, self.out / name, settings)
-                Manifest(self.out).add(settings)
-                paths[method] = str(self.out / name)
+                settings = finished_settings(recipe, job, method, output_name(job, method), plan)
+                save_image(image, self.out, settings)
+                paths[method] = str(self.out / settings["file"])
         info = (f"{width}x{height}, {steps} steps, seed {seed}: dilation {plan.dilation}, base "
                 f"{plan.base_size[1]:g}x{plan.base_size[0]:g}" + (" (FouriScale is a no-op at this size)" if plan.noop else ""))  # fmt: skip
         return {"image": paths["fouriscale"], "direct": paths.get("direct"), "info": info}
