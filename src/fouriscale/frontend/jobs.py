@@ -145,7 +145,7 @@ def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=N
     except torch.OutOfMemoryError:
         raise UserError(
             f"out of GPU memory at {recipe.width}x{recipe.height}; try --offload model (or sequential), "
-            "--vae-tiling on, --dtype fp16, or a smaller size"
+            "--dtype fp16, or a smaller size"
         ) from None
 
 
