@@ -19,7 +19,7 @@ def tiny_dirs(tmp_path_factory):
     from fouriscale.testing import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("models")
-    return {family: save_tiny_pipeline(str(root / family), family) for family in ("sd15", "sdxl")}
+    return {family: save_tiny_pipeline(str(root / family), family) for family in ("sd1", "sdxl")}
 
 
 def _load(path, family):
@@ -33,7 +33,7 @@ def _load(path, family):
 
 @pytest.fixture(scope="module")
 def sd_pipe(tiny_dirs):
-    return _load(tiny_dirs["sd15"], "sd15")
+    return _load(tiny_dirs["sd1"], "sd1")
 
 
 @pytest.fixture(scope="module")

@@ -27,10 +27,10 @@ def files(tiny_dirs, tmp_path_factory):
     from fouriscale.testing import save_single_file, save_tiny_lora
 
     root = tmp_path_factory.mktemp("files")
-    sd = StableDiffusionPipeline.from_pretrained(tiny_dirs["sd15"])
+    sd = StableDiffusionPipeline.from_pretrained(tiny_dirs["sd1"])
     xl = StableDiffusionXLPipeline.from_pretrained(tiny_dirs["sdxl"])
     return {
-        "sd15": save_single_file(sd, str(root / "sd15.safetensors")),
+        "sd1": save_single_file(sd, str(root / "sd1.safetensors")),
         "sdxl": save_single_file(xl, str(root / "sdxl.safetensors")),
         "lora": save_tiny_lora(str(root / "lora"), sd),
         "root": root,
@@ -50,7 +50,7 @@ def error_line(capsys):
 
 def test_generate_from_folder_with_lora_and_metadata_round_trip(tiny_dirs, files, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli("generate", "a red cat", "--model", tiny_dirs["sd15"], "--size", "96x64", "--seed", "7",
+    code = cli("generate", "a red cat", "--model", tiny_dirs["sd1"], "--size", "96x64", "--seed", "7",
                "--negative", "blurry, dark", "--lora", f"{files['lora']}:0.8", "--out", out, *FAST)  # fmt: skip
     assert code == 0, capsys.readouterr().err
     name = image_name(0, 7, "a red cat")
@@ -62,7 +62,7 @@ def test_generate_from_folder_with_lora_and_metadata_round_trip(tiny_dirs, files
     assert settings["scheduler"] == "ddim" and settings["eta"] == 1.0 and settings["guidance_scale"] == 7.5
     assert settings["loras"] == [{"path": files["lora"], "scale": 0.8}]
     assert settings["fouriscale"]["freeu"] == "paper" and settings["plan"]["dilation"] == 3
-    assert settings["version"] and settings["model"] == tiny_dirs["sd15"]
+    assert settings["version"] and settings["model"] == tiny_dirs["sd1"]
     params = image.text["parameters"].splitlines()
     assert params[0] == "a red cat" and params[1] == "Negative prompt: blurry, dark"
     assert "Seed: 7" in params[2] and "Size: 96x64" in params[2] and "Sampler: ddim" in params[2]
@@ -70,7 +70,7 @@ def test_generate_from_folder_with_lora_and_metadata_round_trip(tiny_dirs, files
     entries = Manifest(out).entries()
     assert len(entries) == 1 and entries[0]["file"] == name and entries[0]["key"] == settings["key"]
     # Same arguments again: nothing to do.
-    assert cli("generate", "a red cat", "--model", tiny_dirs["sd15"], "--size", "96x64", "--seed", "7",
+    assert cli("generate", "a red cat", "--model", tiny_dirs["sd1"], "--size", "96x64", "--seed", "7",
                "--negative", "blurry, dark", "--lora", f"{files['lora']}:0.8", "--out", out, *FAST) == 0  # fmt: skip
     assert "0 image(s) written, 1 already done" in capsys.readouterr().out
     assert len(Manifest(out).entries()) == 1
@@ -78,14 +78,14 @@ def test_generate_from_folder_with_lora_and_metadata_round_trip(tiny_dirs, files
 
 def test_lora_changes_the_image(tiny_dirs, files, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--size", "64x64", "--out", a, *FAST) == 0
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--size", "64x64", "--out", b,
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--out", a, *FAST) == 0
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--out", b,
                "--lora", files["lora"], *FAST) == 0  # fmt: skip
     name = image_name(0, 23, "a cat")
     assert Image.open(a / name).tobytes() != Image.open(b / name).tobytes()
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_generate_from_single_file(tiny_dirs, files, tmp_path, family, capsys):
     out = tmp_path / "out"
     code = cli("generate", "a house", "--model", files[family], "--config", tiny_dirs[family], "--size", "64x64",
@@ -118,10 +118,10 @@ def test_compare_seeds_and_prompts_file(tiny_dirs, tmp_path):
 
 def test_num_images_and_seed_lists(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--size", "64x64", "--num-images", "2",
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--num-images", "2",
                "--seed", "5", "--out", out, *FAST) == 0  # fmt: skip
     assert sorted(p.name for p in out.glob("*.png")) == ["00000-5-a-cat.png", "00001-6-a-cat.png"]
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--num-images", "3", "--seed", "1,2",
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--num-images", "3", "--seed", "1,2",
                "--out", out, *FAST) == 2  # fmt: skip
     assert "does not match" in error_line(capsys)
 
@@ -130,7 +130,7 @@ def test_plan_command(tiny_dirs, files, capsys):
     assert cli("plan", "--model", tiny_dirs["sdxl"], "--size", "96x64", "--steps", "10") == 0
     out = capsys.readouterr().out
     assert "base bucket        36x26" in out and "dilation d         3" in out and "up_blocks.0.upsamplers.0.conv" in out
-    assert cli("plan", "--model", files["sd15"], "--config", tiny_dirs["sd15"], "--size", "128x128") == 0
+    assert cli("plan", "--model", files["sd1"], "--config", tiny_dirs["sd1"], "--size", "128x128") == 0
     out = capsys.readouterr().out
     assert "dilation d         4" in out and "plain convs from step 35" in out
 
@@ -158,7 +158,7 @@ def test_hostile_prompts_give_safe_names(prompt):
 
 def test_hostile_prompt_end_to_end(tiny_dirs, tmp_path):
     out = tmp_path / "out"
-    assert cli("generate", "../../escape/../me", "--model", tiny_dirs["sd15"], "--size", "64x64", "--out", out, *FAST) == 0
+    assert cli("generate", "../../escape/../me", "--model", tiny_dirs["sd1"], "--size", "64x64", "--out", out, *FAST) == 0
     assert [p.name for p in out.glob("*.png")] == ["00000-23-escape-me.png"]
     assert not (tmp_path / "escape").exists()
 
@@ -171,7 +171,7 @@ def test_pickle_checkpoints_are_refused(tiny_dirs, tmp_path, capsys):
     assert "pickle" in line and "--allow-pickle" in line
     lora = tmp_path / "lora.bin"
     torch.save({}, lora)
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--lora", lora, "--out", tmp_path / "o", *FAST) == 2
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--lora", lora, "--out", tmp_path / "o", *FAST) == 2
     assert "--allow-pickle" in error_line(capsys)
 
 
@@ -197,7 +197,7 @@ def test_pickle_checkpoints_are_refused(tiny_dirs, tmp_path, capsys):
 def test_error_paths(tiny_dirs, tmp_path, capsys, args, message):
     argv = ["generate", "a cat", "--out", tmp_path / "o", *FAST]
     if "--model" not in args:
-        argv += ["--model", tiny_dirs["sd15"]]
+        argv += ["--model", tiny_dirs["sd1"]]
     if "--prompts" in args:
         argv.remove("a cat")
     assert cli(*argv, *args) == 2
@@ -208,7 +208,7 @@ def test_error_paths(tiny_dirs, tmp_path, capsys, args, message):
 def test_bad_lora_file_and_size_the_model_cannot_take(tiny_dirs, tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--lora", bad, "--out", tmp_path / "o", *FAST) == 2
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--lora", bad, "--out", tmp_path / "o", *FAST) == 2
     assert "--lora" in error_line(capsys)
     assert cli("generate", "a cat", "--model", tiny_dirs["sdxl"], "--size", "512x32", "--out", tmp_path / "o", *FAST) == 2
     assert "aspect ratios SDXL was trained on" in error_line(capsys)
@@ -232,7 +232,7 @@ def test_out_of_memory_gives_a_hint_and_keeps_finished_images(tiny_dirs, tmp_pat
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", call)
     out = tmp_path / "o"
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--seed", "1-3", "--out", out, *FAST) == 2
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--seed", "1-3", "--out", out, *FAST) == 2
     line = error_line(capsys)
     assert "out of GPU memory" in line and "--offload" in line
     assert [p.name for p in out.glob("*.png")] == ["00000-1-a-cat.png"]
@@ -241,9 +241,9 @@ def test_out_of_memory_gives_a_hint_and_keeps_finished_images(tiny_dirs, tmp_pat
 
 def test_existing_different_image_is_never_overwritten(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "o"
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--size", "64x64", "--out", out, *FAST) == 0
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--out", out, *FAST) == 0
     before = (out / image_name(0, 23, "a cat")).read_bytes()
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd15"], "--size", "64x64", "--guidance", "3",
+    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--guidance", "3",
                "--out", out, *FAST) == 2  # fmt: skip
     assert "other settings" in error_line(capsys)
     assert (out / image_name(0, 23, "a cat")).read_bytes() == before
@@ -256,7 +256,7 @@ def _run_cli(args, env_extra=None, **popen):
 
 def test_resume_after_a_killed_run(tiny_dirs, tmp_path):
     out = tmp_path / "o"
-    args = ["generate", "a cat", "--model", tiny_dirs["sd15"], "--size", "64x64", "--steps", "8", "--seed", "1-4",
+    args = ["generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--steps", "8", "--seed", "1-4",
             "--out", out, "--no-progress"]  # fmt: skip
     proc = _run_cli(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -283,7 +283,7 @@ def test_two_processes_share_the_work(tiny_dirs, tmp_path):
     out = tmp_path / "o"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fouriscale",
-           "generate", "--prompts", str(prompts), "--model", tiny_dirs["sd15"], "--size", "64x64", "--steps", "2",
+           "generate", "--prompts", str(prompts), "--model", tiny_dirs["sd1"], "--size", "64x64", "--steps", "2",
            "--device", "cpu", "--out", str(out), "--no-progress"]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

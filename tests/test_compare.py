@@ -81,5 +81,5 @@ def test_compare_command(tiny_dirs, tmp_path, capsys):
     assert Image.open(out / "compare-23-a-red-cat-spectrum.png").size == (800, 500)
     for name in ("direct", "fouriscale", "no-low-pass"):
         assert Image.open(out / f"compare-23-a-red-cat-{name}.png").size == (96, 64)
-    assert main(["compare", "x", "--model", tiny_dirs["sd15"], "--variants", "direct,sharper", "--out", str(out)]) == 2
+    assert main(["compare", "x", "--model", tiny_dirs["sd1"], "--variants", "direct,sharper", "--out", str(out)]) == 2
     assert "unknown sharper" in capsys.readouterr().err

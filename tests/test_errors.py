@@ -45,13 +45,13 @@ def test_config_is_frozen_and_normalised():
 
 def test_paper_presets():
     assert set(PAPER_PRESETS) == {
-        "sd1.5-1024x1024", "sd1.5-1280x1280", "sd1.5-2048x1024", "sd1.5-2048x2048",
-        "sd2.1-1024x1024", "sd2.1-1280x1280", "sd2.1-2048x1024", "sd2.1-2048x2048",
+        "sd1-1024x1024", "sd1-1280x1280", "sd1-2048x1024", "sd1-2048x2048",
+        "sd2-1024x1024", "sd2-1280x1280", "sd2-2048x1024", "sd2-2048x2048",
         "sdxl-2048x2048", "sdxl-2560x2560", "sdxl-4096x2048", "sdxl-4096x4096",
     }  # fmt: skip
-    preset = PAPER_PRESETS["sd1.5-2048x1024"]
+    preset = PAPER_PRESETS["sd1-2048x1024"]
     assert (preset.height, preset.width, preset.config.start_step, preset.config.stop_step) == (1024, 2048, 20, 35)
-    assert PAPER_PRESETS["sd1.5-1280x1280"].config.start_step == 10
+    assert PAPER_PRESETS["sd1-1280x1280"].config.start_step == 10 and PAPER_PRESETS["sd1-1280x1280"].guidance_scale == 7.5
     assert PAPER_PRESETS["sdxl-4096x2048"].guidance_scale == 5.0
 
 
@@ -86,7 +86,7 @@ def test_unknown_layer_names_fail_cleanly(sd_pipe):
     with pytest.raises(ValueError, match="matches no spatial convolution"):
         fouriscale.apply_fouriscale(sd_pipe, layers=("down_blocks.7.resnets.0.conv1",))
     assert not fouriscale.is_fouriscale_applied(sd_pipe)
-    assert not sd_pipe.unet._forward_pre_hooks
+    assert not hasattr(sd_pipe.unet, "_diffusers_hook")
 
 
 def test_sizes_the_model_cannot_take(sd_pipe, sdxl_pipe, clean):
@@ -101,7 +101,9 @@ def test_sizes_the_model_cannot_take(sd_pipe, sdxl_pipe, clean):
     # 16:1 is beyond SDXL's 1:4 .. 4:1 buckets: the call fails before the first step with advice.
     with pytest.raises(ValueError, match="aspect ratios SDXL was trained on"):
         sdxl_pipe("a cat", height=32, width=512, num_inference_steps=2, output_type="latent")
-    assert sdxl_pipe._fouriscale_patch.runtime.state is None
+    from fouriscale.patch import patch_of
+
+    assert patch_of(sdxl_pipe).runtime.call is None
     # An explicit base size makes any aspect ratio possible.
     fouriscale.apply_fouriscale(sdxl_pipe, base_size=(32, 128))
     out = sdxl_pipe("a cat", height=32, width=512, num_inference_steps=2, output_type="latent").images
@@ -114,10 +116,10 @@ def test_failed_apply_leaves_no_patch(sd_pipe, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(patch_module, "attach_paper_freeu", boom)
+    monkeypatch.setattr(patch_module, "PaperFreeUHook", boom)
     before = dict(sd_pipe.unet.named_modules())
     with pytest.raises(RuntimeError, match="boom"):
         fouriscale.apply_fouriscale(sd_pipe)
     assert dict(sd_pipe.unet.named_modules()).keys() == before.keys()
     assert not fouriscale.is_fouriscale_applied(sd_pipe)
-    assert not any(type(p).__name__ == "FouriScaleAttnProcessor" for p in sd_pipe.unet.attn_processors.values())
+    assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for m in sd_pipe.unet.modules())

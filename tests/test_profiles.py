@@ -17,14 +17,14 @@ def _meta_unet(config):
 
 @pytest.fixture(scope="module")
 def real_unets():
-    return {family: _meta_unet(real_unet_config(family)) for family in ("sd15", "sd21", "sdxl")}
+    return {family: _meta_unet(real_unet_config(family)) for family in ("sd1", "sd2", "sdxl")}
 
 
 def test_real_sd15_layers_are_the_papers(real_unets):
-    profile = detect_profile(real_unets["sd15"], 8)
+    profile = detect_profile(real_unets["sd1"], 8)
     assert sorted(s.name for s in profile.layers) == sorted(SD_LAYERS)
-    assert (profile.family, profile.variant, profile.native_latent) == ("sd", "sd1", (64, 64))
-    assert profile.freeu_values == (1.2, 1.4, 0.9, 0.2) and profile.mask_floor == 0.0
+    assert (profile.family.name, profile.native_latent) == ("sd1", (64, 64))
+    assert profile.family.freeu == (1.2, 1.4, 0.9, 0.2) and profile.family.mask_floor == 0.0
     kinds = {s.name: s.kind for s in profile.layers}
     assert kinds["down_blocks.2.downsamplers.0.conv"] == "downsampler"
     assert kinds["up_blocks.1.upsamplers.0.conv"] == "upsampler"
@@ -36,30 +36,70 @@ def test_real_sd15_layers_are_the_papers(real_unets):
 
 
 def test_real_sd21_uses_the_same_layers_and_its_own_values(real_unets):
-    profile = detect_profile(real_unets["sd21"], 8)
+    profile = detect_profile(real_unets["sd2"], 8)
     assert sorted(s.name for s in profile.layers) == sorted(SD_LAYERS)
-    assert (profile.variant, profile.native_latent, profile.native_size) == ("sd2", (96, 96), (768, 768))
-    assert profile.freeu_values == (1.1, 1.2, 0.9, 0.2)
+    assert (profile.family.name, profile.native_latent, profile.native_size) == ("sd2", (96, 96), (768, 768))
+    assert profile.family.freeu == (1.1, 1.2, 0.9, 0.2)
 
 
 def test_real_sdxl_layers_are_the_papers(real_unets):
     profile = detect_profile(real_unets["sdxl"], 8)
     assert sorted(s.name for s in profile.layers) == sorted(SDXL_LAYERS)
-    assert (profile.family, profile.native_size) == ("sdxl", (1024, 1024))
-    assert profile.freeu_values == (1.1, 1.2, 0.6, 0.4) and profile.mask_floor == 0.6
-    assert profile.detail_dilation_divisor == 1.5
+    assert (profile.family.name, profile.native_size) == ("sdxl", (1024, 1024))
+    assert profile.family.freeu == (1.1, 1.2, 0.6, 0.4) and profile.family.mask_floor == 0.6
+    assert profile.family.detail_dilation_divisor == 1.5
 
 
-@pytest.mark.parametrize("family", ["sd15", "sd21", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_stages_attentions_and_skip_tensors_follow_the_forward(family, real_unets):
+    profile = detect_profile(real_unets[family], 8)
+    unet = real_unets[family]
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    assert profile.stages == ("conv_in", *[f"down_blocks.{i}" for i in range(n_down)], "mid_block",
+                              *[f"up_blocks.{i}" for i in range(n_up)], "conv_out")  # fmt: skip
+    # Every patched layer knows its stage: the first patched conv of both families is in down_blocks.2.
+    assert profile.stages[profile.layers[0].stage] == "down_blocks.2"
+    assert all(profile.stages[s.stage] == s.name.rsplit(".resnets", 1)[0].rsplit(".downsamplers", 1)[0]
+               .rsplit(".upsamplers", 1)[0] for s in profile.layers)  # fmt: skip
+    # Self-attentions in forward order; the last one is in the last up block with attention.
+    names = [a.name for a in profile.attentions]
+    real = [n for n, m in unet.named_modules() if n.endswith("attn1")]
+    assert sorted(names) == sorted(real) and all(n.endswith("attn1") for n in names)
+    assert [a.stage for a in profile.attentions] == sorted(a.stage for a in profile.attentions)
+    last_up_with_attention = max(i for i, b in enumerate(unet.up_blocks) if getattr(b, "attentions", None))
+    assert profile.stages[profile.attentions[-1].stage] == f"up_blocks.{last_up_with_attention}"
+    # One skip tensor per conv_in, down-block resnet and downsampler: what ControlNet residuals are matched to.
+    expected = 1 + sum(len(b.resnets) + (1 if b.downsamplers else 0) for b in unet.down_blocks)
+    assert len(profile.res_sample_stages) == expected
+    assert profile.intrablock_stages[-1] == profile.stages.index("mid_block")
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_tiny_models_get_the_same_names_as_real_ones(family, real_unets):
     tiny = detect_profile(_meta_unet(tiny_unet_config(family)), 2)
     real = detect_profile(real_unets[family], 8)
+    assert tiny.family is real.family
     assert [s.name for s in tiny.layers] == [s.name for s in real.layers]
     assert [s.name for s in tiny.freeu_sites] == [s.name for s in real.freeu_sites]
+    # Fewer transformer layers per block in the tiny SDXL, but self-attention in the same stages.
+    assert {a.stage for a in tiny.attentions} == {a.stage for a in real.attentions}
+    assert tiny.res_sample_stages == real.res_sample_stages and tiny.stages == real.stages
+
+
+def test_family_table_is_the_only_spelling():
+    from fouriscale import FAMILIES, PAPER_PRESETS
+    from fouriscale.profiles import family
+
+    assert set(FAMILIES) == {"sd1", "sd2", "sdxl"}
+    assert all(name == fam.name for name, fam in FAMILIES.items())
+    assert {p.family for p in PAPER_PRESETS.values()} == set(FAMILIES)
+    assert all(p.name.startswith(p.family + "-") for p in PAPER_PRESETS.values())
+    with pytest.raises(ValueError, match="sd1, sd2, sdxl"):
+        family("sd15")
 
 
 def test_paper_freeu_gates_by_incoming_channels_on_sd15(real_unets):
-    profile = detect_profile(real_unets["sd15"], 8)
+    profile = detect_profile(real_unets["sd1"], 8)
     stages = {s.name: freeu_stage(s.backbone_channels, profile.deepest_channels) for s in profile.freeu_sites}
     b1 = sorted(n for n, st in stages.items() if st == 1)
     b2 = sorted(n for n, st in stages.items() if st == 2)
@@ -79,7 +119,7 @@ def test_paper_freeu_on_sdxl(real_unets):
 
 
 def test_user_layers_by_name_and_pattern(real_unets):
-    unet = real_unets["sd15"]
+    unet = real_unets["sd1"]
     profile = detect_profile(unet, 8, ("mid_block.resnets.0.conv1", "up_blocks.3.resnets.*.conv2"))
     assert [s.name for s in profile.layers] == ["mid_block.resnets.0.conv1"] + [
         f"up_blocks.3.resnets.{r}.conv2" for r in range(3)

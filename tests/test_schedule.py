@@ -7,12 +7,13 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
-from fouriscale.branches import locate_step
+from fouriscale.profiles import FAMILIES
+from fouriscale.steps import locate_step
 from fouriscale.schedule import (
     SDXL_BUCKETS,
     choose_bucket,
     conv_dilation,
-    default_window,
+    scaled_window,
     detail_conv_dilation,
     mask_scale,
     sd_dilation,
@@ -65,14 +66,17 @@ def test_bucket_choice_rejects_extreme_aspect_ratios():
         choose_bucket(512, 8192)
 
 
-def test_default_window_is_the_papers_scaled():
-    assert default_window("sd", 2, 50) == (10, 30)
-    assert default_window("sd", 3, 50) == (10, 30)
-    assert default_window("sd", 4, 50) == (20, 35)
-    assert default_window("sdxl", 2, 50) == (20, 35)
-    assert default_window("sd", 2, 25) == (5, 15)
-    assert default_window("sdxl", 3, 30) == (12, 21)
-    assert default_window("sd", 2, 10) == (2, 6)
+def test_family_windows_are_the_papers_scaled():
+    sd, xl = FAMILIES["sd1"], FAMILIES["sdxl"]
+    assert sd.window(2, 50) == (10, 30)
+    assert sd.window(3, 50) == (10, 30)
+    assert sd.window(4, 50) == (20, 35)
+    assert FAMILIES["sd2"].window(4, 50) == (20, 35)
+    assert xl.window(2, 50) == (20, 35)
+    assert sd.window(2, 25) == (5, 15)
+    assert xl.window(3, 30) == (12, 21)
+    assert sd.window(2, 10) == (2, 6)
+    assert scaled_window(10, 30, 7) == (1, 4)  # 1.4 -> 1, 4.2 -> 4 (half up)
 
 
 def test_step_dilation_follows_the_schedule():
@@ -116,6 +120,28 @@ def test_step_lookup_counts_denoising_steps(scheduler_cls, order):
     # A copy of the timestep (no shared storage) is located by value.
     assert locate_step(scheduler, scheduler.timesteps[3].clone())[0] == steps[3]
     assert locate_step(scheduler, float(scheduler.timesteps[-1]))[0] == steps[-1]
+
+
+def test_step_lookup_of_a_timestep_not_in_the_table_is_none():
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(10)
+    assert locate_step(scheduler, 5000) is None  # no nearest-step guess
+    assert locate_step(scheduler, scheduler.timesteps[2] + 1) is None
+    assert locate_step(scheduler, torch.tensor([scheduler.timesteps[2], scheduler.timesteps[3]])) is None
+    batch = scheduler.timesteps[4].expand(3)  # one timestep per row, all equal: step 4
+    assert locate_step(scheduler, batch.clone()) == (4, 10)
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, EulerDiscreteScheduler])
+def test_step_lookup_follows_the_full_schedule_under_strength(scheduler_cls):
+    """img2img with strength 0.6 over 10 steps runs steps 4..9 of the full table (as its pipeline slices it)."""
+    scheduler = scheduler_cls(num_train_timesteps=1000)
+    scheduler.set_timesteps(10)
+    t_start = 10 - int(0.6 * 10)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(t_start * scheduler.order)
+    seen = [locate_step(scheduler, t) for t in scheduler.timesteps[t_start * scheduler.order :]]
+    assert seen == [(i, 10) for i in range(4, 10)]
 
 
 def test_step_lookup_without_timesteps_is_none():

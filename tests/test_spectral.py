@@ -84,7 +84,7 @@ def test_real_fft_equals_complex_fft_real_part():
 def test_pad_then_crop_matches_reference_and_keeps_shape(shape, base):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 4, *shape, generator=g)
-    ours = lowpass_filter(x, base, (2.0, 2.0), 0.0, (False, False, True))
+    ours = lowpass_filter(x, padded_size(*shape, *base), (2.0, 2.0), 0.0, (False, False, True))
     assert ours.shape == x.shape
     torch.testing.assert_close(ours, ref_lowpass(x, base[0], base[1], 2.0, 2.0, 0.0, 3), rtol=1e-5, atol=1e-5)
 
@@ -99,9 +99,9 @@ def test_padded_size_keeps_base_aspect_ratio():
 
 def test_branches_get_their_own_masks():
     x = torch.randn(3, 2, 16, 16)
-    both = lowpass_filter(x, None, (2.0, 2.0), 0.0, (False, False, True))
-    strong = lowpass_filter(x, None, (2.0, 2.0), 0.0, (False, False, False))
-    weak = lowpass_filter(x, None, (2.0, 2.0), 0.0, (True, True, True))
+    both = lowpass_filter(x, (16, 16), (2.0, 2.0), 0.0, (False, False, True))
+    strong = lowpass_filter(x, (16, 16), (2.0, 2.0), 0.0, (False, False, False))
+    weak = lowpass_filter(x, (16, 16), (2.0, 2.0), 0.0, (True, True, True))
     assert torch.allclose(both[:2], strong[:2]) and torch.allclose(both[2:], weak[2:])
     assert not torch.allclose(strong[2:], weak[2:], atol=1e-3)
 
@@ -116,9 +116,9 @@ def test_masks_are_cached_per_shape_scale_and_device():
 
 def test_filter_runs_in_float32_and_casts_back():
     x = torch.randn(2, 2, 8, 8).to(torch.bfloat16)
-    y = lowpass_filter(x, (4.0, 4.0), (2.0, 2.0), 0.0, (False, True))
+    y = lowpass_filter(x, (8, 8), (2.0, 2.0), 0.0, (False, True))
     assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), lowpass_filter(x.float(), (4.0, 4.0), (2.0, 2.0), 0.0, (False, True)), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(y.float(), lowpass_filter(x.float(), (8, 8), (2.0, 2.0), 0.0, (False, True)), atol=2e-2, rtol=2e-2)
 
 
 def test_freeu_filter_matches_diffusers_and_reference():
@@ -162,7 +162,7 @@ def test_structural_consistency_needs_the_low_pass_filter():
     target = conv(small)
 
     plain = dilated_conv2d(conv, big, s)[..., ::s, ::s]
-    filtered = dilated_conv2d(conv, lowpass_filter(big, None, (s, s), 0.0, (False,)), s)[..., ::s, ::s]
+    filtered = dilated_conv2d(conv, lowpass_filter(big, big.shape[-2:], (s, s), 0.0, (False,)), s)[..., ::s, ::s]
     err_plain = float((plain - target).norm() / target.norm())
     err_filtered = float((filtered - target).norm() / target.norm())
     assert err_plain > 0.3, err_plain

@@ -27,14 +27,14 @@ def studio(tiny_dirs, tmp_path_factory):
 
 
 def test_generate_writes_the_cli_format_and_keeps_the_model(studio, tiny_dirs):
-    result = _ask(studio, tiny_dirs["sd15"])
+    result = _ask(studio, tiny_dirs["sd1"])
     settings = read_settings(result["image"])
     assert Image.open(result["image"]).size == (64, 64) and result["direct"] is None
     assert (settings["seed"], settings["method"], settings["steps"]) == (5, "fouriscale", 3)
     assert "parameters" in Image.open(result["image"]).text
     assert "dilation 2" in result["info"]
     loaded = studio.loaded
-    again = _ask(studio, tiny_dirs["sd15"], compare=True, seed=6)
+    again = _ask(studio, tiny_dirs["sd1"], compare=True, seed=6)
     assert studio.loaded is loaded  # loaded once, kept
     assert read_settings(again["direct"])["method"] == "direct"
     assert Image.open(again["direct"]).tobytes() != Image.open(again["image"]).tobytes()
@@ -43,7 +43,7 @@ def test_generate_writes_the_cli_format_and_keeps_the_model(studio, tiny_dirs):
 
 def test_progress_is_reported(studio, tiny_dirs):
     seen = []
-    studio.generate("a cat", model=tiny_dirs["sd15"], progress=lambda value, desc="": seen.append(value),
+    studio.generate("a cat", model=tiny_dirs["sd1"], progress=lambda value, desc="": seen.append(value),
                     **DEFAULTS)  # fmt: skip
     assert len(seen) == 3 and seen[-1] == pytest.approx(1.0)
 
@@ -61,7 +61,7 @@ def test_progress_is_reported(studio, tiny_dirs):
     ],
 )
 def test_bad_input_is_a_message(studio, tiny_dirs, changes, message):
-    model = changes.pop("model", tiny_dirs["sd15"])
+    model = changes.pop("model", tiny_dirs["sd1"])
     with pytest.raises(UserError, match=message):
         _ask(studio, model, **changes)
 
@@ -101,7 +101,7 @@ def test_app_in_a_headless_browser(tiny_dirs, tmp_path):
 
     port = _free_port()
     browser = _browser()
-    app = launch(model=tiny_dirs["sd15"], port=port, device="cpu", out_dir=str(tmp_path / "out"), block=False)
+    app = launch(model=tiny_dirs["sd1"], port=port, device="cpu", out_dir=str(tmp_path / "out"), block=False)
     try:
         browser.get(f"http://127.0.0.1:{port}")
         wait = WebDriverWait(browser, 90)

@@ -9,8 +9,9 @@ fouriscale.remove_fouriscale(pipe)                      # back to the stock pipe
 """
 
 from .config import PAPER_PRESETS, FouriScaleConfig, Preset
-from .patch import apply_fouriscale, get_plan, is_fouriscale_applied, remove_fouriscale
+from .patch import apply_fouriscale, disabled, get_config, get_plan, is_fouriscale_applied, remove_fouriscale
 from .plan import Plan
+from .profiles import FAMILIES, Family
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,10 @@ __all__ = [
     "remove_fouriscale",
     "is_fouriscale_applied",
     "get_plan",
+    "get_config",
+    "disabled",
+    "FAMILIES",
+    "Family",
     "FouriScaleConfig",
     "Preset",
     "PAPER_PRESETS",

@@ -1,75 +1,53 @@
-"""FouriScale guidance in self-attention (layer 3): a diffusers attention processor.
+"""FouriScale guidance in self-attention (layer 3): hooks on the outputs of ``to_q`` and ``to_k``.
 
-While the batch carries a detail branch, the detail branch's queries and keys are those of the
-structure branch (its values stay its own); otherwise the original processor runs unchanged.
+While the batch carries a structure and a detail branch, the detail branch's queries and keys are those
+of the structure branch (its values stay its own). The hooks act on the outputs of each self-attention
+layer's ``to_q`` and ``to_k`` (or on the query and key thirds of a fused ``to_qkv`` after
+``fuse_qkv_projections()``), so whatever attention processor or backend the user set runs unchanged.
+Cross-attention is never touched.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from diffusers.hooks import ModelHook
 
+from .plan import DETAIL, STRUCTURE
 from .state import Runtime
 
-__all__ = ["FouriScaleAttnProcessor"]
+__all__ = ["QKShareHook", "QK_HOOK"]
+
+QK_HOOK = "fouriscale.qk"
 
 
-class FouriScaleAttnProcessor:
-    """Self-attention (``attn1``) processor that shares Q/K from the structure to the detail branch.
+class QKShareHook(ModelHook):
+    """``post_forward`` of a self-attention projection: detail rows := structure rows, in place.
 
-    The detail branch is the last ``branch_size`` rows of the batch and the structure branch the rows
-    before it; the detail rows of Q and K are overwritten in place with the structure rows.
+    ``fused=True`` marks a fused ``to_qkv``, whose output holds ``[q, k, v]`` along the last dimension; then
+    only the query and key thirds are shared.
     """
 
-    def __init__(self, original, runtime: Runtime) -> None:
-        self.original = original
-        self._runtime = runtime
+    def __init__(self, stage: int, runtime: Runtime, fused: bool = False) -> None:
+        super().__init__()
+        self.stage = stage
+        self.runtime = runtime
+        self.fused = fused
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        state = self._runtime.state
-        if state is None or not state.guided or encoder_hidden_states is not None:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        rows = state.branch_size
-
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = hidden_states.shape
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        # In place: no second copy of Q or K is ever alive (peak memory stays that of the stock processor).
-        query[-rows:] = query[-2 * rows : -rows]
-        key[-rows:] = key[-2 * rows : -rows]
-
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if getattr(attn, "norm_q", None) is not None:
-            query = attn.norm_q(query)
-        if getattr(attn, "norm_k", None) is not None:
-            key = attn.norm_k(key)
-
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        hidden_states = hidden_states.to(query.dtype)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor
+    def post_forward(self, module, output: torch.Tensor) -> torch.Tensor:
+        call = self.runtime.call
+        if call is None or not call.shares_qk or not call.is_forked(self.stage):
+            return output
+        roles = call.forked
+        if output.shape[0] != len(roles) * call.rows:
+            raise RuntimeError(
+                f"FouriScale: a self-attention projection saw {output.shape[0]} rows, expected {len(roles) * call.rows}; "
+                "the attention processor in use splits the batch in a way FouriScale guidance cannot follow."
+            )
+        structure, detail = call.rows_of(roles, STRUCTURE), call.rows_of(roles, DETAIL)
+        # In place: no second copy of Q or K is ever alive (peak memory stays that of the stock layer).
+        if self.fused:
+            n = output.shape[-1] // 3 * 2
+            output[detail, ..., :n] = output[structure, ..., :n]
+        else:
+            output[detail] = output[structure]
+        return output

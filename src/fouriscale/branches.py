@@ -1,98 +1,133 @@
-"""The UNet wrapper (layer 3): turns the stock CFG batch into FouriScale's branches and back.
+"""The UNet around-hook and the stage layout hooks (layer 3): FouriScale's branches inside one UNet call.
 
-Registered as forward pre/post hooks on the pipeline's UNet, so the stock pipeline ``__call__``
-runs untouched:
+The stock pipeline ``__call__`` runs untouched. Its UNet call reaches :class:`UNetHook` (a diffusers
+``new_forward``), which locates the denoising step in the calling pipeline's scheduler, takes the
+(cached) plan for the size and step count and runs the UNet once, or twice with the unconditional
+branch as a pass of its own. Inside a pass the branches are laid out by stage (:class:`CallState`):
 
-* before the forward it finds the denoising step (from the scheduler's own timesteps, so
-  second-order schedulers that call the UNet twice per step count steps, not calls), builds the plan
-  once per size/step count, and expands ``[uncond, cond]`` to ``[uncond, structure, detail]``
-  (``[cond]`` to ``[structure, detail]`` without CFG), duplicating every batch-shaped input;
-* after the forward it returns ``[uncond, detail]`` (``[detail]``), with the guidance amplified by
-  ``amp_guidance_factor`` at the steps before ``start`` when ``amp_guidance`` is on.
+* before the fork stage, the stock batch: ``[uncond, cond]`` (``[cond]`` without CFG);
+* from the fork to the join stage, three branches: ``[uncond, structure, detail]``;
+* after the join stage, the stock batch again, the cond rows now being the detail branch.
+
+:class:`LayoutHook` on every stage from the fork on gives each batch-shaped input of the stage (hidden
+states, time embedding, text embeddings, skip tensors, attention masks, adapter residuals, IP-Adapter
+embeddings) the layout of that stage, and the join stage returns its output in the stock layout. The
+structure branch starts as a copy of the cond rows: before the fork nothing treats it differently. The
+residuals the UNet adds between blocks (ControlNet, T2I-Adapter) are laid out by the around-hook for
+the stage they are added to.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
-import weakref
+import sys
+
 import torch
+from diffusers.hooks import ModelHook
 
-from .config import FouriScaleConfig
-from .plan import COND, DETAIL, UNCOND, Plan, make_plan
-from .profiles import ModelProfile
-from .schedule import denoising_steps, step_of_timestep_index
-from .state import CallState, Runtime
+from .plan import COND, DETAIL, STRUCTURE, UNCOND
+from .state import CallState
+from .steps import locate_step
 
-__all__ = ["BranchWrapper", "locate_step", "expand_batch"]
+__all__ = ["UNetHook", "LayoutHook", "relayout", "UNET_HOOK", "LAYOUT_HOOK", "calling_pipeline"]
 
 logger = logging.getLogger("fouriscale")
 
-# `sequential_uncond=None` runs the unconditional branch as its own pass from this latent area on
-# (128 x 128 latents: 1024 px for SD, every SDXL size FouriScale acts on), where activations, not
-# weights, start to dominate memory and a batch of two already fills the device.
-SEQUENTIAL_UNCOND_MIN_LATENT = 128 * 128
+UNET_HOOK = "fouriscale"
+LAYOUT_HOOK = "fouriscale.layout"
 
 
-def _timestep_index_by_storage(timesteps: torch.Tensor, t) -> int | None:
-    """Index of ``t`` in ``timesteps`` when ``t`` is a view into it (the usual ``for t in timesteps``): no device sync."""
-    if not isinstance(t, torch.Tensor) or not isinstance(timesteps, torch.Tensor) or timesteps.dim() != 1:
-        return None
-    if t.device != timesteps.device or t.dtype != timesteps.dtype:
-        return None
-    try:
-        if t.untyped_storage().data_ptr() != timesteps.untyped_storage().data_ptr():
-            return None
-    except (RuntimeError, NotImplementedError):
-        return None
-    offset = t.storage_offset() - timesteps.storage_offset()
-    stride = timesteps.stride(0)
-    if stride <= 0 or offset % stride:
-        return None
-    k = offset // stride
-    return k if 0 <= k < len(timesteps) else None
-
-
-def _timestep_index_by_value(timesteps, t) -> int | None:
-    """Index of the first entry of ``timesteps`` equal (else nearest) to the value of ``t``."""
-    value = float(t.flatten()[0]) if isinstance(t, torch.Tensor) else float(t)
-    table = torch.as_tensor(timesteps).detach().double().cpu()
-    if table.numel() == 0:
-        return None
-    hits = (table == value).nonzero()
-    if len(hits):
-        return int(hits[0])
-    return int((table - value).abs().argmin())
-
-
-def locate_step(scheduler, timestep) -> tuple[int, int] | None:
-    """``(step, num_steps)`` of a UNet call at ``timestep``, read from ``scheduler.timesteps``; ``None`` if unknown."""
-    timesteps = getattr(scheduler, "timesteps", None)
-    if timesteps is None or len(timesteps) == 0:
-        return None
-    order = int(getattr(scheduler, "order", 1) or 1)
-    k = _timestep_index_by_storage(timesteps, timestep)
-    if k is None:
-        k = _timestep_index_by_value(timesteps, timestep)
-    if k is None:
-        return None
-    return step_of_timestep_index(k, order), denoising_steps(len(timesteps), order)
-
-
-def expand_batch(obj, sources: tuple[int, ...], rows: int, total: int):
-    """Rebuild every batch-shaped tensor in ``obj`` (nested in tuples/lists/dicts) from chunks of ``rows`` rows.
-
-    ``sources[j]`` is the stock chunk that new branch ``j`` copies; tensors whose first dimension is not
-    ``total`` (the stock batch) are left alone.
-    """
+def _map_tensors(obj, fn):
+    """``obj`` with ``fn`` applied to every tensor nested in tuples, lists and dicts."""
     if isinstance(obj, torch.Tensor):
-        if obj.dim() == 0 or obj.shape[0] != total:
-            return obj
-        return torch.cat([obj[s * rows : (s + 1) * rows] for s in sources])
+        return fn(obj)
     if isinstance(obj, dict):
-        return {k: expand_batch(v, sources, rows, total) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(expand_batch(v, sources, rows, total) for v in obj)
+        return type(obj)(_map_tensors(v, fn) for v in obj)
     return obj
+
+
+def _take(x: torch.Tensor, rows: int, source: tuple[str, ...], target: tuple[str, ...]) -> torch.Tensor:
+    """Rows of ``x`` (laid out as ``source``) rearranged to ``target``; a role missing from ``source`` (the
+    structure branch) copies the detail or cond rows."""
+    chunks = []
+    for role in target:
+        if role in source:
+            k = source.index(role)
+        else:
+            k = source.index(DETAIL if DETAIL in source else COND)
+        chunks.append(x[k * rows : (k + 1) * rows])
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+def relayout(obj, call: CallState, target: tuple[str, ...]):
+    """Give every batch-shaped tensor in ``obj`` the row layout ``target`` (stock or forked)."""
+    layouts = [call.stock] + ([call.forked] if call.forked is not None else [])
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0:
+            return x
+        for source in layouts:
+            if x.shape[0] == len(source) * call.rows:
+                return x if source == target else _take(x, call.rows, source, target)
+        return x
+
+    return _map_tensors(obj, convert)
+
+
+class LayoutHook(ModelHook):
+    """On one top-level stage: inputs in the stage's layout; the join stage hands its output back in stock layout."""
+
+    def __init__(self, stage: int, runtime) -> None:
+        super().__init__()
+        self.stage = stage
+        self.runtime = runtime
+
+    def pre_forward(self, module, *args, **kwargs):
+        call = self.runtime.call
+        if call is None or call.forked is None:
+            return args, kwargs
+        target = call.roles_at(self.stage)
+        return relayout(args, call, target), relayout(kwargs, call, target)
+
+    def post_forward(self, module, output):
+        call = self.runtime.call
+        if call is None or call.forked is None or self.stage != call.plan.join:
+            return output
+        return relayout(output, call, call.stock)
+
+
+@torch.compiler.disable
+def calling_pipeline(unet, max_depth: int = 64):
+    """The diffusers pipeline whose ``__call__`` is running ``unet`` (found on the call stack), or ``None``.
+
+    This is how pipelines made with ``from_pipe``, or any other pipeline given this UNet, run FouriScale
+    with their own scheduler and guidance settings. Never traced by ``torch.compile`` (it reads frames).
+    """
+    from diffusers import DiffusionPipeline
+
+    frame = sys._getframe(1)
+    for _ in range(max_depth):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_name == "__call__" and code.co_argcount and code.co_varnames[0] == "self":
+            obj = frame.f_locals.get("self")
+            if isinstance(obj, DiffusionPipeline):
+                owner = getattr(obj, "unet", None)
+                if getattr(owner, "_orig_mod", owner) is unet:
+                    return obj
+        frame = frame.f_back
+    return None
+
+
+def _uses_cfg(pipe) -> bool:
+    try:
+        return bool(pipe.do_classifier_free_guidance)
+    except (AttributeError, TypeError):
+        return False
 
 
 def _base_time_ids(time_ids: torch.Tensor, height: int, width: int, base: tuple[float, float]) -> torch.Tensor:
@@ -109,114 +144,127 @@ def _base_time_ids(time_ids: torch.Tensor, height: int, width: int, base: tuple[
     return ids
 
 
-class BranchWrapper:
-    """Forward pre/post hooks on the UNet that run FouriScale's branches and know the current step."""
+def _forked(stock: tuple[str, ...]) -> tuple[str, ...]:
+    """The stock layout with the structure branch inserted before the detail branch."""
+    k = stock.index(DETAIL)
+    return stock[:k] + (STRUCTURE,) + stock[k:]
 
-    def __init__(self, pipe, profile: ModelProfile, config: FouriScaleConfig, runtime: Runtime) -> None:
-        self._pipe = weakref.ref(pipe)
-        self.profile = profile
-        self.config = config
-        self.runtime = runtime
-        self._plans: dict[tuple[int, int, int], Plan] = {}
-        self._told: set = set()
-        self._stock: int = 1
-        self._uncond: torch.Tensor | None = None
 
-    def plan(self, height: int, width: int, num_steps: int) -> Plan:
-        """The (cached) plan for an image size in pixels and a number of denoising steps."""
-        key = (height, width, num_steps)
-        if key not in self._plans:
-            plan = make_plan(self.profile, height, width, num_steps, self.config)
-            if len(self._plans) > 16:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = plan
-            if plan.noop and (height, width) not in self._told:
-                self._told.add((height, width))
-                logger.info(
-                    "FouriScale: %dx%d is within the model's reference size %s; FouriScale is a no-op at this size.",
-                    width, height, "x".join(str(int(v)) for v in reversed(plan.base_size)),
-                )  # fmt: skip
-        return self._plans[key]
+class UNetHook(ModelHook):
+    """``new_forward`` of the UNet: locate the step, lay out the branches, run the pass(es), return the stock batch.
 
-    def _once(self, key: str, message: str) -> None:
-        if key not in self._told:
-            self._told.add(key)
-            logger.warning(message)
+    It also carries the applied patch (``.patch``), which is how :func:`fouriscale.get_config` finds it.
+    """
 
-    def pre_forward(self, module, args: tuple, kwargs: dict):
-        self.runtime.state = None
-        pipe = self._pipe()
-        sample = args[0] if args else kwargs.get("sample")
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        if pipe is None or not isinstance(sample, torch.Tensor) or timestep is None:
-            return None
-        located = locate_step(pipe.scheduler, timestep)
-        if located is None:
-            self._once("step", "FouriScale: the UNet was called outside a scheduler loop; running it unchanged.")
-            return None
-        step_index, num_steps = located
-        f = self.profile.vae_scale_factor
-        plan = self.plan(sample.shape[-2] * f, sample.shape[-1] * f, num_steps)
-        if plan.noop:
-            return None
+    def __init__(self, patch) -> None:
+        super().__init__()
+        self.patch = patch
+        self._signature = None
+
+    def new_forward(self, module, *args, **kwargs):
+        original = self.fn_ref.original_forward
+        patch, runtime = self.patch, self.patch.runtime
+        if not runtime.enabled or runtime.call is not None:
+            return original(*args, **kwargs)
+        patch.sync()
+        if self._signature is None:
+            self._signature = inspect.signature(original)
         try:
-            cfg = bool(pipe.do_classifier_free_guidance)
-        except AttributeError:
-            cfg = False
-        stock = 2 if cfg else 1
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:
+            return original(*args, **kwargs)
+        inputs = dict(bound.arguments)
+        if "kwargs" in inputs and isinstance(inputs["kwargs"], dict):
+            inputs.update(inputs.pop("kwargs"))
+        sample, timestep = inputs.get("sample"), inputs.get("timestep")
+        if not isinstance(sample, torch.Tensor) or sample.dim() != 4 or timestep is None:
+            return original(*args, **kwargs)
+        pipe = calling_pipeline(module) or patch.pipeline()
+        located = locate_step(pipe.scheduler, timestep) if pipe is not None else None
+        if located is None:
+            patch.warn_once(
+                "step",
+                "FouriScale: the UNet was called with a timestep that is not in the scheduler's table (outside a "
+                "denoising loop, or a custom sampler); running it unchanged.",
+            )
+            return original(*args, **kwargs)
+        step_index, num_steps = located
+        f = patch.profile.vae_scale_factor
+        plan = patch.plan(sample.shape[-2] * f, sample.shape[-1] * f, num_steps)
+        if plan.noop:
+            return original(*args, **kwargs)
+
+        cfg = _uses_cfg(pipe)
+        n_stock = 2 if cfg else 1
         total = sample.shape[0]
-        if total % stock:
-            raise RuntimeError(f"FouriScale: UNet batch of {total} cannot be split into {stock} CFG branches.")
-        rows = total // stock
+        if total % n_stock:
+            raise RuntimeError(f"FouriScale: a UNet batch of {total} cannot be split into {n_stock} CFG branches.")
+        rows = total // n_stock
         step = plan.step(step_index)
-        roles = plan.branches(step, cfg)
-        if self.profile.family == "sdxl" and self.config.base_size_conditioning:
-            added = kwargs.get("added_cond_kwargs")
+        if plan.profile.family.bucketed and plan.config.base_size_conditioning:
+            added = inputs.get("added_cond_kwargs")
             if isinstance(added, dict) and isinstance(added.get("time_ids"), torch.Tensor):
-                added = dict(added, time_ids=_base_time_ids(added["time_ids"], plan.height, plan.width, plan.base_size))
-                kwargs = dict(kwargs, added_cond_kwargs=added)
-        self._uncond = None
-        if roles[0] == UNCOND and len(roles) == 3 and self._sequential_uncond(sample):
-            # The unconditional branch runs as its own pass now and the hooked forward runs the coupled
-            # (structure, detail) pair, so the UNet never sees more than the stock two-image batch.
-            self.runtime.state = CallState(plan=plan, step=step, roles=(UNCOND,), branch_size=rows)
-            out = module.forward(*expand_batch(args, (0,), rows, total), **expand_batch(kwargs, (0,), rows, total))
-            self._uncond = out[0] if isinstance(out, tuple) else out.sample
-            roles = roles[1:]
-        if len(roles) != stock or self._uncond is not None:
-            sources = tuple(0 if role == UNCOND else stock - 1 for role in roles)
-            args = expand_batch(args, sources, rows, total)
-            kwargs = expand_batch(kwargs, sources, rows, total)
-        self.runtime.state = CallState(plan=plan, step=step, roles=roles, branch_size=rows)
-        self._stock = stock
-        return args, kwargs
+                ids = _base_time_ids(added["time_ids"], plan.height, plan.width, plan.base_size)
+                inputs["added_cond_kwargs"] = dict(added, time_ids=ids)
 
-    def _sequential_uncond(self, sample: torch.Tensor) -> bool:
-        choice = self.config.sequential_uncond
-        if choice is None:
-            return sample.shape[-2] * sample.shape[-1] >= SEQUENTIAL_UNCOND_MIN_LATENT
-        return choice
-
-    def post_forward(self, module, args: tuple, kwargs: dict, output):
-        state, self.runtime.state = self.runtime.state, None
-        if state is None:
-            return None
-        sample = output[0] if isinstance(output, tuple) else output.sample
-        rows, roles = state.branch_size, state.roles
-        chunks = dict(zip(roles, sample.split(rows)))
-        if self._uncond is not None:
-            chunks[UNCOND], self._uncond = self._uncond, None
-            roles = (UNCOND, *roles)
-        cond = chunks[DETAIL] if DETAIL in chunks else chunks[COND]
-        if self._stock == 2:
-            uncond = chunks[UNCOND]
-            if state.step.amp_guidance:
-                cond = uncond + self.config.amp_guidance_factor * (cond - uncond)
-            result = torch.cat([uncond, cond]) if len(roles) != 2 or state.step.amp_guidance else sample
+        cond = DETAIL if plan.guided(step) else COND
+        stock = (UNCOND, cond) if cfg else (cond,)
+        three = plan.three_branch(step)
+        if three and cfg and plan.sequential_uncond:
+            # The unconditional branch runs as a pass of its own, so no pass is larger than the stock batch.
+            passes = [(UNCOND,), (cond,)]
         else:
-            result = cond if len(roles) != 1 else sample
-        if result is sample:
-            return None
-        if isinstance(output, tuple):
-            return (result, *output[1:])
-        return type(output)(sample=result)
+            passes = [stock]
+        outputs = []
+        for roles in passes:
+            call = CallState(plan=plan, step=step, rows=rows, stock=roles, forked=_forked(roles) if three and DETAIL in roles else None)
+            pass_inputs = inputs if roles == stock else _select(inputs, rows, stock, roles)
+            if call.forked is not None:
+                pass_inputs = self._lay_out_residuals(pass_inputs, call)
+            runtime.call = call
+            try:
+                out = original(**pass_inputs)
+            finally:
+                runtime.call = None
+            outputs.append(out)
+        samples = [out[0] if isinstance(out, tuple) else out.sample for out in outputs]
+        result = samples[0] if len(samples) == 1 else torch.cat(samples)
+        if cfg and step.amp_guidance:
+            uncond, cond_rows = result[:rows], result[rows:]
+            result = torch.cat([uncond, uncond + plan.config.amp_guidance_factor * (cond_rows - uncond)])
+        out = outputs[-1]
+        if isinstance(out, tuple):
+            return (result, *out[1:])
+        return type(out)(sample=result)
+
+    def _lay_out_residuals(self, inputs: dict, call: CallState) -> dict:
+        """ControlNet and T2I-Adapter residuals, which the UNet adds between stages, in their stage's layout."""
+        profile = call.plan.profile
+        inputs = dict(inputs)
+        down = inputs.get("down_block_additional_residuals")
+        if isinstance(down, (list, tuple)) and len(down) == len(profile.res_sample_stages):
+            inputs["down_block_additional_residuals"] = type(down)(
+                relayout(r, call, call.roles_at(s)) for r, s in zip(down, profile.res_sample_stages)
+            )
+        mid = inputs.get("mid_block_additional_residual")
+        if isinstance(mid, torch.Tensor) and "mid_block" in profile.stages:
+            inputs["mid_block_additional_residual"] = relayout(mid, call, call.roles_at(profile.stages.index("mid_block")))
+        intra = inputs.get("down_intrablock_additional_residuals")
+        if isinstance(intra, (list, tuple)):
+            stages = profile.intrablock_stages
+            inputs["down_intrablock_additional_residuals"] = [
+                relayout(r, call, call.roles_at(stages[k])) if k < len(stages) else r for k, r in enumerate(intra)
+            ]
+        return inputs
+
+
+def _select(inputs: dict, rows: int, stock: tuple[str, ...], roles: tuple[str, ...]) -> dict:
+    """The rows of the branches ``roles`` from every batch-shaped input laid out as ``stock``."""
+    total = len(stock) * rows
+
+    def pick(x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[0] != total:
+            return x
+        return _take(x, rows, stock, roles)
+
+    return _map_tensors(inputs, pick)

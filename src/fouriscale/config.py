@@ -77,6 +77,10 @@ class FouriScaleConfig:
             images above ``vae_tiling_threshold`` pixels.
         vae_tiling_threshold (`int`, defaults to `2048 * 2048`):
             Pixel count above which `vae_tiling=None` tiles the decode.
+        share_branches (`bool`, defaults to `True`):
+            Run the structure and detail branches as one until the first layer that treats them differently,
+            and drop the structure branch after the last self-attention that reads it (same result to float
+            round-off, less work). `False` runs all three branches through the whole UNet.
     """
 
     start_step: int | None = None
@@ -98,13 +102,14 @@ class FouriScaleConfig:
     sequential_uncond: bool | None = None
     vae_tiling: bool | None = None
     vae_tiling_threshold: int = 2048 * 2048
+    share_branches: bool = True
 
     def __post_init__(self) -> None:
         def fail(name: str, problem: str) -> None:
             raise ValueError(f"FouriScaleConfig.{name}: {problem}")
 
         for name in ("progressive", "low_pass", "attention_guidance", "pad_then_crop", "amp_guidance",
-                     "base_size_conditioning"):  # fmt: skip
+                     "base_size_conditioning", "share_branches"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"expected True or False, got {getattr(self, name)!r}")
         for name in ("start_step", "stop_step"):
@@ -176,7 +181,7 @@ class Preset:
     """One of the paper's experimental settings (50 DDIM steps, official start/stop steps)."""
 
     name: str
-    family: str  # "sd1", "sd2" or "sdxl": the model the setting was reported for
+    family: str  # "sd1", "sd2" or "sdxl": the model family the setting was reported for
     height: int
     width: int
     guidance_scale: float
@@ -184,17 +189,30 @@ class Preset:
     config: FouriScaleConfig = field(default_factory=FouriScaleConfig)
 
 
+# The sizes of the paper's tables (height, width) per family.
+_PAPER_SIZES = {
+    "sd1": ((1024, 1024), (1280, 1280), (1024, 2048), (2048, 2048)),
+    "sd2": ((1024, 1024), (1280, 1280), (1024, 2048), (2048, 2048)),
+    "sdxl": ((2048, 2048), (2560, 2560), (2048, 4096), (4096, 4096)),
+}
+
+
 def _paper_presets() -> dict[str, Preset]:
+    from .profiles import FAMILIES
+    from .schedule import choose_bucket, sd_dilation
+
     presets = {}
-    for family, label in (("sd1", "sd1.5"), ("sd2", "sd2.1")):
-        for h, w, window in ((1024, 1024, (10, 30)), (1280, 1280, (10, 30)), (1024, 2048, (20, 35)), (2048, 2048, (20, 35))):
-            name = f"{label}-{w}x{h}"
-            presets[name] = Preset(name, family, h, w, 7.5, config=FouriScaleConfig(start_step=window[0], stop_step=window[1]))
-    for h, w in ((2048, 2048), (2560, 2560), (2048, 4096), (4096, 4096)):
-        name = f"sdxl-{w}x{h}"
-        presets[name] = Preset(name, "sdxl", h, w, 5.0, config=FouriScaleConfig(start_step=20, stop_step=35))
+    for name, sizes in _PAPER_SIZES.items():
+        fam = FAMILIES[name]
+        for h, w in sizes:
+            native = fam.paper_native
+            d = choose_bucket(h, w)[1] if fam.bucketed else sd_dilation(h, w, native, native)
+            start, stop = fam.window(d, 50)
+            key = f"{name}-{w}x{h}"
+            presets[key] = Preset(key, name, h, w, fam.guidance_scale,
+                                  config=FouriScaleConfig(start_step=start, stop_step=stop))  # fmt: skip
     return presets
 
 
-#: The paper's settings by name, e.g. ``PAPER_PRESETS["sdxl-4096x4096"]`` (names are ``WIDTHxHEIGHT``).
+#: The paper's settings by name, e.g. ``PAPER_PRESETS["sdxl-4096x4096"]`` (names are ``FAMILY-WIDTHxHEIGHT``).
 PAPER_PRESETS: dict[str, Preset] = _paper_presets()

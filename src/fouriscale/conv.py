@@ -1,7 +1,8 @@
-"""Dilated, low-pass-filtered convolution (layer 3): a removable wrapper around an ``nn.Conv2d``.
+"""Dilated, low-pass-filtered convolution (layer 3): a forward override on each patched ``nn.Conv2d``.
 
-The wrapped conv is never mutated: when active, the wrapper calls ``F.conv2d`` with the conv's own
-weight, bias and stride and the planned dilation; otherwise it calls the conv itself.
+The conv module is never mutated or replaced: a named diffusers hook overrides its forward, and at an
+active step calls ``F.conv2d`` with the conv's own weight, bias and stride and the planned dilation.
+A LoRA layer at a patched path has its base conv and its down-projection conv overridden alike.
 """
 
 from __future__ import annotations
@@ -9,75 +10,58 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from diffusers.hooks import ModelHook
 
 from .plan import DETAIL
-from .profiles import LayerSpec
-from .schedule import mask_scale
 from .spectral import lowpass_filter
 from .state import Runtime
 
-__all__ = ["FouriScaleConv2d", "dilated_conv2d"]
+__all__ = ["ConvHook", "dilated_conv2d", "CONV_HOOK"]
+
+CONV_HOOK = "fouriscale.conv"
 
 
 def dilated_conv2d(conv: nn.Conv2d, x: torch.Tensor, k: int) -> torch.Tensor:
-    """``conv`` applied with dilation ``k`` and "same" padding ``k * (kernel - 1) // 2`` (same weights, bias, stride).
-
-    An accelerate hook on ``conv`` (sequential CPU offload) is honoured: it brings the weights in before
-    and sends them back after, as it would around the conv's own forward.
-    """
-    if k == 1:
-        return conv(x)
-    hook = getattr(conv, "_hf_hook", None)
-    if hook is not None:
-        (x,), _ = hook.pre_forward(conv, x)
+    """``conv`` applied with dilation ``k`` and "same" padding ``k * (kernel - 1) // 2`` (same weights, bias, stride)."""
     kh, kw = conv.kernel_size
     padding = (k * (kh - 1) // 2, k * (kw - 1) // 2)
     if conv.padding_mode != "zeros":
         x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]), mode=conv.padding_mode)
         padding = (0, 0)
-    out = F.conv2d(x, conv.weight, conv.bias, conv.stride, padding, (k, k), conv.groups)
-    return hook.post_forward(conv, out) if hook is not None else out
+    return F.conv2d(x, conv.weight, conv.bias, conv.stride, padding, (k, k), conv.groups)
 
 
-class FouriScaleConv2d(nn.Module):
-    """Stands in for one patched conv; reads the step's setting from the shared :class:`Runtime`.
+class ConvHook(ModelHook):
+    """Forward override of one patched conv; reads its layer's values from the plan of the current pass.
 
-    At an active step: low-pass filter the input (strong mask for the uncond and structure branches,
-    weak mask for the detail branch; pad-then-crop to the layer's base aspect ratio), then convolve with
-    dilation ``ceil(d_i)`` (the detail branch with its own dilation where the plan says so).
+    At an active step: low-pass filter the input (strong mask for the uncond and structure branches, weak
+    mask for the detail branch; pad-then-crop to the layer's base aspect ratio), then convolve with dilation
+    ``ceil(d_i)`` (the detail branch with its own dilation where the plan says so). Otherwise the conv's own
+    forward runs.
     """
 
-    def __init__(self, conv: nn.Conv2d, spec: LayerSpec, runtime: Runtime) -> None:
+    def __init__(self, index: int, runtime: Runtime) -> None:
         super().__init__()
-        self.conv = conv
-        self.spec = spec
-        self._runtime = runtime
+        self.index = index  # position of the layer in Plan.layers
+        self.runtime = runtime
 
-    def __getattr__(self, name: str):
-        # Reads of conv attributes (weight, bias, stride, in_channels, ...) reach the wrapped conv, so code
-        # that inspects the layer (LoRA layers check `lora_A.weight.dtype`) sees what it expects.
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "conv" or name.startswith("_"):  # private state (hooks, ...) stays the wrapper's own
-                raise
-            return getattr(self._modules["conv"], name)
-
-    def extra_repr(self) -> str:
-        return f"layer={self.spec.name!r}, kind={self.spec.kind!r}"
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        state = self._runtime.state
-        if state is None or not state.step.active:
-            return self.conv(x, *args, **kwargs)
-        plan, step, roles = state.plan, state.step, state.roles
-        config = plan.config
-        if self.spec.filtered and config.low_pass:
-            base = plan.layer_base(self.spec, x.shape[-2]) if config.pad_then_crop else None
-            scale = (mask_scale(step.dilation, self.spec.stride[0]), mask_scale(step.dilation, self.spec.stride[1]))
-            x = lowpass_filter(x, base, scale, plan.mask_floor, tuple(role == DETAIL for role in roles))
+    def new_forward(self, module: nn.Conv2d, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        call = self.runtime.call
+        if call is None or not call.step.active or args or kwargs:
+            return self.fn_ref.original_forward(x, *args, **kwargs)
+        plan, step = call.plan, call.step
+        layer = plan.layers[self.index]
+        roles = call.roles_at(layer.spec.stage)
+        if tuple(x.shape[-2:]) != layer.input_size or x.shape[0] != len(roles) * call.rows:
+            raise RuntimeError(
+                f"FouriScale: {layer.spec.name} got a {tuple(x.shape)} input, the plan expected "
+                f"{len(roles) * call.rows} rows of {layer.input_size[0]}x{layer.input_size[1]}; please report this."
+            )
+        if layer.filtered:
+            weak = tuple(role == DETAIL for role in roles)
+            x = lowpass_filter(x, layer.padded, layer.scales[step.index], plan.mask_floor, weak)
         k, k_detail = step.conv_dilation, step.detail_conv_dilation
-        if state.guided and k_detail != k:
-            rows = state.branch_size  # the detail branch is the last one
-            return torch.cat([dilated_conv2d(self.conv, x[:-rows], k), dilated_conv2d(self.conv, x[-rows:], k_detail)])
-        return dilated_conv2d(self.conv, x, k)
+        if k_detail != k and DETAIL in roles:
+            detail = call.rows_of(roles, DETAIL)  # the detail branch is the last one
+            return torch.cat([dilated_conv2d(module, x[: detail.start], k), dilated_conv2d(module, x[detail], k_detail)])
+        return dilated_conv2d(module, x, k)

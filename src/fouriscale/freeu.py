@@ -7,20 +7,23 @@ with ``s``. diffusers' ``enable_freeu`` instead picks the stage by up-block inde
 rule also gates the first resnet of ``up_blocks.2``.
 
 Diffusers concatenates ``[hidden, skip]`` right before calling each resnet, so the paper's variant is
-a forward pre-hook on the resnet that splits the concatenation at the known backbone width.
+a named pre-forward hook on the resnet that splits the concatenation at the known backbone width.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from diffusers.hooks import ModelHook
 
-from .profiles import FreeUSite, ModelProfile
+from .profiles import FreeUSite
 from .spectral import freeu_filter
 from .state import Runtime
 
-__all__ = ["freeu_stage", "PaperFreeUHook", "attach_paper_freeu", "FreeUSnapshot", "enable_diffusers_freeu",
+__all__ = ["freeu_stage", "PaperFreeUHook", "FREEU_HOOK", "FreeUSnapshot", "enable_diffusers_freeu",
            "disable_diffusers_freeu"]
+
+FREEU_HOOK = "fouriscale.freeu"
 
 
 def freeu_stage(backbone_channels: int, deepest_channels: int) -> int | None:
@@ -32,37 +35,26 @@ def freeu_stage(backbone_channels: int, deepest_channels: int) -> int | None:
     return None
 
 
-class PaperFreeUHook:
-    """Forward pre-hook of one up-block resnet: scale the backbone half, filter the skip feature."""
+class PaperFreeUHook(ModelHook):
+    """Pre-forward hook of one up-block resnet: scale the backbone half, filter the skip feature."""
 
     def __init__(self, site: FreeUSite, stage: int, runtime: Runtime) -> None:
+        super().__init__()
         self.site = site
-        self.stage = stage
-        self._runtime = runtime
+        self.stage = stage  # 1: (b1, s1); 2: (b2, s2)
+        self.runtime = runtime
 
-    def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
-        state = self._runtime.state
-        if state is None or state.plan.freeu_params is None or state.plan.config.freeu != "paper" or not args:
-            return None
-        b1, b2, s1, s2 = state.plan.freeu_params
+    def pre_forward(self, module: nn.Module, *args, **kwargs):
+        call = self.runtime.call
+        if call is None or call.plan.freeu_params is None or call.plan.config.freeu != "paper" or not args:
+            return args, kwargs
+        b1, b2, s1, s2 = call.plan.freeu_params
         b, s = (b1, s1) if self.stage == 1 else (b2, s2)
         x = args[0]
         C = self.site.backbone_channels
         half = C // 2
         x = torch.cat([x[:, :half] * b, x[:, half:C], freeu_filter(x[:, C:], s)], dim=1)
         return (x, *args[1:]), kwargs
-
-
-def attach_paper_freeu(unet: nn.Module, profile: ModelProfile, runtime: Runtime) -> list:
-    """Register the paper's FreeU pre-hooks; returns their removable handles."""
-    handles = []
-    for site in profile.freeu_sites:
-        stage = freeu_stage(site.backbone_channels, profile.deepest_channels)
-        if stage is None:
-            continue
-        resnet = unet.get_submodule(site.name)
-        handles.append(resnet.register_forward_pre_hook(PaperFreeUHook(site, stage, runtime), with_kwargs=True))
-    return handles
 
 
 class FreeUSnapshot:

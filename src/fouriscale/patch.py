@@ -1,55 +1,193 @@
-"""``apply_fouriscale`` / ``remove_fouriscale``: install and take out every FouriScale patch (layer 3).
+"""``apply_fouriscale`` / ``remove_fouriscale`` and friends: install and take out FouriScale (layer 3).
 
-Applying installs, on the pipeline's UNet only:
+Applying registers named hooks through diffusers' ``HookRegistry`` on the pipeline's UNet (the module
+tree, its parameters and its ``state_dict`` stay the stock ones):
 
-* a :class:`~fouriscale.conv.FouriScaleConv2d` in place of each patched conv (the conv itself is kept
-  inside, untouched);
-* a :class:`~fouriscale.attention.FouriScaleAttnProcessor` on every self-attention layer, through
-  ``set_attn_processor``;
-* FreeU (the paper's pre-hooks, or diffusers' ``enable_freeu``);
-* for large images, a tiled VAE decode whose tiles share GroupNorm statistics (``vae.decode``);
-* the :class:`~fouriscale.branches.BranchWrapper` forward hooks.
+* ``fouriscale`` on the UNet: the around-hook that locates the step and runs the branches
+  (:class:`~fouriscale.branches.UNetHook`); it carries the applied patch;
+* ``fouriscale.layout`` on the top-level stages from the fork on (:class:`~fouriscale.branches.LayoutHook`);
+* ``fouriscale.conv`` on every patched conv (:class:`~fouriscale.conv.ConvHook`; for a LoRA layer, on its
+  base conv and its down-projection);
+* ``fouriscale.qk`` on ``to_q``/``to_k`` (or a fused ``to_qkv``) of every self-attention
+  (:class:`~fouriscale.attention.QKShareHook`);
+* ``fouriscale.freeu`` on the up-block resnets (the paper's FreeU), or diffusers' own ``enable_freeu``;
 
-Removing restores the original modules, processors and FreeU state, so the pipeline's output is
-bit-identical to one that was never patched. Applying twice is harmless (a new config replaces the old).
+and, for large images, a tiled VAE decode whose tiles share GroupNorm statistics (``vae.decode``).
+
+Layers replaced while applied (loading, fusing or unloading a LoRA; ``fuse_qkv_projections()``) are
+picked up at the next UNet call. Removing takes every hook out and restores the FreeU and VAE state,
+so the pipeline's output is bit-identical to one that was never patched. Applying twice is harmless.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+import weakref
+from contextlib import contextmanager
 
 import torch.nn as nn
 
-from .attention import FouriScaleAttnProcessor
-from .branches import BranchWrapper
+from .attention import QK_HOOK, QKShareHook
+from .branches import LAYOUT_HOOK, UNET_HOOK, LayoutHook, UNetHook
 from .config import FouriScaleConfig
-from .conv import FouriScaleConv2d
-from .freeu import attach_paper_freeu, disable_diffusers_freeu, enable_diffusers_freeu
-from .plan import Plan, make_plan
+from .conv import CONV_HOOK, ConvHook
+from .freeu import FREEU_HOOK, FreeUSnapshot, PaperFreeUHook, enable_diffusers_freeu, freeu_stage
+from .hooks import add_hook, get_hook, remove_hook
+from .plan import Plan, branch_stages, make_plan
 from .profiles import ModelProfile, detect_profile
 from .state import Runtime
 from .vae_tiling import SyncTiledDecode
 
-__all__ = ["apply_fouriscale", "remove_fouriscale", "is_fouriscale_applied", "get_plan"]
+__all__ = [
+    "apply_fouriscale",
+    "remove_fouriscale",
+    "is_fouriscale_applied",
+    "get_plan",
+    "get_config",
+    "disabled",
+]
 
-_ATTR = "_fouriscale_patch"
+logger = logging.getLogger("fouriscale")
+
+_MAX_PLANS = 16
 
 
-@dataclass
-class _Patch:
-    config: FouriScaleConfig
-    profile: ModelProfile
-    runtime: Runtime
-    wrapper: BranchWrapper
-    handles: list = field(default_factory=list)
-    restorers: list = field(default_factory=list)
+class Patch:
+    """Everything one :func:`apply_fouriscale` installed on a UNet (and its VAE), and what it shares at run time."""
+
+    def __init__(self, pipe, model: nn.Module, profile: ModelProfile, config: FouriScaleConfig) -> None:
+        self.model = model
+        self.profile = profile
+        self.config = config
+        self.runtime = Runtime()
+        self._pipe = weakref.ref(pipe)
+        self._plans: dict[tuple[int, int, int], Plan] = {}
+        self._told: set = set()
+        self._fixed: list[tuple[nn.Module, str]] = []  # hooks that stay for the patch's life
+        self._layer_hooks: list[tuple[nn.Module, str]] = []  # hooks on replaceable layers (re-synced)
+        self._signature: list | None = None
+        self.restorers: list = []
+        self.freeu_before = FreeUSnapshot(model)  # the user's own FreeU state, for removal and `disabled`
+        self._conv_slots = [self._slot(spec.name) for spec in profile.layers]
+        self._attn = [model.get_submodule(a.name) for a in profile.attentions] if config.attention_guidance else []
+
+    def _slot(self, path: str) -> tuple[nn.Module, str]:
+        parent, _, attr = path.rpartition(".")
+        return self.model.get_submodule(parent), attr
+
+    # -- run time -------------------------------------------------------------------------------------------
+    def pipeline(self):
+        """The pipeline the patch was applied to (``None`` once it is gone)."""
+        return self._pipe()
+
+    def bind(self, pipe) -> None:
+        self._pipe = weakref.ref(pipe)
+
+    def plan(self, height: int, width: int, num_steps: int) -> Plan:
+        """The (cached) plan for an image size in pixels and a number of denoising steps."""
+        key = (height, width, num_steps)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = make_plan(self.profile, height, width, num_steps, self.config)
+            if len(self._plans) >= _MAX_PLANS:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = plan
+            if plan.noop and (height, width) not in self._told:
+                self._told.add((height, width))
+                logger.info(
+                    "FouriScale: %dx%d is within the model's reference size %s; FouriScale is a no-op at this size.",
+                    width, height, "x".join(str(int(v)) for v in reversed(plan.base_size)),
+                )  # fmt: skip
+        return plan
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._told:
+            self._told.add(key)
+            logger.warning(message)
+
+    # -- layers that LoRA loading or QKV fusing can replace -----------------------------------------------------
+    def _targets(self) -> tuple[list, list]:
+        """``(convs, projections)``: ``(layer index, conv)`` and ``(stage, module, fused)`` to hook now."""
+        convs = []
+        for index, (parent, attr) in enumerate(self._conv_slots):
+            module = parent._modules.get(attr)
+            if isinstance(module, nn.Conv2d):
+                convs.append((index, module))
+            elif module is not None:  # a LoRA layer: its base conv and its down-projection
+                convs += [(index, m) for _, m in module.named_modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
+        projections = []
+        for spec, attn in zip(self.profile.attentions, self._attn):
+            for attr, fused in (("to_q", False), ("to_k", False), ("to_qkv", True)):
+                module = attn._modules.get(attr)
+                if module is not None:
+                    projections.append((spec.stage, module, fused))
+        return convs, projections
+
+    def sync(self) -> None:
+        """(Re-)hook the patched convs and Q/K projections if the modules at their paths changed."""
+        convs, projections = self._targets()
+        signature = [m for _, m in convs] + [m for _, m, _ in projections]
+        if self._signature is not None and len(signature) == len(self._signature) and all(
+            a is b for a, b in zip(signature, self._signature)
+        ):
+            return
+        self._remove(self._layer_hooks)
+        for index, conv in convs:
+            add_hook(conv, ConvHook(index, self.runtime), CONV_HOOK)
+            self._layer_hooks.append((conv, CONV_HOOK))
+        for stage, module, fused in projections:
+            add_hook(module, QKShareHook(stage, self.runtime, fused), QK_HOOK)
+            self._layer_hooks.append((module, QK_HOOK))
+        self._signature = signature
+
+    # -- install / uninstall -----------------------------------------------------------------------------------
+    def install(self, pipe) -> None:
+        model, profile, config = self.model, self.profile, self.config
+        self.sync()
+        fork, _ = branch_stages(profile, config)
+        if fork is not None:
+            for stage in range(fork, len(profile.stages)):
+                self._add_fixed(model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK)
+        if config.freeu == "paper":
+            if self.freeu_before.enabled:
+                model.disable_freeu()  # the paper's variant replaces a FreeU enabled through diffusers
+            for site in profile.freeu_sites:
+                stage = freeu_stage(site.backbone_channels, profile.deepest_channels)
+                if stage is not None:
+                    self._add_fixed(model.get_submodule(site.name), PaperFreeUHook(site, stage, self.runtime), FREEU_HOOK)
+        elif config.freeu == "diffusers":
+            enable_diffusers_freeu(model, config.freeu_params or profile.family.freeu)
+        if config.freeu is not None:
+            self.restorers.append(self.freeu_before)
+        vae = getattr(pipe, "vae", None)
+        if config.vae_tiling is not False and vae is not None and hasattr(vae, "decoder"):
+            threshold = None if config.vae_tiling else config.vae_tiling_threshold
+            self.restorers.append(SyncTiledDecode(vae, threshold, self.runtime))
+        self._add_fixed(model, UNetHook(self), UNET_HOOK)
+
+    def _add_fixed(self, module: nn.Module, hook, name: str) -> None:
+        add_hook(module, hook, name)
+        self._fixed.append((module, name))
+
+    @staticmethod
+    def _remove(hooks: list) -> None:
+        while hooks:
+            module, name = hooks.pop()
+            remove_hook(module, name)
+
+    def uninstall(self) -> None:
+        self._remove(self._fixed)
+        self._remove(self._layer_hooks)
+        self._signature = None
+        for restorer in reversed(self.restorers):
+            restorer.remove()
+        self.restorers.clear()
+        self.runtime.call = None
 
 
 def _unet_of(pipe) -> nn.Module:
-    try:
-        from diffusers import DiffusionPipeline
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        DiffusionPipeline = ()
+    from diffusers import DiffusionPipeline
+
     if isinstance(pipe, nn.Module) and hasattr(pipe, "down_blocks"):
         raise TypeError(
             "apply_fouriscale expects the diffusers pipeline, not its UNet: pass e.g. the StableDiffusionPipeline "
@@ -73,6 +211,12 @@ def _structure(unet: nn.Module) -> nn.Module:
     return getattr(unet, "_orig_mod", unet)
 
 
+def patch_of(pipe) -> Patch | None:
+    """The :class:`Patch` applied to ``pipe``'s UNet (shared by pipelines made with ``from_pipe``), or ``None``."""
+    hook = get_hook(_structure(_unet_of(pipe)), UNET_HOOK)
+    return hook.patch if hook is not None else None
+
+
 def _resolve_config(config: FouriScaleConfig | None, overrides: dict) -> FouriScaleConfig:
     if config is None:
         config = FouriScaleConfig()
@@ -89,107 +233,77 @@ def _vae_scale_factor(pipe) -> int:
     return int(factor)
 
 
-def _wrap_convs(unet: nn.Module, profile: ModelProfile, runtime: Runtime) -> None:
-    for spec in profile.layers:
-        target = unet.get_submodule(spec.name)
-        if isinstance(target, nn.Conv2d):
-            convs = [(spec.name, target)]
-        else:  # a LoRA layer around the conv: dilate the base conv and the LoRA down-projection alike
-            convs = [
-                (f"{spec.name}.{sub}", m)
-                for sub, m in target.named_modules()
-                if sub and isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1
-            ]
-        for path, conv in convs:
-            parent_name, _, attr = path.rpartition(".")
-            setattr(unet.get_submodule(parent_name), attr, FouriScaleConv2d(conv, spec, runtime))
-
-
 def apply_fouriscale(pipe, config: FouriScaleConfig | None = None, **overrides):
     """Make ``pipe`` generate with FouriScale at any size above the model's native size; returns ``pipe``.
 
     Args:
-        pipe: a diffusers Stable Diffusion 1.x/2.x or SDXL pipeline (patched in place).
+        pipe: a diffusers Stable Diffusion 1.x/2.x or SDXL pipeline (text-to-image, img2img, inpainting,
+            ControlNet, ...), patched in place.
         config (`FouriScaleConfig`, *optional*): settings; defaults to ``FouriScaleConfig()``, the paper's.
         **overrides: fields of :class:`FouriScaleConfig` to change, e.g. ``amp_guidance=True``.
 
     Afterwards ``pipe(prompt, height=2048, width=2048)`` runs FouriScale; sizes, aspect ratios and step
-    counts are planned per call. Raises ``TypeError`` for objects that are not diffusers pipelines and
+    counts are planned per call. Applying again with the same settings changes nothing; other settings
+    replace the old ones. Raises ``TypeError`` for objects that are not diffusers pipelines and
     ``ValueError`` for unknown UNet layouts or invalid settings.
     """
     unet = _unet_of(pipe)
     config = _resolve_config(config, overrides)
-    existing = getattr(pipe, _ATTR, None)
+    existing = patch_of(pipe)
     if existing is not None:
         if existing.config == config:
+            existing.bind(pipe)
             return pipe
         remove_fouriscale(pipe)
     model = _structure(unet)
     profile = detect_profile(model, _vae_scale_factor(pipe), config.layers)
-
-    runtime = Runtime()
-    wrapper = BranchWrapper(pipe, profile, config, runtime)
-    patch = _Patch(config, profile, runtime, wrapper)
+    patch = Patch(pipe, model, profile, config)
     try:
-        _wrap_convs(model, profile, runtime)
-        if config.attention_guidance:
-            processors = model.attn_processors
-            model.set_attn_processor(
-                {
-                    name: FouriScaleAttnProcessor(proc, runtime) if name.endswith("attn1.processor") else proc
-                    for name, proc in processors.items()
-                }
-            )
-        if config.freeu == "paper":
-            previous = disable_diffusers_freeu(model)
-            if previous is not None:
-                patch.restorers.append(previous)
-            patch.handles += attach_paper_freeu(model, profile, runtime)
-        elif config.freeu == "diffusers":
-            patch.restorers.append(enable_diffusers_freeu(model, config.freeu_params or profile.freeu_values))
-        vae = getattr(pipe, "vae", None)
-        if config.vae_tiling is not False and vae is not None and hasattr(vae, "decoder"):
-            threshold = None if config.vae_tiling else config.vae_tiling_threshold
-            patch.restorers.append(SyncTiledDecode(vae, threshold))
-        patch.handles.append(unet.register_forward_pre_hook(wrapper.pre_forward, with_kwargs=True))
-        patch.handles.append(unet.register_forward_hook(wrapper.post_forward, with_kwargs=True))
+        patch.install(pipe)
     except BaseException:
-        _undo(unet, patch)
+        patch.uninstall()
         raise
-    pipe.__dict__[_ATTR] = patch
     return pipe
-
-
-def _undo(unet: nn.Module, patch: _Patch) -> None:
-    for handle in patch.handles:
-        handle.remove()
-    for restorer in reversed(patch.restorers):
-        restorer.remove()
-    model = _structure(unet)
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, FouriScaleConv2d):
-                setattr(module, name, child.conv)
-    processors = model.attn_processors
-    if any(isinstance(p, FouriScaleAttnProcessor) for p in processors.values()):
-        model.set_attn_processor(
-            {name: p.original if isinstance(p, FouriScaleAttnProcessor) else p for name, p in processors.items()}
-        )
-    patch.runtime.state = None
 
 
 def remove_fouriscale(pipe):
     """Undo :func:`apply_fouriscale`; the pipeline then behaves bit-for-bit as before. Returns ``pipe``."""
-    unet = _unet_of(pipe)
-    patch = pipe.__dict__.pop(_ATTR, None)
+    patch = patch_of(pipe)
     if patch is not None:
-        _undo(unet, patch)
+        patch.uninstall()
     return pipe
 
 
 def is_fouriscale_applied(pipe) -> bool:
-    """Whether :func:`apply_fouriscale` is in effect on ``pipe``."""
-    return getattr(pipe, _ATTR, None) is not None
+    """Whether :func:`apply_fouriscale` is in effect on ``pipe`` (or on the UNet it shares)."""
+    return patch_of(pipe) is not None
+
+
+def get_config(pipe) -> FouriScaleConfig | None:
+    """The :class:`FouriScaleConfig` applied to ``pipe``, or ``None`` when FouriScale is not applied."""
+    patch = patch_of(pipe)
+    return patch.config if patch is not None else None
+
+
+@contextmanager
+def disabled(pipe):
+    """Stock behaviour inside the ``with`` block, FouriScale again after it; nothing is re-planned or re-hooked.
+
+    ``with fouriscale.disabled(pipe): direct = pipe(prompt, height=2048, width=2048).images[0]`` renders
+    direct inference with the same pipeline. A no-op when FouriScale is not applied.
+    """
+    patch = patch_of(pipe)
+    if patch is None or not patch.runtime.enabled:
+        yield pipe
+        return
+    ours = FreeUSnapshot(patch.model)
+    patch.freeu_before.remove()  # the user's own FreeU state, as without FouriScale
+    patch.runtime.enabled = False
+    try:
+        yield pipe
+    finally:
+        patch.runtime.enabled = True
+        ours.remove()
 
 
 def get_plan(
@@ -212,9 +326,8 @@ def get_plan(
         unet, factor = pipe, vae_scale_factor or 8
     else:
         unet, factor = _unet_of(pipe), vae_scale_factor or _vae_scale_factor(pipe)
-        patch = getattr(pipe, _ATTR, None)
-        if config is None and patch is not None:
-            config = patch.config
+        if config is None:
+            config = get_config(pipe)
     config = _resolve_config(config, overrides)
     profile = detect_profile(_structure(unet), factor, config.layers)
     return make_plan(profile, height, width, num_inference_steps, config)

@@ -1,7 +1,10 @@
 """The plan of one generation (layer 2): everything FouriScale will do, decided before the first step.
 
 A :class:`Plan` is immutable and printable (``fouriscale plan`` shows it). It is built from the model
-profile, the requested size and the number of denoising steps; the patched modules only read it.
+profile, the requested size and the number of denoising steps, and it is the one place where
+per-size, per-layer and per-step values are computed: the dilation of every step, each patched
+layer's base and padded size and mask scale per step, and where the structure and detail branches
+fork and join. The hooks only read it.
 """
 
 from __future__ import annotations
@@ -11,16 +14,16 @@ from dataclasses import dataclass
 
 from .config import FouriScaleConfig
 from .profiles import LayerSpec, ModelProfile
-from .schedule import (
-    choose_bucket,
-    conv_dilation,
-    default_window,
-    detail_conv_dilation,
-    sd_dilation,
-    step_dilation,
-)
+from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
+from .spectral import padded_size
 
-__all__ = ["Plan", "StepSetting", "LayerPlan", "make_plan", "UNCOND", "STRUCTURE", "DETAIL", "COND"]
+__all__ = ["Plan", "StepSetting", "LayerPlan", "make_plan", "UNCOND", "STRUCTURE", "DETAIL", "COND",
+           "SEQUENTIAL_UNCOND_MIN_LATENT"]
+
+# `sequential_uncond=None` runs the unconditional branch as its own pass from this latent area on
+# (128 x 128 latents: 1024 px for SD, every SDXL size FouriScale acts on), where activations, not
+# weights, dominate memory and the stock two-image batch already fills the device.
+SEQUENTIAL_UNCOND_MIN_LATENT = 128 * 128
 
 # Branch roles in the UNet batch.
 UNCOND, STRUCTURE, DETAIL, COND = "uncond", "structure", "detail", "cond"
@@ -47,12 +50,15 @@ _INACTIVE = StepSetting(index=-1, dilation=None, conv_dilation=1, detail_conv_di
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """A patched conv and the base size its filter pads to."""
+    """A patched conv: its input size, whether and how its input is filtered, and its mask scale per step."""
 
     spec: LayerSpec
     input_size: tuple[int, int]  # feature size at this call's resolution
     filtered: bool  # low-pass filtered before the conv
     base: tuple[float, float] | None  # (hb, wb) of pad-then-crop; None: no padding
+    padded: tuple[int, int] | None  # size the filter runs at (the input size without pad-then-crop); None: unfiltered
+    scales: tuple[tuple[float, float] | None, ...]  # mask scale (s_h, s_w) per step; None where inactive
+    differs: bool  # the structure and detail branches compute this layer differently
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,11 @@ class Plan:
     mask_floor: float
     detail_divisor: float
     freeu_params: tuple[float, float, float, float] | None
-    layers: tuple[LayerPlan, ...]
+    layers: tuple[LayerPlan, ...]  # in the profile's layer order
     steps: tuple[StepSetting, ...]
+    fork: int | None  # first stage run as three branches; None: never more than the stock branches
+    join: int | None  # last stage run as three branches
+    sequential_uncond: bool  # with CFG, three-branch steps run the unconditional branch as a pass of its own
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -86,7 +95,7 @@ class Plan:
 
     @property
     def family(self) -> str:
-        return self.profile.family
+        return self.profile.family.name
 
     def step(self, i: int) -> StepSetting:
         """Setting of denoising step ``i`` (inactive outside ``0..num_steps-1``)."""
@@ -94,35 +103,20 @@ class Plan:
             return _INACTIVE
         return self.steps[i]
 
-    def layer_base(self, spec: LayerSpec, Hf: int) -> tuple[float, float]:
-        """Base size ``(hb, wb)`` the filter of ``spec`` pads to, for an input of height ``Hf``.
+    def guided(self, step: StepSetting) -> bool:
+        """FouriScale guidance acts at ``step``: the cond branch is the detail branch (weak masks)."""
+        return self.config.attention_guidance and step.active
 
-        SD: the layer's input size at the native resolution. SDXL: the bucket scaled by the feature's
-        height ratio, ``hb = bh / (height / Hf)``, ``wb = bw / (height / Hf)`` (official evaluation order).
-        """
-        bh, bw = self.base_size
-        if self.family == "sdxl":
-            ratio = self.height / Hf
-            return bh / ratio, bw / ratio
-        f = self.profile.vae_scale_factor
-        return _halve(round(bh / f), spec.level), _halve(round(bw / f), spec.level)
-
-    def branches(self, step: StepSetting, cfg: bool) -> tuple[str, ...]:
-        """Roles of the UNet batch's branches at ``step`` (with or without classifier-free guidance).
-
-        FouriScale guidance needs a structure and a detail branch only while the convs are active: past
-        ``stop`` both would receive identical inputs and give identical outputs, so the stock batch runs.
-        """
-        if self.config.attention_guidance and step.active:
-            return (UNCOND, STRUCTURE, DETAIL) if cfg else (STRUCTURE, DETAIL)
-        return (UNCOND, COND) if cfg else (COND,)
+    def three_branch(self, step: StepSetting) -> bool:
+        """A structure branch runs beside the detail branch at ``step`` (stages ``fork..join``)."""
+        return self.guided(step) and self.fork is not None
 
     def describe(self) -> str:
         """Human-readable summary (what ``fouriscale plan`` prints)."""
         p, c = self.profile, self.config
         nh, nw = p.native_size
         lines = [
-            f"FouriScale plan: {_family_name(p.variant)} at {self.width}x{self.height} (width x height), "
+            f"FouriScale plan: {p.family.label} at {self.width}x{self.height} (width x height), "
             f"latent {self.latent[1]}x{self.latent[0]}, {self.num_steps} steps",
             f"  native size        {nw}x{nh}",
         ]
@@ -130,7 +124,14 @@ class Plan:
             lines.append("  dilation           1: the size fits the reference size, FouriScale is a no-op")
             return "\n".join(lines)
         bh, bw = self.base_size
-        label = "base bucket" if self.family == "sdxl" else "base size"
+        label = "base bucket" if p.family.bucketed else "base size"
+        if self.fork is None:
+            branches = "off" if not c.attention_guidance else "detail branch only (no layer tells the branches apart)"
+        else:
+            stages = p.stages
+            shared = f"; stock batch before {stages[self.fork]}" if self.fork > 0 else ""
+            tail = f", detail only after {stages[self.join]}" if self.join < len(stages) - 1 else ""
+            branches = f"3 branches (uncond, structure, detail) for {stages[self.fork]}..{stages[self.join]}{shared}{tail}"
         lines += [
             f"  {label:<18} {_num(bw)}x{_num(bh)}",
             f"  dilation d         {self.dilation}",
@@ -139,7 +140,7 @@ class Plan:
             + f"plain convs from step {self.stop}",
             f"  masks              floor v={self.mask_floor:g}; low-pass {'on' if c.low_pass else 'off'}; "
             f"pad-then-crop {'on' if c.pad_then_crop else 'off'}",
-            f"  guidance           {'3 branches (uncond, structure, detail)' if c.attention_guidance else 'off'}"
+            f"  guidance           {branches}"
             + (f"; detail dilation ceil(max(d_i/{self.detail_divisor:g}, 1))" if self.detail_divisor != 1 else "")
             + (f"; amp x{c.amp_guidance_factor:g} before step {self.start}" if c.amp_guidance else ""),
             "  FreeU              "
@@ -155,7 +156,7 @@ class Plan:
             elif lp.base is None:
                 base = "filtered at own size"
             else:
-                base = f"filtered, base {_num(lp.base[1])}x{_num(lp.base[0])}"
+                base = f"filtered, base {_num(lp.base[1])}x{_num(lp.base[0])}, padded {lp.padded[1]}x{lp.padded[0]}"
             lines.append(f"    {lp.spec.name:<{width}}  {lp.spec.kind:<11}  input {size:<9}  {base}")
         lines.append("  steps (i: d_i -> conv dilation[, detail dilation])")
         for s in self.steps:
@@ -172,6 +173,7 @@ class Plan:
 
 
 def _halve(size: int, times: int) -> int:
+    """Feature size after ``times`` stride-2 downsamplings (each gives ``ceil(size / 2)``)."""
     for _ in range(times):
         size = math.ceil(size / 2)
     return size
@@ -181,8 +183,49 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.2f}"
 
 
-def _family_name(variant: str) -> str:
-    return {"sd1": "Stable Diffusion 1.x", "sd2": "Stable Diffusion 2.x", "sdxl": "SDXL"}[variant]
+def layer_base(
+    spec: LayerSpec, base_size: tuple[float, float], height: int, input_height: int, bucketed: bool, scale_factor: int
+) -> tuple[float, float]:
+    """Base size ``(hb, wb)`` the filter of ``spec`` pads to.
+
+    SD: the layer's input size at the native resolution. SDXL: the bucket scaled by the feature's height
+    ratio, ``hb = bh / (height / Hf)``, ``wb = bw / (height / Hf)`` (official evaluation order).
+    """
+    bh, bw = base_size
+    if bucketed:
+        ratio = height / input_height
+        return bh / ratio, bw / ratio
+    return _halve(round(bh / scale_factor), spec.level), _halve(round(bw / scale_factor), spec.level)
+
+
+def _input_size(spec: LayerSpec, latent: tuple[int, int]) -> tuple[int, int]:
+    # An upsampler conv sees its block's map upsampled to the next level's size (the matching skip tensor).
+    level = spec.level - 1 if spec.kind == "upsampler" else spec.level
+    return _halve(latent[0], level), _halve(latent[1], level)
+
+
+def layer_differs(spec: LayerSpec, config: FouriScaleConfig, detail_divisor: float) -> bool:
+    """The structure and detail branches compute ``spec`` differently (weak vs strong mask, or their own dilation)."""
+    return (config.low_pass and spec.filtered) or detail_divisor != 1
+
+
+def branch_stages(profile: ModelProfile, config: FouriScaleConfig) -> tuple[int | None, int | None]:
+    """``(fork, join)``: the structure branch exists from the stage of the first layer where it differs from the
+    detail branch to the stage of the last self-attention that reads it (``None, None``: it is never needed).
+    ``share_branches=False`` runs it through every stage. The same for every size."""
+    if not config.attention_guidance:
+        return None, None
+    if not config.share_branches:
+        return 0, len(profile.stages) - 1
+    divisor = config.detail_dilation_divisor or profile.family.detail_dilation_divisor
+    differing = [spec.stage for spec in profile.layers if layer_differs(spec, config, divisor)]
+    if not differing:
+        return None, None
+    fork = min(differing)
+    readers = [a.stage for a in profile.attentions if a.stage >= fork]
+    if not readers:
+        return None, None
+    return fork, max(readers)
 
 
 def make_plan(
@@ -194,19 +237,19 @@ def make_plan(
     scale factor, or an SDXL aspect ratio outside its buckets).
     """
     config = config or FouriScaleConfig()
+    fam = profile.family
     f = profile.vae_scale_factor
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % f:
             raise ValueError(f"{name} must be a positive multiple of {f} pixels for this model, got {value!r}")
-    if not isinstance(num_steps, int) or num_steps < 1:
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {num_steps!r}")
 
     if config.base_size is not None:
         base = (float(config.base_size[0]), float(config.base_size[1]))
         d = sd_dilation(height, width, base[0], base[1])
-    elif profile.family == "sdxl":
-        scale = profile.native_size[0] / 1024
-        base, d = choose_bucket(height, width, scale=scale)
+    elif fam.bucketed:
+        base, d = choose_bucket(height, width, scale=profile.native_size[0] / fam.paper_native)
     else:
         nh, nw = profile.native_size
         base = (float(nh), float(nw))
@@ -214,7 +257,7 @@ def make_plan(
     if config.dilation is not None:
         d = config.dilation
 
-    start, stop = default_window(profile.family, d, num_steps)
+    start, stop = fam.window(d, num_steps)
     start = config.start_step if config.start_step is not None else start
     stop = config.stop_step if config.stop_step is not None else stop
     if config.start_step is None and start > stop:
@@ -222,7 +265,7 @@ def make_plan(
     if config.stop_step is None and stop < start:
         stop = start
 
-    divisor = config.detail_dilation_divisor or profile.detail_dilation_divisor
+    divisor = config.detail_dilation_divisor or fam.detail_dilation_divisor
     steps = []
     for i in range(num_steps):
         d_i = step_dilation(i, d, start, stop, config.progressive)
@@ -232,11 +275,26 @@ def make_plan(
         else:
             steps.append(StepSetting(i, d_i, conv_dilation(d_i), detail_conv_dilation(d_i, divisor), amp))
 
-    freeu = None
-    if config.freeu is not None:
-        freeu = config.freeu_params or profile.freeu_values
+    latent = (height // f, width // f)
+    layers = []
+    for spec in profile.layers:
+        size = _input_size(spec, latent)
+        filtered = spec.filtered and config.low_pass
+        base_hw = padded = None
+        if filtered:
+            padded = size
+            if config.pad_then_crop:
+                base_hw = layer_base(spec, base, height, size[0], fam.bucketed, f)
+                padded = padded_size(size[0], size[1], base_hw[0], base_hw[1])
+        scales = tuple(
+            (mask_scale(s.dilation, spec.stride[0]), mask_scale(s.dilation, spec.stride[1]))
+            if filtered and s.active else None
+            for s in steps
+        )  # fmt: skip
+        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, layer_differs(spec, config, divisor)))
+    fork, join = branch_stages(profile, config)
 
-    plan = Plan(
+    return Plan(
         profile=profile,
         config=config,
         height=height,
@@ -246,20 +304,16 @@ def make_plan(
         base_size=base,
         start=start,
         stop=stop,
-        mask_floor=config.mask_floor if config.mask_floor is not None else profile.mask_floor,
+        mask_floor=config.mask_floor if config.mask_floor is not None else fam.mask_floor,
         detail_divisor=float(divisor),
-        freeu_params=freeu,
-        layers=(),
+        freeu_params=(config.freeu_params or fam.freeu) if config.freeu is not None else None,
+        layers=tuple(layers),
         steps=tuple(steps),
+        fork=fork,
+        join=join,
+        sequential_uncond=(
+            config.sequential_uncond
+            if config.sequential_uncond is not None
+            else latent[0] * latent[1] >= SEQUENTIAL_UNCOND_MIN_LATENT
+        ),
     )
-    latent_h, latent_w = height // f, width // f
-    layers = []
-    for spec in profile.layers:
-        size = (_halve(latent_h, spec.level), _halve(latent_w, spec.level))
-        if spec.kind == "upsampler":
-            size = (size[0] * 2, size[1] * 2)  # the conv sees the upsampled map
-        filtered = spec.filtered and config.low_pass
-        base_hw = plan.layer_base(spec, size[0]) if (filtered and config.pad_then_crop) else None
-        layers.append(LayerPlan(spec, size, filtered, base_hw))
-    object.__setattr__(plan, "layers", tuple(layers))
-    return plan

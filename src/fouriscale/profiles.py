@@ -1,8 +1,12 @@
-"""Model families: what FouriScale patches in a UNet, read off the UNet's own structure.
+"""Model families and what FouriScale patches in a UNet, read off the UNet's own structure.
 
-The paper's layer lists (SD 1.x/2.x and SDXL) are expressed as rules on *levels* (how many 2x
-downsamplings lie between the latent and a conv's input), so fine-tunes and small test models with
-the same block layout get the same selection:
+:data:`FAMILIES` is the one table of per-family values (SD 1.x, SD 2.x, SDXL): the mask floor ``v``,
+the detail branch's dilation divisor, FreeU's values, the layer rules and the paper's start/stop
+windows. Family names are spelled ``"sd1"``, ``"sd2"`` and ``"sdxl"`` everywhere.
+
+The paper's layer lists are expressed as rules on *levels* (how many 2x downsamplings lie between the
+latent and a conv's input), so fine-tunes and small test models with the same block layout get the
+same selection:
 
 * SD 1.x/2.x: resnet convs of down blocks and the mid block at level >= 2, downsampler convs whose
   input is at level >= 2, resnet convs and upsampler convs of up blocks at level >= 1. On SD 1.5 this
@@ -10,6 +14,10 @@ the same block layout get the same selection:
   ``up_blocks.{0,1,2}`` (resnets and upsamplers).
 * SDXL: the same, except that only up blocks at level >= 2 have their upsampler patched; on SDXL this
   is ``down_blocks.2``, ``mid_block``, ``up_blocks.{0,1}`` resnets and ``up_blocks.0.upsamplers.0``.
+
+A UNet forward visits its top-level *stages* in order: ``conv_in``, the down blocks, the mid block,
+the up blocks, ``conv_out``. Every patched layer, self-attention and FreeU site records its stage, so
+the plan can decide where the structure and detail branches fork and join.
 """
 
 from __future__ import annotations
@@ -19,17 +27,76 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-__all__ = ["LayerSpec", "FreeUSite", "ModelProfile", "detect_profile", "native_latent", "FREEU_VALUES"]
+from .schedule import scaled_window
 
-# FreeU values (b1, b2, s1, s2) the official FouriScale scripts use.
-FREEU_VALUES = {
-    "sd1": (1.2, 1.4, 0.9, 0.2),
-    "sd2": (1.1, 1.2, 0.9, 0.2),
-    "sdxl": (1.1, 1.2, 0.6, 0.4),
-}
+__all__ = [
+    "Family",
+    "FAMILIES",
+    "family",
+    "LayerRule",
+    "LayerSpec",
+    "AttentionSpec",
+    "FreeUSite",
+    "ModelProfile",
+    "detect_profile",
+    "native_latent",
+]
 
-# (min level of down/mid resnets, of downsampler inputs, of up resnets, of up blocks whose upsampler is patched)
-_SELECTION = {"sd": (2, 2, 1, 1), "sdxl": (2, 2, 1, 2)}
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Minimum input levels of the convs FouriScale patches by default."""
+
+    down: int  # resnet convs of down blocks and the mid block
+    downsampler: int  # downsampler convs (level of their input)
+    up: int  # resnet convs of up blocks
+    upsampler: int  # up blocks whose upsampler conv is patched
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family and the paper's values for it."""
+
+    name: str  # "sd1", "sd2" or "sdxl"
+    label: str  # human name, e.g. "Stable Diffusion 1.x"
+    mask_floor: float  # v of both low-pass masks
+    detail_dilation_divisor: float  # detail convs dilate by ceil(max(d_i / divisor, 1))
+    freeu: tuple[float, float, float, float]  # (b1, b2, s1, s2) of the official scripts
+    rule: LayerRule
+    windows: tuple[tuple[int | None, tuple[int, int]], ...]  # (max dilation or None, (start, stop) of 50 steps)
+    guidance_scale: float  # the official scripts' guidance scale (front-end default)
+    paper_native: int  # native size (px) of the model the paper reported this family with
+    bucketed: bool  # the base size is one of SDXL's training buckets
+
+    def window(self, d: int, num_steps: int) -> tuple[int, int]:
+        """Paper's ``(start, stop)`` for dilation ``d``, scaled to ``num_steps`` (SD: 10/30 of 50 for ``d <= 3``,
+        else 20/35; SDXL: 20/35)."""
+        for max_d, (start, stop) in self.windows:
+            if max_d is None or d <= max_d:
+                return scaled_window(start, stop, num_steps)
+        raise AssertionError("the last window must have no dilation bound")  # pragma: no cover
+
+
+_SD_RULE = LayerRule(down=2, downsampler=2, up=1, upsampler=1)
+_SD_WINDOWS = ((3, (10, 30)), (None, (20, 35)))
+
+#: The per-family table: the only place these values live.
+FAMILIES: dict[str, Family] = {
+    "sd1": Family("sd1", "Stable Diffusion 1.x", 0.0, 1.0, (1.2, 1.4, 0.9, 0.2), _SD_RULE, _SD_WINDOWS, 7.5, 512,
+                  False),
+    "sd2": Family("sd2", "Stable Diffusion 2.x", 0.0, 1.0, (1.1, 1.2, 0.9, 0.2), _SD_RULE, _SD_WINDOWS, 7.5, 512,
+                  False),
+    "sdxl": Family("sdxl", "SDXL", 0.6, 1.5, (1.1, 1.2, 0.6, 0.4), LayerRule(down=2, downsampler=2, up=1, upsampler=2),
+                   ((None, (20, 35)),), 5.0, 1024, True),
+}  # fmt: skip
+
+
+def family(name: str) -> Family:
+    """The :class:`Family` called ``name`` (``"sd1"``, ``"sd2"`` or ``"sdxl"``); ``ValueError`` otherwise."""
+    try:
+        return FAMILIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model family {name!r}; choose one of {', '.join(FAMILIES)}") from None
 
 
 @dataclass(frozen=True)
@@ -38,13 +105,22 @@ class LayerSpec:
 
     name: str  # module path in the UNet, e.g. "down_blocks.2.resnets.0.conv1"
     kind: str  # "conv" (resnet), "downsampler" or "upsampler"
-    level: int  # 2x downsamplings between the latent and this conv's input
+    level: int  # 2x downsamplings between the latent and this conv's input (upsamplers: their block's level)
     stride: tuple[int, int]
+    stage: int  # index of the top-level stage holding it (ModelProfile.stages)
 
     @property
     def filtered(self) -> bool:
         """Upsampler convs are dilated but never low-pass filtered."""
         return self.kind != "upsampler"
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """A self-attention layer (``attn1`` of a transformer block)."""
+
+    name: str  # e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
+    stage: int
 
 
 @dataclass(frozen=True)
@@ -60,32 +136,21 @@ class FreeUSite:
 class ModelProfile:
     """What FouriScale needs to know about one UNet."""
 
-    family: str  # "sd" (SD 1.x/2.x layouts) or "sdxl"
-    variant: str  # "sd1", "sd2" or "sdxl" (picks FreeU values)
+    family: Family
     native_latent: tuple[int, int]  # unet.config.sample_size as (h0, w0)
     vae_scale_factor: int
     layers: tuple[LayerSpec, ...]
+    attentions: tuple[AttentionSpec, ...]
     freeu_sites: tuple[FreeUSite, ...]
     deepest_channels: int  # block_out_channels[-1]
+    stages: tuple[str, ...]  # top-level modules in forward order: conv_in, down blocks, mid block, up blocks, conv_out
+    res_sample_stages: tuple[int, ...]  # stage that produced each skip tensor (ControlNet residual k matches entry k)
+    intrablock_stages: tuple[int, ...]  # stage fed by each T2I-Adapter intra-block residual (down blocks, then mid)
 
     @property
     def native_size(self) -> tuple[int, int]:
         """Native image size in pixels (height, width)."""
         return self.native_latent[0] * self.vae_scale_factor, self.native_latent[1] * self.vae_scale_factor
-
-    @property
-    def freeu_values(self) -> tuple[float, float, float, float]:
-        return FREEU_VALUES[self.variant]
-
-    @property
-    def mask_floor(self) -> float:
-        """Floor ``v`` of both low-pass masks: 0 for SD, 0.6 for SDXL."""
-        return 0.6 if self.family == "sdxl" else 0.0
-
-    @property
-    def detail_dilation_divisor(self) -> float:
-        """SDXL's detail branch convolves with ``ceil(max(d_i / 1.5, 1))``; SD uses ``d_i`` itself."""
-        return 1.5 if self.family == "sdxl" else 1.0
 
     def layer(self, name: str) -> LayerSpec:
         for spec in self.layers:
@@ -93,66 +158,72 @@ class ModelProfile:
                 return spec
         raise KeyError(name)
 
-
-def _conv_of(module: nn.Module | None, depth: int = 0) -> nn.Conv2d | None:
-    """The 2-D convolution behind ``module``: itself, or the conv inside a wrapper (a LoRA layer's
-    ``base_layer``, FouriScale's own conv wrapper)."""
-    if isinstance(module, nn.Conv2d):
-        return module
-    if not isinstance(module, nn.Module) or depth > 2:
-        return None
-    inner = module._modules.get("base_layer") or module._modules.get("conv")
-    return _conv_of(inner, depth + 1)
+    def stage_of(self, name: str) -> int:
+        """Stage index of the module path ``name`` (``mid_block.resnets.0`` -> the mid block's stage)."""
+        parts = name.split(".")
+        head = ".".join(parts[:2]) if parts[0] in ("down_blocks", "up_blocks") else parts[0]
+        return self.stages.index(head)
 
 
-def _candidates(unet: nn.Module) -> list[LayerSpec]:
-    """Every spatial (kernel > 1) conv of the resnets and resamplers, with its input level."""
+def _conv_of(module: nn.Module | None) -> nn.Conv2d | None:
+    """The 2-D convolution behind ``module``: itself, or the base layer of a LoRA layer around it."""
+    for _ in range(3):
+        if isinstance(module, nn.Conv2d):
+            return module
+        if not isinstance(module, nn.Module):
+            return None
+        module = module._modules.get("base_layer")
+    return None
+
+
+def _stages(unet: nn.Module) -> tuple[str, ...]:
+    names = ["conv_in"] + [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
+    if getattr(unet, "mid_block", None) is not None:
+        names.append("mid_block")
+    names += [f"up_blocks.{i}" for i in range(len(unet.up_blocks))] + ["conv_out"]
+    return tuple(names)
+
+
+def _candidates(unet: nn.Module, stages: tuple[str, ...]) -> list[LayerSpec]:
+    """Every spatial (kernel > 1) conv of the resnets and resamplers, with its input level and stage."""
     specs: list[LayerSpec] = []
 
-    def add(name: str, module: nn.Module | None, kind: str, level: int) -> None:
-        conv = _conv_of(module) if module is not None else None
+    def add(prefix: str, name: str, module: nn.Module | None, kind: str, level: int) -> None:
+        conv = _conv_of(module)
         if conv is None or max(conv.kernel_size) <= 1:
             return
-        specs.append(LayerSpec(name, kind, level, tuple(int(s) for s in conv.stride)))
+        specs.append(LayerSpec(f"{prefix}.{name}", kind, level, tuple(int(s) for s in conv.stride), stages.index(prefix)))
 
-    def add_resnets(prefix: str, block: nn.Module, level: int) -> None:
+    def add_block(prefix: str, block: nn.Module, level: int, samplers_attr: str | None, kind: str, step: int) -> int:
         for r, resnet in enumerate(getattr(block, "resnets", None) or []):
             for conv_name in ("conv1", "conv2"):
-                add(f"{prefix}.resnets.{r}.{conv_name}", getattr(resnet, conv_name, None), "conv", level)
-
-    def add_block(prefix: str, block: nn.Module, level: int, samplers_attr: str, kind: str, step: int) -> int:
-        add_resnets(prefix, block, level)
-        samplers = getattr(block, samplers_attr, None) or []
+                add(prefix, f"resnets.{r}.{conv_name}", getattr(resnet, conv_name, None), "conv", level)
+        samplers = (getattr(block, samplers_attr, None) or []) if samplers_attr else []
         for j, sampler in enumerate(samplers):
-            add(f"{prefix}.{samplers_attr}.{j}.conv", getattr(sampler, "conv", None), kind, level)
+            add(prefix, f"{samplers_attr}.{j}.conv", getattr(sampler, "conv", None), kind, level)
         return level + step if samplers else level
 
     level = 0
     for i, block in enumerate(unet.down_blocks):
         level = add_block(f"down_blocks.{i}", block, level, "downsamplers", "downsampler", 1)
     if getattr(unet, "mid_block", None) is not None:
-        add_resnets("mid_block", unet.mid_block, level)
+        add_block("mid_block", unet.mid_block, level, None, "conv", 0)
     for i, block in enumerate(unet.up_blocks):
-        # An upsampler conv sees the upsampled map; its `level` records the block's own level.
         level = add_block(f"up_blocks.{i}", block, level, "upsamplers", "upsampler", -1)
     return specs
 
 
-def _default_selection(candidates: list[LayerSpec], family: str) -> tuple[LayerSpec, ...]:
-    down_min, downsampler_min, up_min, upsampler_min = _SELECTION[family]
-    chosen = []
-    for spec in candidates:
+def _default_selection(candidates: list[LayerSpec], rule: LayerRule) -> tuple[LayerSpec, ...]:
+    def keep(spec: LayerSpec) -> bool:
         if spec.kind == "downsampler":
-            keep = spec.level >= downsampler_min
-        elif spec.kind == "upsampler":
-            keep = spec.level >= upsampler_min
-        elif spec.name.startswith("up_blocks."):
-            keep = spec.level >= up_min
-        else:
-            keep = spec.level >= down_min
-        if keep:
-            chosen.append(spec)
-    return tuple(chosen)
+            return spec.level >= rule.downsampler
+        if spec.kind == "upsampler":
+            return spec.level >= rule.upsampler
+        if spec.name.startswith("up_blocks."):
+            return spec.level >= rule.up
+        return spec.level >= rule.down
+
+    return tuple(spec for spec in candidates if keep(spec))
 
 
 def _user_selection(candidates: list[LayerSpec], patterns: tuple[str, ...]) -> tuple[LayerSpec, ...]:
@@ -169,6 +240,17 @@ def _user_selection(candidates: list[LayerSpec], patterns: tuple[str, ...]) -> t
     return tuple(sorted(chosen, key=candidates.index))
 
 
+def _attentions(unet: nn.Module, stages: tuple[str, ...]) -> tuple[AttentionSpec, ...]:
+    """Self-attention layers (``attn1`` of transformer blocks) in forward order."""
+    found = []
+    for stage, prefix in enumerate(stages):
+        block = unet.get_submodule(prefix)
+        for name, module in block.named_modules():
+            if name.endswith("attn1") and not getattr(module, "is_cross_attention", True):
+                found.append(AttentionSpec(f"{prefix}.{name}", stage))
+    return tuple(found)
+
+
 def _freeu_sites(unet: nn.Module) -> tuple[FreeUSite, ...]:
     sites = []
     if getattr(unet, "mid_block", None) is not None and getattr(unet.mid_block, "resnets", None):
@@ -182,6 +264,20 @@ def _freeu_sites(unet: nn.Module) -> tuple[FreeUSite, ...]:
     return tuple(sites)
 
 
+def _skip_stages(unet: nn.Module, stages: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Stages producing the UNet's skip tensors (``conv_in``, then each down block's resnets and downsampler),
+    and the stages fed by T2I-Adapter intra-block residuals (one per down block, then the mid block)."""
+    res = [stages.index("conv_in")]
+    intrablock = []
+    for i, block in enumerate(unet.down_blocks):
+        stage = stages.index(f"down_blocks.{i}")
+        res += [stage] * (len(getattr(block, "resnets", None) or []) + (1 if getattr(block, "downsamplers", None) else 0))
+        intrablock.append(stage)
+    if "mid_block" in stages:
+        intrablock.append(stages.index("mid_block"))
+    return tuple(res), tuple(intrablock)
+
+
 def native_latent(config) -> tuple[int, int]:
     """The UNet's native latent size ``(h0, w0)`` from ``config.sample_size`` (an int or a pair)."""
     sample = config.sample_size
@@ -190,6 +286,21 @@ def native_latent(config) -> tuple[int, int]:
     if isinstance(sample, (list, tuple)) and len(sample) == 2:
         return int(sample[0]), int(sample[1])
     raise ValueError(f"unknown UNet layout: sample_size={sample!r} is neither an int nor (height, width).")
+
+
+def detect_family(config) -> Family:
+    """SDXL (``addition_embed_type="text_time"``), SD 2.x (1024-wide text conditioning) or SD 1.x."""
+    embed = config.get("addition_embed_type") if hasattr(config, "get") else getattr(config, "addition_embed_type", None)
+    if embed == "text_time":
+        return FAMILIES["sdxl"]
+    cross = getattr(config, "cross_attention_dim", None)
+    if embed is None and cross is not None:
+        first = cross[0] if isinstance(cross, (list, tuple)) else cross
+        return FAMILIES["sd2" if first == 1024 else "sd1"]
+    raise ValueError(
+        f"unknown UNet layout (addition_embed_type={embed!r}); FouriScale supports Stable Diffusion 1.x/2.x and SDXL "
+        "UNets."
+    )
 
 
 def detect_profile(unet: nn.Module, vae_scale_factor: int, layers: tuple[str, ...] | None = None) -> ModelProfile:
@@ -209,32 +320,25 @@ def detect_profile(unet: nn.Module, vae_scale_factor: int, layers: tuple[str, ..
             f"{type(unet).__name__} has no UNet down/up blocks; FouriScale supports Stable Diffusion 1.x/2.x "
             "and SDXL UNets (UNet2DConditionModel)."
         )
-    embed = config.get("addition_embed_type") if hasattr(config, "get") else getattr(config, "addition_embed_type", None)
-    if embed == "text_time":
-        family, variant = "sdxl", "sdxl"
-    elif embed is None and getattr(config, "cross_attention_dim", None) is not None:
-        family = "sd"
-        cross = config.cross_attention_dim
-        variant = "sd2" if (cross == 1024 or (isinstance(cross, (list, tuple)) and cross[0] == 1024)) else "sd1"
-    else:
-        raise ValueError(
-            f"unknown UNet layout (addition_embed_type={embed!r}); FouriScale supports Stable Diffusion 1.x/2.x "
-            "and SDXL UNets."
-        )
-    native = native_latent(config)
-    candidates = _candidates(unet)
-    chosen = _default_selection(candidates, family) if layers is None else _user_selection(candidates, tuple(layers))
+    fam = detect_family(config)
+    stages = _stages(unet)
+    candidates = _candidates(unet, stages)
+    chosen = _default_selection(candidates, fam.rule) if layers is None else _user_selection(candidates, tuple(layers))
     if not chosen:
         raise ValueError(
             "unknown UNet layout: no convolution matches FouriScale's layer rules (a UNet with at least three "
             "resolution levels is needed); pass layers=... to choose them yourself."
         )
+    res_stages, intrablock = _skip_stages(unet, stages)
     return ModelProfile(
-        family=family,
-        variant=variant,
-        native_latent=native,
+        family=fam,
+        native_latent=native_latent(config),
         vae_scale_factor=int(vae_scale_factor),
         layers=chosen,
+        attentions=_attentions(unet, stages),
         freeu_sites=_freeu_sites(unet),
         deepest_channels=int(config.block_out_channels[-1]),
+        stages=stages,
+        res_sample_stages=res_stages,
+        intrablock_stages=intrablock,
     )

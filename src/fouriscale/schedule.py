@@ -8,7 +8,7 @@ __all__ = [
     "SDXL_BUCKETS",
     "sd_dilation",
     "choose_bucket",
-    "default_window",
+    "scaled_window",
     "step_dilation",
     "conv_dilation",
     "detail_conv_dilation",
@@ -63,12 +63,8 @@ def choose_bucket(
     return best[1], best[2]
 
 
-def default_window(family: str, d: int, num_steps: int) -> tuple[int, int]:
-    """Paper's ``(start, stop)`` steps scaled to ``num_steps``.
-
-    For 50 steps: SD 1.x/2.x with ``d <= 3`` -> (10, 30); SD with ``d >= 4`` and every SDXL size -> (20, 35).
-    """
-    start50, stop50 = (10, 30) if (family != "sdxl" and d <= 3) else (20, 35)
+def scaled_window(start50: int, stop50: int, num_steps: int) -> tuple[int, int]:
+    """A ``(start, stop)`` window given for 50 steps, scaled to ``num_steps`` (rounded half up)."""
     if num_steps == 50:
         return start50, stop50
     return int(start50 * num_steps / 50 + 0.5), int(stop50 * num_steps / 50 + 0.5)

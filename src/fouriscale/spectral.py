@@ -164,18 +164,19 @@ def branch_lowpass_masks(
 
 def lowpass_filter(
     x: torch.Tensor,
-    base: tuple[float, float] | None,
+    padded: tuple[int, int],
     scale: tuple[float, float],
     v: float,
     weak_flags: tuple[bool, ...],
 ) -> torch.Tensor:
     """FouriScale's low-pass step on a feature map ``x`` of shape ``(n*B, C, Hf, Wf)``.
 
-    Pads zeros at the bottom/right up to :func:`padded_size` (base aspect ratio ``base``; ``None``
-    filters at the map's own size), filters each branch with its mask, and crops back.
+    Pads zeros at the bottom/right up to ``padded`` (from :func:`padded_size`; ``(Hf, Wf)`` filters at the
+    map's own size), filters each branch with its mask (``weak_flags[i]``: branch ``i`` takes the weak mask),
+    and crops back.
     """
     Hf, Wf = x.shape[-2:]
-    Ph, Pw = (Hf, Wf) if base is None else padded_size(Hf, Wf, base[0], base[1])
+    Ph, Pw = padded
     if (Ph, Pw) != (Hf, Wf):
         x = F.pad(x, (0, Pw - Wf, 0, Ph - Hf))
     masks = branch_lowpass_masks((Ph, Pw), scale, v, weak_flags, x.device)

@@ -1,31 +1,52 @@
-"""State shared by the patched modules during one UNet forward (set by the UNet wrapper, read by the rest)."""
+"""State shared by the hooks of one patched UNet during one UNet forward (set by the UNet hook, read by the rest)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import DETAIL, Plan, StepSetting
+from .plan import DETAIL, STRUCTURE, Plan, StepSetting
 
 __all__ = ["CallState", "Runtime"]
 
 
 @dataclass(frozen=True)
 class CallState:
-    """What the current UNet forward runs: the plan, the step and the batch's branch roles."""
+    """What one UNet pass runs: the plan, the step and the row layout of its batch.
+
+    ``stock`` lists the branch roles of the batch the pass starts and ends with, e.g. ``("uncond", "detail")``;
+    ``forked`` (or ``None``) the roles of stages ``plan.fork..plan.join``, where the structure branch runs too.
+    Every branch is ``rows`` rows of the batch.
+    """
 
     plan: Plan
     step: StepSetting
-    roles: tuple[str, ...]  # e.g. ("uncond", "structure", "detail")
-    branch_size: int  # rows per branch
+    rows: int
+    stock: tuple[str, ...]
+    forked: tuple[str, ...] | None
+
+    def is_forked(self, stage: int) -> bool:
+        """Stage ``stage`` runs the structure branch beside the detail branch."""
+        return self.forked is not None and self.plan.fork <= stage <= self.plan.join
+
+    def roles_at(self, stage: int) -> tuple[str, ...]:
+        """Branch roles of the batch inside stage ``stage``."""
+        return self.forked if self.is_forked(stage) else self.stock
+
+    def rows_of(self, roles: tuple[str, ...], role: str) -> slice:
+        """Rows of branch ``role`` in a batch laid out as ``roles``."""
+        k = roles.index(role)
+        return slice(k * self.rows, (k + 1) * self.rows)
 
     @property
-    def guided(self) -> bool:
-        """The batch carries a detail branch (FouriScale guidance is on at this step)."""
-        return DETAIL in self.roles
+    def shares_qk(self) -> bool:
+        """Self-attention in the forked stages gives the detail branch the structure branch's queries and keys."""
+        return self.forked is not None and STRUCTURE in self.forked and DETAIL in self.forked
 
 
 class Runtime:
-    """Holder of the current :class:`CallState`; ``state`` is ``None`` outside FouriScale forwards."""
+    """What the hooks of one patched UNet share: the current :class:`CallState` (``None`` outside FouriScale's
+    passes) and the on/off switch of :func:`fouriscale.disabled`."""
 
     def __init__(self) -> None:
-        self.state: CallState | None = None
+        self.call: CallState | None = None
+        self.enabled: bool = True

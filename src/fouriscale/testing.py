@@ -25,7 +25,7 @@ __all__ = [
     "save_tiny_lora",
 ]
 
-FAMILIES = ("sd15", "sd21", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl")
 
 _SD_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 _SD_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -35,10 +35,10 @@ _XL_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
 
 def real_unet_config(family: str) -> dict:
     """``UNet2DConditionModel`` config of the real SD 1.5, SD 2.1 (768) or SDXL base architecture."""
-    if family == "sd15":
+    if family == "sd1":
         return dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), down_block_types=_SD_DOWN,
                     up_block_types=_SD_UP, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2)  # fmt: skip
-    if family == "sd21":
+    if family == "sd2":
         return dict(sample_size=96, block_out_channels=(320, 640, 1280, 1280), down_block_types=_SD_DOWN,
                     up_block_types=_SD_UP, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
                     use_linear_projection=True, layers_per_block=2)  # fmt: skip
@@ -54,11 +54,11 @@ def real_unet_config(family: str) -> dict:
 def tiny_unet_config(family: str, sample_size: int = 16, width: int = 32) -> dict:
     """A slim UNet config with the real block layout of ``family`` (same module names)."""
     w = width
-    if family in ("sd15", "sd21"):
+    if family in ("sd1", "sd2"):
         return dict(sample_size=sample_size, block_out_channels=(w, w, 2 * w, 2 * w), down_block_types=_SD_DOWN,
-                    up_block_types=_SD_UP, cross_attention_dim=32 if family == "sd15" else 1024,
-                    attention_head_dim=(2, 2, 4, 4) if family == "sd21" else 4,
-                    use_linear_projection=family == "sd21", layers_per_block=2, norm_num_groups=8)  # fmt: skip
+                    up_block_types=_SD_UP, cross_attention_dim=32 if family == "sd1" else 1024,
+                    attention_head_dim=(2, 2, 4, 4) if family == "sd2" else 4,
+                    use_linear_projection=family == "sd2", layers_per_block=2, norm_num_groups=8)  # fmt: skip
     if family == "sdxl":
         return dict(sample_size=sample_size, block_out_channels=(w, 2 * w, 2 * w), down_block_types=_XL_DOWN,
                     up_block_types=_XL_UP, cross_attention_dim=32 + 64, attention_head_dim=(2, 4, 4),
@@ -99,7 +99,7 @@ def _text_encoder(hidden: int, projection: bool, vocab_size: int):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
-def tiny_pipeline(family: str = "sd15", seed: int = 0, sample_size: int = 16):
+def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
     """A tiny random diffusers pipeline (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``).
 
     Native latent ``sample_size`` x ``sample_size``; the VAE downsamples by 2, so the native image is
@@ -130,7 +130,7 @@ def tiny_pipeline(family: str = "sd15", seed: int = 0, sample_size: int = 16):
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
             tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler, add_watermarker=False,
         )  # fmt: skip
-    hidden = 32 if family == "sd15" else 1024
+    hidden = 32 if family == "sd1" else 1024
     text_encoder = _text_encoder(hidden, False, vocab_size)
     return StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
@@ -138,7 +138,7 @@ def tiny_pipeline(family: str = "sd15", seed: int = 0, sample_size: int = 16):
     )  # fmt: skip
 
 
-def save_tiny_pipeline(path: str, family: str = "sd15", seed: int = 0, sample_size: int = 16) -> str:
+def save_tiny_pipeline(path: str, family: str = "sd1", seed: int = 0, sample_size: int = 16) -> str:
     """Save :func:`tiny_pipeline` as a diffusers folder (safetensors) at ``path``; returns ``path``."""
     pipe = tiny_pipeline(family, seed, sample_size)
     pipe.save_pretrained(path, safe_serialization=True)
@@ -264,15 +264,17 @@ def save_single_file(pipe, path: str) -> str:
     return path
 
 
-def save_tiny_lora(path: str, pipe, rank: int = 4, seed: int = 0) -> str:
-    """Save a random LoRA for ``pipe``'s UNet attention projections in diffusers' format; returns the file path."""
+def save_tiny_lora(path: str, pipe, rank: int = 4, seed: int = 0, conv: bool = False) -> str:
+    """Save a random LoRA for ``pipe``'s UNet attention projections (and, with ``conv=True``, its resnet convs) in
+    diffusers' format; returns the file path."""
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
     torch.manual_seed(seed)
     unet = pipe.unet
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="tiny")  # fmt: skip
+    targets = ["to_q", "to_k", "to_v", "to_out.0"] + (["conv1", "conv2"] if conv else [])
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=targets),
+                     adapter_name="tiny")  # fmt: skip
     try:
         layers = get_peft_model_state_dict(unet, adapter_name="tiny")
     finally:

@@ -153,9 +153,10 @@ class SyncTiledDecode:
     """Installs :func:`sync_tiled_decode` as ``vae.decode`` for images above ``threshold`` pixels; ``remove()``
     gives the VAE back its own ``decode``. Smaller images take diffusers' own path unchanged."""
 
-    def __init__(self, vae: nn.Module, threshold: int | None, tile: int = 128, margin: int = 16):
+    def __init__(self, vae: nn.Module, threshold: int | None, runtime=None, tile: int = 128, margin: int = 16):
         self.vae = vae
         self.threshold = threshold  # None: always tile (when larger than one tile)
+        self.runtime = runtime  # its `enabled` switch (fouriscale.disabled) turns tiling off too
         self.tile, self.margin = tile, margin
         self.scale = 2 ** (len(vae.config.block_out_channels) - 1)
         vae.decode = self
@@ -165,7 +166,7 @@ class SyncTiledDecode:
         H, W = z.shape[-2:]
         pixels = H * W * self.scale * self.scale
         small = max(H, W) <= self.tile or (self.threshold is not None and pixels <= self.threshold)
-        if small:
+        if small or (self.runtime is not None and not self.runtime.enabled):
             return type(vae).decode(vae, z, return_dict=return_dict, generator=generator)
         hook = getattr(vae, "_hf_hook", None)
         if hook is not None and hasattr(hook, "pre_forward"):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
+from ..profiles import FAMILIES
 from .loading import SCHEDULERS, UserError
 
 __all__ = ["main", "build_parser"]
@@ -18,7 +19,6 @@ __all__ = ["main", "build_parser"]
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 DEFAULT_SEED = 23
-DEFAULT_GUIDANCE = {"sd": 7.5, "sdxl": 5.0}
 VARIANT_NAMES = ("direct", "fouriscale", "no-low-pass", "no-attention-guidance", "no-pad-then-crop", "no-progressive",
                  "no-freeu", "amp-guidance")  # fmt: skip
 
@@ -180,9 +180,9 @@ def _resolve_size(args, native: tuple[int, int], family: str) -> tuple[int, int,
         raise UserError(f"--steps {steps}: must be at least 1")
     if args.preset:
         preset = PAPER_PRESETS[args.preset]
-        if (preset.family == "sdxl") != (family == "sdxl"):
-            raise UserError(f"--preset {args.preset} is for {'SDXL' if preset.family == 'sdxl' else 'SD 1.x/2.x'}; "
-                            f"this model is {'SDXL' if family == 'sdxl' else 'SD 1.x/2.x'}")  # fmt: skip
+        if FAMILIES[preset.family].bucketed != FAMILIES[family].bucketed:
+            raise UserError(f"--preset {args.preset} is for {FAMILIES[preset.family].label}; "
+                            f"this model is {FAMILIES[family].label}")  # fmt: skip
         height, width = preset.height, preset.width
         steps = steps if steps is not None else preset.num_inference_steps
     if args.size:
@@ -270,7 +270,7 @@ def cmd_generate(args) -> int:
     height, width, steps = _resolve_size(args, native_size(pipe), loaded.family)
     guidance = args.guidance
     if guidance is None:
-        guidance = PAPER_PRESETS[args.preset].guidance_scale if args.preset else DEFAULT_GUIDANCE[loaded.family]
+        guidance = PAPER_PRESETS[args.preset].guidance_scale if args.preset else FAMILIES[loaded.family].guidance_scale
     try:
         fouriscale.apply_fouriscale(pipe, config)
         fouriscale.get_plan(pipe, height, width, steps)  # a size the model cannot take fails here, before any work
@@ -298,7 +298,7 @@ def cmd_plan(args) -> int:
         profile = detect_profile(unet, factor, config.layers)
     except (TypeError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    height, width, steps = _resolve_size(args, profile.native_size, profile.family)
+    height, width, steps = _resolve_size(args, profile.native_size, profile.family.name)
     try:
         plan = fouriscale.get_plan(unet, height, width, steps, config, vae_scale_factor=factor)
     except (TypeError, ValueError) as exc:
@@ -333,7 +333,7 @@ def cmd_compare(args) -> int:
     height, width, steps = _resolve_size(args, native_size(pipe), loaded.family)
     if crop and (crop[2] > width or crop[3] > height or min(crop) < 0):
         raise UserError(f"--crop {args.crop}: the box leaves the {width}x{height} image")
-    guidance = args.guidance if args.guidance is not None else DEFAULT_GUIDANCE[loaded.family]
+    guidance = args.guidance if args.guidance is not None else FAMILIES[loaded.family].guidance_scale
     import fouriscale
 
     try:

@@ -53,21 +53,21 @@ def render_variants(pipe, prompt: str, *, seed: int, height: int, width: int, va
     """Generate the same prompt and seed once per variant; the pipeline is left as it was found."""
     import torch
 
-    base = config or fouriscale.FouriScaleConfig()
+    previous = fouriscale.get_config(pipe)
+    base = config or previous or fouriscale.FouriScaleConfig()
     configs = {name: variant_config(name, base) for name in variants}
-    was_applied = fouriscale.is_fouriscale_applied(pipe)
-    previous = pipe._fouriscale_patch.config if was_applied else None
     images = {}
     try:
         for name, cfg in configs.items():
+            generator = torch.Generator("cpu").manual_seed(seed)
             if cfg is None:
-                fouriscale.remove_fouriscale(pipe)
+                with fouriscale.disabled(pipe):
+                    images[name] = pipe(prompt, height=height, width=width, generator=generator, **call).images[0]
             else:
                 fouriscale.apply_fouriscale(pipe, cfg)
-            generator = torch.Generator("cpu").manual_seed(seed)
-            images[name] = pipe(prompt, height=height, width=width, generator=generator, **call).images[0]
+                images[name] = pipe(prompt, height=height, width=width, generator=generator, **call).images[0]
     finally:
-        if was_applied:
+        if previous is not None:
             fouriscale.apply_fouriscale(pipe, previous)
         else:
             fouriscale.remove_fouriscale(pipe)

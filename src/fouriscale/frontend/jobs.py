@@ -136,11 +136,8 @@ def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=N
         kwargs["callback_on_step_end"] = callback
     try:
         if method == "direct":
-            fouriscale.remove_fouriscale(pipe)
-            try:
+            with fouriscale.disabled(pipe):
                 return pipe(**kwargs).images[0]
-            finally:
-                fouriscale.apply_fouriscale(pipe, recipe.config)
         return pipe(**kwargs).images[0]
     except torch.OutOfMemoryError:
         raise UserError(

@@ -51,7 +51,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
 @dataclass
 class LoadedModel:
     pipe: object
-    family: str  # "sd" or "sdxl"
+    family: str  # "sd1", "sd2" or "sdxl" (fouriscale.FAMILIES)
     source: str  # what the user passed
     kind: str  # "hub", "folder" or "file"
 
@@ -90,14 +90,17 @@ def _looks_like_path(model: str) -> bool:
 def _family_of_pipeline(pipe) -> str:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    if isinstance(pipe, StableDiffusionXLPipeline):
-        return "sdxl"
-    if isinstance(pipe, StableDiffusionPipeline):
-        return "sd"
-    raise UserError(
-        f"{type(pipe).__name__} is not a Stable Diffusion 1.x/2.x or SDXL text-to-image pipeline; fouriscale "
-        "generates with those."
-    )
+    from ..profiles import detect_family
+
+    if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
+        raise UserError(
+            f"{type(pipe).__name__} is not a Stable Diffusion 1.x/2.x or SDXL text-to-image pipeline; fouriscale "
+            "generates with those."
+        )
+    try:
+        return detect_family(pipe.unet.config).name
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _checkpoint_keys(path: Path, allow_pickle: bool) -> list[str]:
