@@ -17,8 +17,12 @@ from fouriscale import PAPER_PRESETS, FouriScaleConfig
         ({"amp_guidance_factor": float("nan")}, "positive"),
         ({"freeu": "yes"}, "'paper', 'diffusers' or None"),
         ({"freeu_params": (1, 2, 3)}, "four numbers"),
-        ({"dilation": 0}, "integer >= 1"),
-        ({"dilation": True}, "integer >= 1"),
+        ({"dilation": 0}, "integer from 1 to 16"),
+        ({"dilation": True}, "integer from 1 to 16"),
+        ({"dilation": 10**6}, "integer from 1 to 16"),
+        ({"start_step": 10**6}, "from 0 to 1000"),
+        ({"base_size": (10**6, 1024)}, "from 1 to 16384"),
+        ({"size_limit": 1}, "True or False"),
         ({"base_size": (1024,)}, "height, width"),
         ({"base_size": (1024, -8)}, "height, width"),
         ({"layers": ()}, "non-empty"),
@@ -96,6 +100,18 @@ def test_sizes_the_model_cannot_take(sd_pipe, sdxl_pipe, clean):
         fouriscale.get_plan(sd_pipe, 0, 64)
     with pytest.raises(ValueError, match="num_inference_steps"):
         fouriscale.get_plan(sd_pipe, 64, 64, 0)
+    with pytest.raises(ValueError, match="from 1 to 1000"):
+        fouriscale.get_plan(sd_pipe, 64, 64, 10**6)
+    # Bounds state the bound; the size limit can be lifted, the dilation limit cannot.
+    with pytest.raises(ValueError, match="16384 px per side, 64 MP in total.*size_limit=False"):
+        fouriscale.get_plan(sd_pipe, 8, 20000)
+    with pytest.raises(ValueError, match="needs dilation 64, more than FouriScale's 16"):
+        fouriscale.get_plan(sd_pipe, 2048, 2048)
+    assert fouriscale.get_plan(sd_pipe, 8, 20000, size_limit=False, dilation=2).dilation == 2
+    with pytest.raises(ValueError, match="stop_step 45 lies beyond the 2 denoising steps"):
+        fouriscale.get_plan(sd_pipe, 64, 64, 2, start_step=1, stop_step=45)
+    far = fouriscale.get_plan(sd_pipe, 320, 320, 10)  # 10x the tiny model's 32 px
+    assert far.far_beyond_native and "more than 8x" in str(far)
     clean(sdxl_pipe)
     fouriscale.apply_fouriscale(sdxl_pipe)
     # 16:1 is beyond SDXL's 1:4 .. 4:1 buckets: the call fails before the first step with advice.

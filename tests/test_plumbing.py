@@ -243,13 +243,13 @@ def test_paper_freeu_hook_scales_backbone_and_filters_skip(sd_pipe, clean):
     patch = patch_of(sd_pipe)
     plan = make_plan(patch.profile, 64, 64, 10, patch.config)
     resnet = sd_pipe.unet.get_submodule("up_blocks.2.resnets.0")
-    C = 2 * 32  # incoming hidden width = deepest width of the tiny model
+    C = patch.profile.deepest_channels  # incoming hidden width = deepest width of the tiny model
     x = torch.randn(3, resnet.in_channels, 8, 8)
     captured = []
     inner = resnet.conv1.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
     patch.runtime.call = CallState(plan=plan, step=plan.steps[-1], rows=1, stock=(UNCOND, DETAIL), forked=None)
     try:
-        resnet(x, torch.zeros(3, 128))
+        resnet(x, torch.zeros(3, resnet.time_emb_proj.in_features))
     finally:
         inner.remove()
         patch.runtime.call = None

@@ -6,9 +6,20 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["FouriScaleConfig", "Preset", "PAPER_PRESETS", "FREEU_MODES"]
+__all__ = ["FouriScaleConfig", "Preset", "PAPER_PRESETS", "FREEU_MODES", "MAX_DILATION", "MAX_STEPS", "MAX_SIDE",
+           "MAX_PIXELS", "FAR_BEYOND_NATIVE"]
 
 FREEU_MODES = ("paper", "diffusers", None)
+
+#: Largest dilation ``d`` (16x the native size per side; the paper goes to 4x, 8x is already far out).
+MAX_DILATION = 16
+#: Most denoising steps a plan takes (the schedulers' 1000 training timesteps).
+MAX_STEPS = 1000
+#: Output size limit (``size_limit=True``): pixels per side, and in total (8192 x 8192).
+MAX_SIDE = 16384
+MAX_PIXELS = 8192 * 8192
+#: Above this many times the native size per side a warning says results are unlikely to hold together.
+FAR_BEYOND_NATIVE = 8
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,9 @@ class FouriScaleConfig:
             images above ``vae_tiling_threshold`` pixels.
         vae_tiling_threshold (`int`, defaults to `2048 * 2048`):
             Pixel count above which `vae_tiling=None` tiles the decode.
+        size_limit (`bool`, defaults to `True`):
+            Refuse sizes above ``MAX_SIDE`` (16384) pixels per side or ``MAX_PIXELS`` (8192 x 8192) in total before
+            any work starts; `False` lifts the limit.
         share_branches (`bool`, defaults to `True`):
             Run the structure and detail branches as one until the first layer that treats them differently,
             and drop the structure branch after the last self-attention that reads it (same result to float
@@ -103,19 +117,20 @@ class FouriScaleConfig:
     vae_tiling: bool | None = None
     vae_tiling_threshold: int = 2048 * 2048
     share_branches: bool = True
+    size_limit: bool = True
 
     def __post_init__(self) -> None:
         def fail(name: str, problem: str) -> None:
             raise ValueError(f"FouriScaleConfig.{name}: {problem}")
 
         for name in ("progressive", "low_pass", "attention_guidance", "pad_then_crop", "amp_guidance",
-                     "base_size_conditioning", "share_branches"):  # fmt: skip
+                     "base_size_conditioning", "share_branches", "size_limit"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"expected True or False, got {getattr(self, name)!r}")
         for name in ("start_step", "stop_step"):
             value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 0):
-                fail(name, f"expected a step number >= 0 or None, got {value!r}")
+            if value is not None and (not _is_int(value) or not 0 <= value <= MAX_STEPS):
+                fail(name, f"expected a step number from 0 to {MAX_STEPS} or None, got {value!r}")
         if self.start_step is not None and self.stop_step is not None and self.start_step > self.stop_step:
             fail("start_step", f"start_step ({self.start_step}) must not exceed stop_step ({self.stop_step})")
         if not _is_number(self.amp_guidance_factor) or not self.amp_guidance_factor > 0:
@@ -127,12 +142,12 @@ class FouriScaleConfig:
             if not isinstance(params, (tuple, list)) or len(params) != 4 or not all(_is_number(p) for p in params):
                 fail("freeu_params", f"expected four numbers (b1, b2, s1, s2), got {params!r}")
             object.__setattr__(self, "freeu_params", tuple(float(p) for p in params))
-        if self.dilation is not None and (not _is_int(self.dilation) or self.dilation < 1):
-            fail("dilation", f"expected an integer >= 1 or None, got {self.dilation!r}")
+        if self.dilation is not None and (not _is_int(self.dilation) or not 1 <= self.dilation <= MAX_DILATION):
+            fail("dilation", f"expected an integer from 1 to {MAX_DILATION} or None, got {self.dilation!r}")
         if self.base_size is not None:
             size = self.base_size
-            if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_int(s) and s > 0 for s in size):
-                fail("base_size", f"expected (height, width) in pixels as two positive integers, got {size!r}")
+            if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_int(s) and 0 < s <= MAX_SIDE for s in size):
+                fail("base_size", f"expected (height, width) in pixels as two integers from 1 to {MAX_SIDE}, got {size!r}")
             object.__setattr__(self, "base_size", (int(size[0]), int(size[1])))
         if self.layers is not None:
             layers = (self.layers,) if isinstance(self.layers, str) else self.layers

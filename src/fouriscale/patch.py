@@ -92,6 +92,12 @@ class Patch:
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
+            if plan.far_beyond_native:
+                self.warn_once(
+                    ("far", height, width),
+                    f"FouriScale: {width}x{height} is {plan.dilation}x the model's reference size per side (more than "
+                    "8x); expect broken structure, and a long run.",
+                )
             if plan.noop and (height, width) not in self._told:
                 self._told.add((height, width))
                 logger.info(

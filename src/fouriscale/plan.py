@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import FouriScaleConfig
+from .config import FAR_BEYOND_NATIVE, MAX_DILATION, MAX_PIXELS, MAX_SIDE, MAX_STEPS, FouriScaleConfig
 from .profiles import LayerSpec, ModelProfile
 from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
 from .spectral import padded_size
@@ -97,6 +97,11 @@ class Plan:
     def family(self) -> str:
         return self.profile.family.name
 
+    @property
+    def far_beyond_native(self) -> bool:
+        """More than ``FAR_BEYOND_NATIVE`` (8) times the reference size per side: results are unlikely to hold up."""
+        return self.dilation > FAR_BEYOND_NATIVE
+
     def step(self, i: int) -> StepSetting:
         """Setting of denoising step ``i`` (inactive outside ``0..num_steps-1``)."""
         if self.noop or not 0 <= i < len(self.steps):
@@ -134,7 +139,8 @@ class Plan:
             branches = f"3 branches (uncond, structure, detail) for {stages[self.fork]}..{stages[self.join]}{shared}{tail}"
         lines += [
             f"  {label:<18} {_num(bw)}x{_num(bh)}",
-            f"  dilation d         {self.dilation}",
+            f"  dilation d         {self.dilation}"
+            + (" (more than 8x the reference size per side: expect broken structure)" if self.far_beyond_native else ""),
             f"  schedule           full dilation for steps < {self.start}, "
             + (f"progressive for {self.start} <= i < {self.stop}, " if c.progressive else "")
             + f"plain convs from step {self.stop}",
@@ -242,8 +248,19 @@ def make_plan(
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % f:
             raise ValueError(f"{name} must be a positive multiple of {f} pixels for this model, got {value!r}")
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive integer, got {num_steps!r}")
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= MAX_STEPS:
+        raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}")
+    if config.size_limit and (max(height, width) > MAX_SIDE or height * width > MAX_PIXELS):
+        raise ValueError(
+            f"{width}x{height} is above FouriScale's size limit ({MAX_SIDE} px per side, {MAX_PIXELS // 2**20} MP in "
+            "total); choose a smaller size, or lift the limit with size_limit=False (--no-size-limit)"
+        )
+    for name, value in (("start_step", config.start_step), ("stop_step", config.stop_step)):
+        if value is not None and value > num_steps:
+            raise ValueError(
+                f"{name} {value} lies beyond the {num_steps} denoising steps of this generation; choose a value up to "
+                f"{num_steps}, or leave it unset for the paper's window scaled to the step count"
+            )
 
     if config.base_size is not None:
         base = (float(config.base_size[0]), float(config.base_size[1]))
@@ -256,6 +273,11 @@ def make_plan(
         d = sd_dilation(height, width, nh, nw)
     if config.dilation is not None:
         d = config.dilation
+    if d > MAX_DILATION:
+        raise ValueError(
+            f"{width}x{height} needs dilation {d}, more than FouriScale's {MAX_DILATION} (that many times the reference "
+            f"size {int(base[1])}x{int(base[0])} per side); choose a smaller size"
+        )
 
     start, stop = fam.window(d, num_steps)
     start = config.start_step if config.start_step is not None else start

@@ -51,13 +51,13 @@ def real_unet_config(family: str) -> dict:
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
 
 
-def tiny_unet_config(family: str, sample_size: int = 16, width: int = 32) -> dict:
+def tiny_unet_config(family: str, sample_size: int = 16, width: int = 8) -> dict:
     """A slim UNet config with the real block layout of ``family`` (same module names)."""
     w = width
     if family in ("sd1", "sd2"):
         return dict(sample_size=sample_size, block_out_channels=(w, w, 2 * w, 2 * w), down_block_types=_SD_DOWN,
                     up_block_types=_SD_UP, cross_attention_dim=32 if family == "sd1" else 1024,
-                    attention_head_dim=(2, 2, 4, 4) if family == "sd2" else 4,
+                    attention_head_dim=(2, 2, 4, 4) if family == "sd2" else 2,
                     use_linear_projection=family == "sd2", layers_per_block=2, norm_num_groups=8)  # fmt: skip
     if family == "sdxl":
         return dict(sample_size=sample_size, block_out_channels=(w, 2 * w, 2 * w), down_block_types=_XL_DOWN,
