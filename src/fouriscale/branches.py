@@ -99,12 +99,11 @@ class LayoutHook(ModelHook):
         return relayout(output, call, call.stock)
 
 
-@torch.compiler.disable
 def calling_pipeline(unet, max_depth: int = 64):
     """The diffusers pipeline whose ``__call__`` is running ``unet`` (found on the call stack), or ``None``.
 
     This is how pipelines made with ``from_pipe``, or any other pipeline given this UNet, run FouriScale
-    with their own scheduler and guidance settings. Never traced by ``torch.compile`` (it reads frames).
+    with their own scheduler and guidance settings..
     """
     from diffusers import DiffusionPipeline
 
@@ -163,22 +162,31 @@ class UNetHook(ModelHook):
 
     def new_forward(self, module, *args, **kwargs):
         original = self.fn_ref.original_forward
+        prepared = self._prepare(module, args, kwargs)
+        if prepared is None:
+            return original(*args, **kwargs)
+        return self._run(original, *prepared)
+
+    @torch.compiler.disable
+    def _prepare(self, module, args: tuple, kwargs: dict):
+        """``(inputs, plan, step, cfg, rows)`` of a FouriScale call, or ``None`` for a stock call.
+
+        Host-side bookkeeping (frames, tables, plans), never traced by ``torch.compile``: compiled graphs serve
+        the stock calls, FouriScale's passes run eagerly.
+        """
         patch, runtime = self.patch, self.patch.runtime
         if not runtime.enabled or runtime.call is not None:
-            return original(*args, **kwargs)
+            return None
         patch.sync()
         if self._signature is None:
-            self._signature = inspect.signature(original)
+            self._signature = inspect.signature(self.fn_ref.original_forward)
         try:
-            bound = self._signature.bind(*args, **kwargs)
+            inputs = dict(self._signature.bind(*args, **kwargs).arguments)
         except TypeError:
-            return original(*args, **kwargs)
-        inputs = dict(bound.arguments)
-        if "kwargs" in inputs and isinstance(inputs["kwargs"], dict):
-            inputs.update(inputs.pop("kwargs"))
+            return None
         sample, timestep = inputs.get("sample"), inputs.get("timestep")
         if not isinstance(sample, torch.Tensor) or sample.dim() != 4 or timestep is None:
-            return original(*args, **kwargs)
+            return None
         pipe = calling_pipeline(module) or patch.pipeline()
         located = locate_step(pipe.scheduler, timestep) if pipe is not None else None
         if located is None:
@@ -187,20 +195,22 @@ class UNetHook(ModelHook):
                 "FouriScale: the UNet was called with a timestep that is not in the scheduler's table (outside a "
                 "denoising loop, or a custom sampler); running it unchanged.",
             )
-            return original(*args, **kwargs)
+            return None
         step_index, num_steps = located
         f = patch.profile.vae_scale_factor
         plan = patch.plan(sample.shape[-2] * f, sample.shape[-1] * f, num_steps)
         if plan.noop:
-            return original(*args, **kwargs)
-
+            return None
         cfg = _uses_cfg(pipe)
         n_stock = 2 if cfg else 1
-        total = sample.shape[0]
-        if total % n_stock:
-            raise RuntimeError(f"FouriScale: a UNet batch of {total} cannot be split into {n_stock} CFG branches.")
-        rows = total // n_stock
-        step = plan.step(step_index)
+        if sample.shape[0] % n_stock:
+            raise RuntimeError(f"FouriScale: a UNet batch of {sample.shape[0]} cannot be split into {n_stock} CFG branches.")
+        return inputs, plan, plan.step(step_index), cfg, sample.shape[0] // n_stock
+
+    @torch.compiler.disable
+    def _run(self, original, inputs: dict, plan, step, cfg: bool, rows: int):
+        """The pass(es) of one FouriScale UNet call; returns the output in the stock layout."""
+        runtime = self.patch.runtime
         if plan.profile.family.bucketed and plan.config.base_size_conditioning:
             added = inputs.get("added_cond_kwargs")
             if isinstance(added, dict) and isinstance(added.get("time_ids"), torch.Tensor):
@@ -217,16 +227,16 @@ class UNetHook(ModelHook):
             passes = [stock]
         outputs = []
         for roles in passes:
-            call = CallState(plan=plan, step=step, rows=rows, stock=roles, forked=_forked(roles) if three and DETAIL in roles else None)
+            forked = _forked(roles) if three and DETAIL in roles else None
+            call = CallState(plan=plan, step=step, rows=rows, stock=roles, forked=forked)
             pass_inputs = inputs if roles == stock else _select(inputs, rows, stock, roles)
-            if call.forked is not None:
+            if forked is not None:
                 pass_inputs = self._lay_out_residuals(pass_inputs, call)
             runtime.call = call
             try:
-                out = original(**pass_inputs)
+                outputs.append(original(**pass_inputs))
             finally:
                 runtime.call = None
-            outputs.append(out)
         samples = [out[0] if isinstance(out, tuple) else out.sample for out in outputs]
         result = samples[0] if len(samples) == 1 else torch.cat(samples)
         if cfg and step.amp_guidance:
