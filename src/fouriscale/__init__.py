@@ -9,24 +9,31 @@ fouriscale.remove_fouriscale(pipe)                      # back to the stock pipe
 """
 
 from .config import PAPER_PRESETS, FouriScaleConfig, Preset
+from . import patch as _patch
 from .patch import apply_fouriscale, disabled, get_config, get_plan, is_fouriscale_applied, remove_fouriscale
 from .plan import Plan
 from .profiles import FAMILIES, Family
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # ``fouriscale.evaluate`` without importing torchmetrics at ``import fouriscale``.
+    if name == "evaluate":
+        from .evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'fouriscale' has no attribute {name!r}")
+
+
 __all__ = [
-    "apply_fouriscale",
-    "remove_fouriscale",
-    "is_fouriscale_applied",
-    "get_plan",
-    "get_config",
-    "disabled",
+    *_patch.__all__,  # apply_fouriscale, remove_fouriscale, is_fouriscale_applied, get_plan, get_config, disabled
     "FAMILIES",
     "Family",
     "FouriScaleConfig",
     "Preset",
     "PAPER_PRESETS",
     "Plan",
+    "evaluate",
     "__version__",
 ]

@@ -62,6 +62,7 @@ Images are streamed in batches of ``batch_size``, so memory does not grow with t
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import json
 import math
 import os
@@ -846,40 +847,17 @@ def evaluate_with_report(
     return ordered, report
 
 
-def evaluate(
-    real,
-    fake,
-    *,
-    crops: int = 0,
-    crop_size: int | None = None,
-    seed: int = 0,
-    feature_extractor: torch.nn.Module | None = None,
-    prompts: Mapping[str, str] | Callable[[Path], str | None] | None = None,
-    clip_model: str = DEFAULT_CLIP_MODEL,
-    batch_size: int = 16,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    kid_subset_size: int | None = None,
-    progress: bool = False,
-    metrics: Iterable[str] | None = None,
-) -> dict[str, float]:
-    """:func:`evaluate_with_report` without the report: metric name -> value (same arguments and defaults)."""
-    return evaluate_with_report(
-        real,
-        fake,
-        crops=crops,
-        crop_size=crop_size,
-        seed=seed,
-        feature_extractor=feature_extractor,
-        prompts=prompts,
-        clip_model=clip_model,
-        batch_size=batch_size,
-        device=device,
-        dtype=dtype,
-        kid_subset_size=kid_subset_size,
-        progress=progress,
-        metrics=metrics,
-    )[0]
+def evaluate(real, fake, **options) -> dict[str, float]:
+    """:func:`evaluate_with_report` without the report: metric name -> value.
+
+    Same keyword arguments and defaults: ``crops=0, crop_size=None, seed=0, feature_extractor=None, prompts=None,
+    clip_model="openai/clip-vit-large-patch14", batch_size=16, device="cpu", dtype=torch.float32,
+    kid_subset_size=None, progress=False, metrics=None``.
+    """
+    return evaluate_with_report(real, fake, **options)[0]
+
+
+evaluate.__signature__ = inspect.signature(evaluate_with_report).replace(return_annotation="dict[str, float]")
 
 
 # ----------------------------------------------------------------------------------------------------------
