@@ -23,6 +23,7 @@ __all__ = [
     "comparison_grid",
     "spectrum_plot",
     "default_crop",
+    "check_layout",
 ]
 
 # Variant name -> FouriScaleConfig changes ("direct" is the stock pipeline).
@@ -48,10 +49,22 @@ def variant_config(name: str, base: fouriscale.FouriScaleConfig) -> fouriscale.F
     return None if changes is None else base.replace(**changes)
 
 
-def render_variants(pipe, prompt: str, *, seed: int, height: int, width: int, variants: list[str],
-                    config: fouriscale.FouriScaleConfig | None = None, **call) -> dict[str, Image.Image]:  # fmt: skip
-    """Generate the same prompt and seed once per variant; the pipeline is left as it was found."""
-    import torch
+def render_variants(
+    pipe,
+    prompt: str,
+    *,
+    seed: int,
+    height: int,
+    width: int,
+    variants: list[str],
+    config: fouriscale.FouriScaleConfig | None = None,
+    skip: dict[str, Image.Image] | None = None,
+    **call,
+) -> dict[str, Image.Image]:
+    """Generate the same prompt and seed once per variant (in the order given); the pipeline is left as it was
+    found. ``config`` (default: the pipeline's applied config, else the paper's) is the base the variants
+    change; ``skip`` maps variants already rendered to their images; ``call`` goes to the pipeline."""
+    from .jobs import generate_image
 
     previous = fouriscale.get_config(pipe)
     base = config or previous or fouriscale.FouriScaleConfig()
@@ -59,13 +72,14 @@ def render_variants(pipe, prompt: str, *, seed: int, height: int, width: int, va
     images = {}
     try:
         for name, cfg in configs.items():
-            generator = torch.Generator("cpu").manual_seed(seed)
-            if cfg is None:
-                with fouriscale.disabled(pipe):
-                    images[name] = pipe(prompt, height=height, width=width, generator=generator, **call).images[0]
-            else:
+            if skip and name in skip:
+                images[name] = skip[name]
+                continue
+            if cfg is not None:
                 fouriscale.apply_fouriscale(pipe, cfg)
-                images[name] = pipe(prompt, height=height, width=width, generator=generator, **call).images[0]
+            images[name] = generate_image(
+                pipe, prompt, seed=seed, direct=cfg is None, height=height, width=width, **call
+            )
     finally:
         if previous is not None:
             fouriscale.apply_fouriscale(pipe, previous)
@@ -109,18 +123,51 @@ def _font():
         return ImageFont.load_default()
 
 
-def comparison_grid(images: dict[str, Image.Image], column_width: int = 384,
-                    crop: tuple[int, int, int, int] | None = None) -> Image.Image:  # fmt: skip
-    """One labelled column per image: the whole image scaled to ``column_width``, then a crop of
-    ``column_width`` x ``column_width`` pixels at full resolution (default: the centre).
+#: Bounds of the grid's layout: column width in pixels, and the grid's total size.
+MIN_COLUMN_WIDTH, MAX_COLUMN_WIDTH = 16, 2048
+MAX_GRID_PIXELS = 64 * 2**20
 
-    Size: ``n * column_width + (n + 1) * 8`` wide, ``8 + 28 + thumb_h + 8 + crop_h + 8`` high.
+
+def check_layout(
+    size: tuple[int, int], count: int, column_width: int = 384, crop: tuple[int, int, int, int] | None = None
+) -> tuple[int, int]:
+    """Validate a grid of ``count`` images of ``size`` (width, height) before anything is rendered; returns the
+    grid's ``(width, height)``. ``ValueError`` names the bound: column width 16..2048 px, the crop box inside
+    the image, at most 64 MP in all."""
+    w, h = size
+    if not isinstance(column_width, int) or not MIN_COLUMN_WIDTH <= column_width <= MAX_COLUMN_WIDTH:
+        raise ValueError(f"column width {column_width!r}: must be {MIN_COLUMN_WIDTH} to {MAX_COLUMN_WIDTH} pixels")
+    if crop is not None:
+        left, top, right, bottom = crop
+        if min(crop) < 0 or right > w or bottom > h or right <= left or bottom <= top:
+            raise ValueError(f"crop box {left},{top},{right - left}: must lie inside the {w}x{h} image")
+    box = crop or default_crop(size, column_width)
+    thumb_h = max(1, round(h * column_width / w))
+    grid = (count * column_width + (count + 1) * PAD, PAD + LABEL_H + thumb_h + PAD + (box[3] - box[1]) + PAD)
+    if grid[0] * grid[1] > MAX_GRID_PIXELS:
+        raise ValueError(
+            f"the grid would be {grid[0]}x{grid[1]} pixels, above {MAX_GRID_PIXELS // 2**20} MP; use a smaller "
+            "column width or fewer variants"
+        )
+    return grid
+
+
+def comparison_grid(
+    images: dict[str, Image.Image], column_width: int = 384, crop: tuple[int, int, int, int] | None = None
+) -> Image.Image:
+    """One labelled column per image: the whole image scaled to ``column_width`` (default 384), then a crop of
+    ``column_width`` x ``column_width`` pixels at full resolution (default: the centre), or the ``crop`` box
+    ``(left, top, right, bottom)``.
+
+    Size: ``n * column_width + (n + 1) * 8`` wide, ``8 + 28 + thumb_h + 8 + crop_h + 8`` high; bounded by
+    :func:`check_layout`.
     """
     if not images:
         raise ValueError("no images to compare")
     first = next(iter(images.values()))
     if any(im.size != first.size for im in images.values()):
         raise ValueError("the images to compare must have the same size")
+    check_layout(first.size, len(images), column_width, crop)
     w, h = first.size
     thumb_h = max(1, round(h * column_width / w))
     box = crop or default_crop(first.size, column_width)
@@ -134,10 +181,9 @@ def comparison_grid(images: dict[str, Image.Image], column_width: int = 384,
         draw.text((x, PAD + 4), label, fill="black", font=font)
         grid.paste(image.convert("RGB").resize((column_width, thumb_h), Image.LANCZOS), (x, PAD + LABEL_H))
         grid.paste(image.convert("RGB").crop(box), (x, PAD + LABEL_H + thumb_h + PAD))
-    draw.rectangle(  # where the crop comes from, on the first thumbnail
-        [PAD + box[0] * column_width / w, PAD + LABEL_H + box[1] * thumb_h / h,
-         PAD + box[2] * column_width / w, PAD + LABEL_H + box[3] * thumb_h / h], outline="red", width=2,
-    )  # fmt: skip
+    corners = [PAD + box[0] * column_width / w, PAD + LABEL_H + box[1] * thumb_h / h]
+    corners += [PAD + box[2] * column_width / w, PAD + LABEL_H + box[3] * thumb_h / h]
+    draw.rectangle(corners, outline="red", width=2)  # where the crop comes from, on the first thumbnail
     return grid
 
 

@@ -1,26 +1,67 @@
-"""Batch generation: prompts x seeds as numbered jobs, resumable, shardable across processes.
+"""Batch generation: prompts x seeds as numbered jobs, resumable, shardable, safe to run concurrently.
 
-Each image is generated alone from its own seed, written atomically with its settings, and recorded in
-the folder's manifest. A rerun with the same arguments finds finished images by the settings key stored
-in them and skips them, so an interrupted batch loses at most the image in flight.
+Each image is generated alone from its own seed, written atomically with its settings, and recorded in the
+folder's manifest in the same locked step. A rerun with the same arguments finds finished images by the
+settings key stored in them and skips them, so an interrupted batch loses at most the image in flight.
+
+Runs that share an output folder coordinate through the folder's lock:
+
+* each run registers the files it will make (with their settings keys) before it renders anything; a run
+  that would make a file another live run or an existing file holds with other settings stops at once,
+  with one line naming the file and the setting that differs;
+* each job (one prompt and seed: its image, and with ``--compare`` the direct image and the side by side)
+  is claimed before it is rendered, so runs with the same settings split the work and no image is made twice;
+  a job claimed by another run is waited for at the end (and taken over if that run dies).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
+import time
+from dataclasses import dataclass, field, replace
 
 import torch
 from PIL import Image
 
 import fouriscale
 
-from .loading import UserError
-from .outputs import Manifest, image_name, read_settings, settings_key, write_png
+from .errors import UserError
+from .outputs import (
+    OutputFolder,
+    _alive,
+    _owner,
+    _read_json,
+    _unlink,
+    atomic_write_bytes,
+    differing_settings,
+    encode_png,
+    image_name,
+    read_settings,
+    settings_key,
+)
 
-__all__ = ["Recipe", "Job", "parse_seeds", "make_jobs", "image_settings", "finished_settings", "output_name", "render",
-           "save_image", "run_batch", "side_by_side"]
+__all__ = [
+    "Recipe",
+    "Job",
+    "BatchResult",
+    "MAX_SEED",
+    "parse_seeds",
+    "make_jobs",
+    "image_settings",
+    "finished_settings",
+    "output_name",
+    "generate_image",
+    "render",
+    "save_image",
+    "run_batch",
+    "side_by_side",
+]
+
+#: Seeds are 64-bit: 0 .. 2**64 - 1 (what ``torch.Generator.manual_seed`` takes).
+MAX_SEED = 2**64 - 1
+_MAX_RANGE = 100_000
+_WAIT_POLL = 0.5  # seconds between looks at jobs another run is making
 
 
 @dataclass(frozen=True)
@@ -40,6 +81,9 @@ class Recipe:
     loras: tuple[tuple[str, float], ...] = ()
     compare: bool = False
 
+    def replace(self, **changes) -> Recipe:
+        return replace(self, **changes)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -50,27 +94,38 @@ class Job:
 
 @dataclass
 class BatchResult:
-    written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # rendered by this run
+    skipped: list[str] = field(default_factory=list)  # already there when the run looked
+    by_others: list[str] = field(default_factory=list)  # made meanwhile by another run into the same folder
+
+
+def _seed(text: str, spec: str) -> int:
+    value = int(text)
+    if value > MAX_SEED:
+        raise UserError(f"--seed {spec}: {text} is above the largest seed, 2**64 - 1 = {MAX_SEED}")
+    return value
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"23"``, ``"1,2,3"``, ``"10-19"`` or a mix (``"1,5-7"``) -> a list of seeds."""
+    """``"23"``, ``"1,2,3"``, ``"10-19"`` or a mix (``"1,5-7"``) -> a list of seeds, each in 0 .. 2**64 - 1,
+    ranges of at most 100000 seeds."""
     seeds: list[int] = []
     for part in str(text).split(","):
         part = part.strip()
         match = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
         if match:
-            lo, hi = int(match.group(1)), int(match.group(2))
+            lo, hi = _seed(match.group(1), text), _seed(match.group(2), text)
             if hi < lo:
                 raise UserError(f"--seed {text}: the range {part} runs backwards")
-            if hi - lo >= 100_000:
-                raise UserError(f"--seed {text}: the range {part} is too long")
+            if hi - lo >= _MAX_RANGE:
+                raise UserError(f"--seed {text}: the range {part} is too long (at most {_MAX_RANGE} seeds)")
             seeds.extend(range(lo, hi + 1))
         elif re.fullmatch(r"\d+", part):
-            seeds.append(int(part))
+            seeds.append(_seed(part, text))
         else:
-            raise UserError(f"--seed {text}: expected a seed, a list (1,2,3) or a range (10-19) of non-negative integers")
+            raise UserError(
+                f"--seed {text}: expected a seed, a list (1,2,3) or a range (10-19) of non-negative integers"
+            )
     if not seeds:
         raise UserError("--seed: no seed given")
     return seeds
@@ -99,7 +154,7 @@ def image_settings(recipe: Recipe, job: Job, method: str, plan=None) -> dict:
         "method": method,
         "version": fouriscale.__version__,
     }
-    if method == "fouriscale":
+    if method != "direct":
         settings["fouriscale"] = recipe.config.to_dict()
         if plan is not None:
             settings["plan"] = {
@@ -112,33 +167,59 @@ def image_settings(recipe: Recipe, job: Job, method: str, plan=None) -> dict:
     return settings
 
 
-def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=None) -> Image.Image:
-    """Generate one image; ``method="direct"`` renders the same seed with the stock pipeline.
+def finished_settings(recipe: Recipe, job: Job, method: str, name: str, plan=None) -> dict:
+    """:func:`image_settings` plus the bookkeeping stored with a file: its key, name and job index."""
+    settings = image_settings(recipe, job, method, plan if method != "direct" else None)
+    settings.update(key=settings_key(settings), file=name, index=job.index)
+    return settings
 
-    ``on_step(i)`` is called after each denoising step (progress reporting).
-    """
-    kwargs = dict(
-        prompt=job.prompt,
-        negative_prompt=recipe.negative_prompt or None,
-        height=recipe.height,
-        width=recipe.width,
-        num_inference_steps=recipe.steps,
-        guidance_scale=recipe.guidance_scale,
-        eta=recipe.eta,
-        generator=torch.Generator("cpu").manual_seed(job.seed),
-    )
+
+_SUFFIX = {"fouriscale": "", "direct": "-direct", "side-by-side": "-compare"}
+
+
+def output_name(job: Job, method: str) -> str:
+    """File name of a job's image: ``NAME.png`` (FouriScale), ``NAME-direct.png`` (direct inference),
+    ``NAME-compare.png`` (the two side by side)."""
+    return image_name(job.index, job.seed, job.prompt, _SUFFIX[method])
+
+
+def generate_image(pipe, prompt: str, *, seed: int, direct: bool = False, on_step=None, **call) -> Image.Image:
+    """One image from ``pipe`` with a CPU generator seeded with ``seed``; ``direct=True`` renders it with the stock
+    pipeline (:func:`fouriscale.disabled`). ``on_step(i)`` is called after each denoising step. The one render
+    path of the CLI, the UI and the comparison pictures."""
+    call["generator"] = torch.Generator("cpu").manual_seed(seed)
     if on_step is not None:
 
         def callback(pipe, i, t, tensors):
             on_step(i)
             return tensors
 
-        kwargs["callback_on_step_end"] = callback
+        call["callback_on_step_end"] = callback
+    if direct:
+        with fouriscale.disabled(pipe):
+            return pipe(prompt, **call).images[0]
+    return pipe(prompt, **call).images[0]
+
+
+def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=None) -> Image.Image:
+    """Generate one image; ``method="direct"`` renders the same seed with the stock pipeline.
+
+    ``on_step(i)`` is called after each denoising step (progress reporting).
+    """
     try:
-        if method == "direct":
-            with fouriscale.disabled(pipe):
-                return pipe(**kwargs).images[0]
-        return pipe(**kwargs).images[0]
+        return generate_image(
+            pipe,
+            job.prompt,
+            seed=job.seed,
+            direct=method == "direct",
+            on_step=on_step,
+            negative_prompt=recipe.negative_prompt or None,
+            height=recipe.height,
+            width=recipe.width,
+            num_inference_steps=recipe.steps,
+            guidance_scale=recipe.guidance_scale,
+            eta=recipe.eta,
+        )
     except torch.OutOfMemoryError:
         raise UserError(
             f"out of GPU memory at {recipe.width}x{recipe.height}; try --offload model (or sequential), "
@@ -146,23 +227,11 @@ def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=N
         ) from None
 
 
-def save_image(image: Image.Image, out: Path, settings: dict, rank: int = 0, manifest: Manifest | None = None) -> None:
-    """Write a finished image as ``out / settings["file"]`` with its settings (atomic PNG) and record it in the
-    folder's manifest."""
-    write_png(image, out / settings["file"], settings)
-    (manifest or Manifest(out)).add(dict(settings, rank=rank))
-
-
-def finished_settings(recipe: Recipe, job: Job, method: str, name: str, plan=None) -> dict:
-    """:func:`image_settings` plus the bookkeeping stored with a file: its key, name and job index."""
-    settings = image_settings(recipe, job, method, plan if method == "fouriscale" else None)
-    settings.update(key=settings_key(settings), file=name, index=job.index)
-    return settings
-
-
-def output_name(job: Job, method: str) -> str:
-    """File name of a job's image: ``NAME.png`` for FouriScale, ``NAME-direct.png`` for direct inference."""
-    return image_name(job.index, job.seed, job.prompt, "" if method == "fouriscale" else "-direct")
+def save_image(image: Image.Image, out, settings: dict, rank: int = 0, folder: OutputFolder | None = None) -> None:
+    """Write a finished image as ``out / settings["file"]`` with its settings (atomic PNG) and its manifest line,
+    in one step under the folder's lock."""
+    folder = folder or OutputFolder(out)
+    folder.commit(settings["file"], encode_png(image, settings), dict(settings, rank=rank))
 
 
 def side_by_side(left: Image.Image, right: Image.Image, gap: int = 8) -> Image.Image:
@@ -173,58 +242,228 @@ def side_by_side(left: Image.Image, right: Image.Image, gap: int = 8) -> Image.I
     return canvas
 
 
-def run_batch(pipe, recipe: Recipe, jobs: list[Job], out_dir: str, *, state=None, progress: bool = True) -> BatchResult:
-    """Generate ``jobs`` (this process's share when ``state`` is an accelerate ``PartialState``) into ``out_dir``."""
+# ------------------------------------------------------------------------------------------------ the batch
+
+
+@dataclass
+class _Unit:
+    """One job's files: ``(method, name, settings)`` in render order."""
+
+    job: Job
+    files: list[tuple[str, str, dict]]
+
+    @property
+    def name(self) -> str:
+        return self.files[0][1]
+
+
+def _recipe_settings(settings: dict) -> dict:
+    """The settings every file of a run shares (for telling which one differs between runs)."""
+    return {k: v for k, v in settings.items() if k not in ("prompt", "seed", "file", "key", "index", "method")}
+
+
+class _Registration:
+    """This run's entry in the folder: the files it will make and their keys (``.fouriscale-run.TOKEN.json``)."""
+
+    PREFIX = ".fouriscale-run."
+
+    def __init__(self, folder: OutputFolder, units: list[_Unit]) -> None:
+        self.folder = folder
+        owner = _owner()
+        self.path = folder.path / f"{self.PREFIX}{owner['token']}-{owner['pid']}.json"
+        first = units[0].files[0][2] if units else {}
+        self.data = {
+            **owner,
+            "recipe": _recipe_settings(first),
+            "names": {name: [s["key"], s["prompt"], s["method"]] for u in units for _, name, s in u.files},
+        }
+
+    def others(self) -> list[dict]:
+        """Live registrations of other runs (stale ones are removed; call under the lock)."""
+        found = []
+        for path in self.folder.path.glob(f"{self.PREFIX}*.json"):
+            if path == self.path:
+                continue
+            data = _read_json(path)
+            if data is None or not _alive(data):
+                _unlink(path)
+                continue
+            found.append(data)
+        return found
+
+    def write(self) -> None:
+        atomic_write_bytes(self.path, json.dumps(self.data, allow_nan=False).encode("utf-8"))
+
+    def remove(self) -> None:
+        with self.folder.lock:
+            _unlink(self.path)
+
+
+def _conflict(name: str, ours: dict, theirs_recipe: dict, theirs_prompt: str, theirs_method: str, pid) -> str:
+    mine = _recipe_settings(ours)
+    if mine != theirs_recipe:
+        diff = differing_settings(mine, theirs_recipe)
+    elif ours["prompt"] != theirs_prompt:
+        diff = differing_settings({"prompt": ours["prompt"]}, {"prompt": theirs_prompt})
+    else:
+        diff = differing_settings({"method": ours["method"]}, {"method": theirs_method})
+    return (
+        f"{name} is being made right now by another run (pid {pid}) with other settings ({diff}); wait for it to "
+        "finish or choose another --out folder (nothing was rendered)"
+    )
+
+
+def _check_and_register(folder: OutputFolder, units: list[_Unit], registration: _Registration) -> None:
+    """Refuse files that exist or are planned by a live run with other settings; then register (under the lock)."""
+    for unit in units:
+        for _, name, settings in unit.files:
+            path = folder.path / name
+            if not path.exists():
+                continue
+            existing = read_settings(path)
+            if existing is None:
+                raise UserError(
+                    f"{path} exists and is not a fouriscale image; move it away or choose another --out folder"
+                )
+            if existing.get("key") != settings["key"]:
+                raise UserError(
+                    f"{path} already holds an image made with other settings "
+                    f"({differing_settings(settings, existing)}); choose another --out folder or move that file "
+                    "away (nothing was overwritten)"
+                )
+    for other in registration.others():
+        names = other.get("names", {})
+        for unit in units:
+            for _, name, settings in unit.files:
+                theirs = names.get(name)
+                if theirs and theirs[0] != settings["key"]:
+                    raise UserError(_conflict(name, settings, other.get("recipe", {}), *theirs[1:3], other.get("pid")))
+    registration.write()
+
+
+def _estimate_bytes(recipe: Recipe, files: int) -> int:
+    """Upper bound of one job's PNGs on disk (uncompressed RGB, plus the side by side, plus headroom)."""
+    return files * 3 * recipe.height * recipe.width * (2 if recipe.compare else 1) + (1 << 20)
+
+
+def run_batch(
+    pipe,
+    recipe: Recipe,
+    jobs: list[Job],
+    out_dir,
+    *,
+    state=None,
+    progress: bool = True,
+    methods: tuple[str, ...] | None = None,
+) -> BatchResult:
+    """Generate ``jobs`` (this process's share when ``state`` is an accelerate ``PartialState``) into ``out_dir``.
+
+    ``methods`` default: FouriScale, plus direct inference and a side by side with ``recipe.compare``;
+    ``("direct",)`` makes only direct-inference images. Everything that could stop the batch (folder not
+    writable or full, files held by other settings) is checked before the first image.
+    """
     from tqdm.auto import tqdm
 
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out_dir}: cannot create the folder ({exc.strerror})") from None
-    manifest = Manifest(out)
+    if methods is None:
+        methods = ("fouriscale", "direct", "side-by-side") if recipe.compare else ("fouriscale",)
+    elif "side-by-side" in methods and not {"fouriscale", "direct"} <= set(methods):
+        raise ValueError("side-by-side needs both the fouriscale and the direct image")
+    folder = OutputFolder(out_dir).prepare(_estimate_bytes(recipe, len(methods)))
     plan = fouriscale.get_plan(pipe, recipe.height, recipe.width, recipe.steps, recipe.config)
     if state is not None and state.num_processes > 1:
         with state.split_between_processes(jobs) as share:
             mine = list(share)
     else:
         mine = list(jobs)
-
     rank = state.process_index if state is not None else 0
-    planned = []
-    methods = ["fouriscale", "direct"] if recipe.compare else ["fouriscale"]
-    for job in mine:
-        for method in methods:
-            name = output_name(job, method)
-            settings = finished_settings(recipe, job, method, name, plan)
-            existing = read_settings(out / name)
-            if existing is not None and existing.get("key") != settings["key"]:
-                raise UserError(
-                    f"{out / name} already holds an image made with other settings; choose another --out folder "
-                    "or move that file away (nothing was overwritten)"
-                )
-            if existing is None and (out / name).exists():
-                raise UserError(f"{out / name} exists and is not a fouriscale image; move it away or choose another --out")
-            planned.append((job, method, name, settings, existing is not None))
 
+    units = [
+        _Unit(
+            job,
+            [(m, output_name(job, m), finished_settings(recipe, job, m, output_name(job, m), plan)) for m in methods],
+        )
+        for job in mine
+    ]
+    registration = _Registration(folder, units)
     result = BatchResult()
-    bar = tqdm(total=len(planned), desc="images", unit="img", disable=not progress, position=0)
-    images: dict[tuple[int, str], Image.Image] = {}
-    for job, method, name, settings, done in planned:
-        if done:
-            manifest.add(dict(settings, rank=rank))  # repairs a line lost to a crash between rename and append
-            result.skipped.append(name)
-        else:
-            image = render(pipe, recipe, job, method)
-            save_image(image, out, settings, rank, manifest)
-            result.written.append(name)
-            images[(job.index, method)] = image
-        bar.update(1)
-        if recipe.compare and method == "direct":
-            compare_name = name.replace("-direct.png", "-compare.png")
-            if not (out / compare_name).exists() or not done:
-                direct = images.pop((job.index, "direct"), None) or Image.open(out / name).convert("RGB")
-                ours = images.pop((job.index, "fouriscale"), None) or Image.open(out / name.replace("-direct", "")).convert("RGB")
-                write_png(side_by_side(direct, ours), out / compare_name, None)
-    bar.close()
+    with folder.lock:
+        folder.remove_stale()
+        _check_and_register(folder, units, registration)
+    bar = tqdm(total=sum(len(u.files) for u in units), desc="images", unit="img", disable=not progress, position=0)
+    try:
+        waiting = []
+        for unit in units:
+            if not _take(folder, unit, pipe, recipe, rank, result, bar, first_look=True):
+                waiting.append(unit)
+        while waiting:  # jobs another run holds: wait for them, or take them over if that run is gone
+            time.sleep(_WAIT_POLL)
+            waiting = [u for u in waiting if not _take(folder, u, pipe, recipe, rank, result, bar, first_look=False)]
+    finally:
+        bar.close()
+        folder.release_all()
+        registration.remove()
     return result
+
+
+def _done(folder: OutputFolder, settings: dict) -> bool:
+    existing = read_settings(folder.path / settings["file"])
+    return existing is not None and existing.get("key") == settings["key"]
+
+
+def _take(
+    folder: OutputFolder, unit: _Unit, pipe, recipe: Recipe, rank: int, result: BatchResult, bar, first_look: bool
+) -> bool:
+    """Make the missing files of ``unit`` unless another live run holds it; ``False`` when it must be waited for."""
+    with folder.lock:
+        missing = set()
+        for _, name, settings in unit.files:
+            if _done(folder, settings):
+                folder.manifest.add(dict(settings, rank=rank))  # repairs a line lost to a crash
+            else:
+                missing.add(name)
+        if missing and not folder.claim(unit.name, {"file": unit.name}):
+            return False
+    found = result.skipped if first_look else result.by_others
+    try:
+        images: dict[str, Image.Image] = {}
+        for method, name, settings in unit.files:
+            if name not in missing:
+                found.append(name)
+                bar.update(1)
+                continue
+            free = _free_bytes(folder)
+            need = 3 * recipe.width * recipe.height * (2 if method == "side-by-side" else 1)
+            if free is not None and free < need:
+                raise UserError(
+                    f"no space left for {folder.path / name} ({free / 2**20:.1f} MiB free, up to {need / 2**20:.1f} "
+                    "MiB needed); free some space and rerun (finished images are kept)"
+                )
+            if method == "side-by-side":
+                direct = images.get("direct") or _open(folder, unit, "direct")
+                ours = images.get("fouriscale") or _open(folder, unit, "fouriscale")
+                image = side_by_side(direct, ours)
+            else:
+                image = render(pipe, recipe, unit.job, method)
+            images[method] = image
+            save_image(image, folder.path, settings, rank, folder)
+            result.written.append(name)
+            bar.update(1)
+    finally:
+        if missing:
+            folder.release(unit.name)
+    return True
+
+
+def _open(folder: OutputFolder, unit: _Unit, method: str) -> Image.Image:
+    name = next(n for m, n, _ in unit.files if m == method)
+    with Image.open(folder.path / name) as image:
+        return image.convert("RGB")
+
+
+def _free_bytes(folder: OutputFolder) -> int | None:
+    import shutil
+
+    try:
+        return shutil.disk_usage(folder.path).free
+    except OSError:
+        return None

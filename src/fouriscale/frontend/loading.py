@@ -1,20 +1,26 @@
-"""Loading real models for the front ends: hub ids, diffusers folders and single-file checkpoints.
+"""Loading models for the front ends: hub ids, diffusers folders, single-file checkpoints and the built-in
+tiny random models (``tiny:sd1``, ``tiny:sd2``, ``tiny:sdxl``, for checking an installation offline).
 
-Safetensors only unless pickle files are explicitly allowed; a hub id that is not cached while the
-Hub is unreachable becomes one clear :class:`UserError` instead of a stack of retries.
+Everything the user can get wrong is checked before the weights are read, and reported as one
+:class:`~fouriscale.frontend.errors.UserError` line: missing or truncated files, a folder without ``unet/``,
+pickle files (refused unless allowed), a device that does not exist, a LoRA that does not fit. A hub id
+that is not cached while the Hub cannot be reached fails at once (no retries) with a hint to pass a path.
 """
 
 from __future__ import annotations
 
-import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .errors import UserError, captured_logs, one_line
+
 __all__ = [
     "UserError",
+    "TINY_PREFIX",
     "SCHEDULERS",
     "LoadedModel",
     "load_pipeline",
@@ -27,11 +33,10 @@ __all__ = [
 ]
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
-
-
-class UserError(Exception):
-    """A mistake the user can fix; front ends show its message as one line."""
-
+#: ``--model tiny:FAMILY`` loads :func:`fouriscale.testing.tiny_pipeline` (random weights: its pictures are noise).
+TINY_PREFIX = "tiny:"
+#: Seconds to wait for the Hugging Face Hub before a hub id is reported unreachable.
+HUB_TIMEOUT = 5.0
 
 # name -> (diffusers scheduler class, extra config)
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -56,11 +61,29 @@ class LoadedModel:
     kind: str  # "hub", "folder" or "file"
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
+
+
 def resolve_device(name: str = "auto") -> str:
-    """``auto`` -> ``cuda`` if available, else ``mps``, else ``cpu``."""
-    if name != "auto":
-        if name.startswith("cuda") and not torch.cuda.is_available():
+    """``auto`` (default) -> ``cuda`` if available, else ``mps``, else ``cpu``. Any other name must be ``cpu``,
+    ``mps``, ``cuda`` or ``cuda:N`` and exist on this machine (checked before any model is loaded)."""
+    name = str(name).strip().lower()
+    match = _DEVICE.match(name)
+    if not match or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise UserError(f"--device {name}: expected auto, cpu, cuda, cuda:N or mps")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
             raise UserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+        count = torch.cuda.device_count()
+        if index is not None and int(index) >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return name
+    if kind == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise UserError(f"--device {name}: Apple's MPS is not available here; use --device cpu")
+        return name
+    if kind == "cpu":
         return name
     if torch.cuda.is_available():
         return "cuda"
@@ -87,6 +110,20 @@ def _looks_like_path(model: str) -> bool:
     return model.lower().endswith((".safetensors",) + PICKLE_SUFFIXES) or not _HUB_ID.match(model)
 
 
+def tiny_family(model: str) -> str | None:
+    """``"tiny:sd1"`` -> ``"sd1"`` (``None`` for other model names); ``UserError`` for an unknown family."""
+    if not str(model).lower().startswith(TINY_PREFIX):
+        return None
+    from ..testing import FAMILIES as TINY_FAMILIES
+
+    name = str(model)[len(TINY_PREFIX) :].strip().lower()
+    if name not in TINY_FAMILIES:
+        raise UserError(
+            f"--model {model}: the built-in tiny models are {', '.join('tiny:' + f for f in TINY_FAMILIES)}"
+        )
+    return name
+
+
 def _family_of_pipeline(pipe) -> str:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -111,14 +148,21 @@ def _checkpoint_keys(path: Path, allow_pickle: bool) -> list[str]:
             with safe_open(str(path), framework="pt") as fh:
                 return list(fh.keys())
         except Exception as exc:  # safetensors raises its own error types
-            raise UserError(f"{path} is not a readable .safetensors checkpoint ({exc})") from None
+            raise UserError(
+                f"{path} is not a readable .safetensors checkpoint: truncated or corrupt ({one_line(exc, 160)})"
+            ) from None
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise UserError(
                 f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; convert it to "
                 ".safetensors, or pass --allow-pickle if you trust its source"
             )
-        state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+        try:
+            state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
+        except Exception as exc:
+            raise UserError(
+                f"{path} is not a readable checkpoint: truncated or corrupt ({one_line(exc, 160)})"
+            ) from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         return list(state.keys())
     raise UserError(f"{path}: expected a .safetensors checkpoint or a diffusers folder")
@@ -141,16 +185,66 @@ def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool)
         raise
     except Exception as exc:
         hint = "" if config else "; offline, pass --config with a diffusers folder of the same architecture"
-        raise UserError(f"could not load {path.name} as a {'SDXL' if is_xl else 'SD'} checkpoint: {_short(exc)}{hint}") from None
+        kind = "SDXL" if is_xl else "SD"
+        raise UserError(f"could not load {path.name} as a {kind} checkpoint: {_short(exc)}{hint}") from None
 
 
 def _short(exc: BaseException) -> str:
+    """The first line of an error's message, at most 300 characters, cut at a word boundary."""
     text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    return one_line(text[0] if text else type(exc).__name__)
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable() -> str | None:
+    """``None`` when the Hub's host accepts a connection within :data:`HUB_TIMEOUT` seconds, else why not.
+    With a proxy configured the proxy is asked instead (the connection to the Hub is then its business)."""
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    proxy = urllib.request.getproxies().get(url.scheme)
+    target = urllib.parse.urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else url
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=HUB_TIMEOUT):
+            return None
+    except OSError as exc:
+        return f"cannot reach {constants.ENDPOINT} ({one_line(exc, 120)})"
+
+
+def _check_folder(path: Path, allow_pickle: bool) -> None:
+    """A diffusers folder's structure and weight files, before loading: ``model_index.json`` and ``unet/``
+    present, every ``.safetensors`` file readable (not truncated), pickle-only components refused."""
+    if not (path / "model_index.json").exists():
+        raise UserError(f"{path} is a folder but not a diffusers pipeline (no model_index.json)")
+    if not (path / "unet").is_dir():
+        raise UserError(f"{path} has no unet/ subfolder: not a complete Stable Diffusion pipeline")
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        folder = path / component
+        if not folder.is_dir():
+            continue
+        weights = sorted(folder.glob("*.safetensors"))
+        for file in weights:
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except Exception as exc:
+                raise UserError(f"{file} is truncated or corrupt ({one_line(exc, 160)})") from None
+        if not weights and not allow_pickle and any(folder.glob(f"*{suffix}") for suffix in PICKLE_SUFFIXES):
+            raise UserError(
+                f"{folder} holds only pickle weights, which can run code when loaded; pass --allow-pickle if you "
+                "trust the source"
+            )
 
 
 def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
@@ -163,16 +257,8 @@ def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
         local_error = exc
     message = _short(local_error)
     if not is_hub:
-        if "safetensors" in message.lower() and not allow_pickle:
-            raise UserError(
-                f"{source} has no .safetensors weights (only pickle files); pass --allow-pickle if you trust it"
-            ) from None
         raise UserError(f"could not load the diffusers folder {source}: {message}") from None
-    if _offline():
-        raise UserError(
-            f"model {source!r} is not in the local Hugging Face cache and the Hub is offline; download it where "
-            "there is network, or pass a local diffusers folder or .safetensors file with --model PATH"
-        ) from None
+    _check_hub(source)
     try:
         return DiffusionPipeline.from_pretrained(source, **kwargs)
     except Exception as exc:
@@ -182,27 +268,85 @@ def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
         ) from None
 
 
+def _check_hub(source: str) -> None:
+    """Fail fast for a hub id that is not cached: offline (``HF_HUB_OFFLINE``) or the Hub unreachable."""
+    hint = "download it where there is network, or pass a local diffusers folder or .safetensors file with --model PATH"
+    if _offline():
+        raise UserError(f"model {source!r} is not in the local Hugging Face cache and the Hub is offline; {hint}")
+    problem = _hub_reachable()
+    if problem:
+        raise UserError(f"model {source!r} is not in the local Hugging Face cache and {problem}; {hint}")
+
+
 def parse_lora(spec: str) -> tuple[str, float]:
-    """``PATH[:SCALE]`` -> ``(path, scale)``; a Windows drive colon is not taken for a scale."""
-    path, scale = spec, 1.0
+    """``PATH[:SCALE]`` -> ``(path, scale)`` (scale default 1.0). A Windows drive colon is not taken for a scale;
+    a suffix after the last colon of an existing path that is not a finite number is refused as a bad scale."""
+    import math
+
     head, sep, tail = spec.rpartition(":")
-    if sep and head and not (len(head) == 1 and head.isalpha()):
-        try:
-            scale = float(tail)
-            path = head
-        except ValueError:
-            path = spec
-    return path, scale
+    if not sep or not head or (len(head) == 1 and head.isalpha()) or Path(spec).expanduser().exists():
+        return spec, 1.0
+    try:
+        scale = float(tail)
+    except ValueError:
+        if Path(head).expanduser().exists():
+            raise UserError(f"--lora {spec}: bad LoRA scale {tail!r}; expected a number, e.g. {head}:0.8") from None
+        return spec, 1.0
+    if not math.isfinite(scale):
+        raise UserError(f"--lora {spec}: bad LoRA scale {tail!r}; expected a finite number, e.g. {head}:0.8")
+    return head, scale
 
 
-def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> None:
-    names, scales = [], []
-    for i, (path, scale) in enumerate(loras):
+def check_lora_files(loras: list[tuple[str, float]], allow_pickle: bool = False) -> None:
+    """Each LoRA exists, is not a pickle file unless allowed, and its ``.safetensors`` is readable (before any
+    model is loaded)."""
+    for path, _ in loras:
         p = Path(path).expanduser()
         if not p.exists():
             raise UserError(f"--lora {path}: no such file or folder")
-        if p.is_file() and p.suffix.lower() != ".safetensors" and not allow_pickle:
-            raise UserError(f"--lora {path}: pickle LoRA files need --allow-pickle; .safetensors is safe to load")
+        files = [p] if p.is_file() else sorted(p.glob("*.safetensors"))
+        for file in files:
+            if file.suffix.lower() != ".safetensors":
+                if not allow_pickle:
+                    raise UserError(
+                        f"--lora {path}: pickle LoRA files need --allow-pickle; .safetensors is safe to load"
+                    )
+                continue
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(file), framework="pt"):
+                    pass
+            except Exception as exc:
+                raise UserError(
+                    f"--lora {path}: not a readable .safetensors file, truncated or corrupt ({one_line(exc, 120)})"
+                ) from None
+
+
+def _lora_problem(exc: BaseException, logs: list[str]) -> str:
+    """One line for a LoRA that did not load: the first mismatched weight and how many there are."""
+    text = str(exc) + "\n" + "\n".join(logs)
+    mismatches = re.findall(
+        r"size mismatch for ([^:\s]+): copying a param with shape (torch.Size\(\[[^\]]*\]\)) "
+        r"from checkpoint, the shape in current model is (torch.Size\(\[[^\]]*\]\))",
+        text,
+    )
+    if mismatches:
+        name, theirs, ours = mismatches[0]
+        shape = lambda s: s.replace("torch.Size(", "").rstrip(")")  # noqa: E731
+        more = f" and {len(mismatches) - 1} more" if len(mismatches) > 1 else ""
+        return (
+            f"its weights do not fit this model ({name}: {shape(theirs)} in the file, {shape(ours)} in the "
+            f"model{more}); is it a LoRA for another model family?"
+        )
+    return f"not a LoRA this model can load ({_short(exc)})"
+
+
+def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> None:
+    check_lora_files(loras, allow_pickle)
+    names, scales = [], []
+    for i, (path, scale) in enumerate(loras):
+        p = Path(path).expanduser()
         name = f"lora_{i}"
         kwargs = {"adapter_name": name}
         if p.is_file():
@@ -210,10 +354,11 @@ def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> Non
             source = str(p.parent)
         else:
             source = str(p)
-        try:
-            pipe.load_lora_weights(source, **kwargs)
-        except Exception as exc:
-            raise UserError(f"--lora {path}: not a LoRA this model can load ({_short(exc)})") from None
+        with captured_logs() as logs:
+            try:
+                pipe.load_lora_weights(source, **kwargs)
+            except Exception as exc:
+                raise UserError(f"--lora {path}: {_lora_problem(exc, logs)}") from None
         names.append(name)
         scales.append(scale)
     if names:
@@ -241,16 +386,29 @@ def load_pipeline(
     allow_pickle: bool = False,
     config: str | None = None,
 ) -> LoadedModel:
-    """Load an SD 1.x/2.x or SDXL pipeline from a hub id, a diffusers folder or a single checkpoint file,
-    with scheduler, LoRAs, dtype and placement set. Raises :class:`UserError` for anything the user can fix."""
+    """Load an SD 1.x/2.x or SDXL pipeline from a hub id, a diffusers folder, a single checkpoint file or
+    ``tiny:FAMILY``, with scheduler (default ``ddim``), LoRAs, dtype (default fp16 on a GPU, fp32 on the CPU)
+    and placement set. Raises :class:`UserError` for anything the user can fix, checked before the weights
+    are read where possible."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
+    if offload not in ("none", "model", "sequential"):
+        raise UserError(f"--offload {offload!r}: choose none, model or sequential")
+    if offload != "none" and device == "cpu":
+        raise UserError("--offload moves weights between the CPU and a GPU; it needs a GPU device")
+    check_lora_files(list(loras), allow_pickle)
     path = Path(model).expanduser()
-    if path.is_file():
+    tiny = tiny_family(model)
+    if tiny is not None:
+        from ..testing import tiny_pipeline
+
+        pipe, kind = tiny_pipeline(tiny), "tiny"
+        if torch_dtype != torch.float32:
+            pipe.to(dtype=torch_dtype)
+    elif path.is_file():
         pipe, kind = _load_single_file(path, torch_dtype, config, allow_pickle), "file"
     elif path.is_dir():
-        if not (path / "model_index.json").exists():
-            raise UserError(f"{model} is a folder but not a diffusers pipeline (no model_index.json)")
+        _check_folder(path, allow_pickle)
         pipe, kind = _load_pretrained(str(path), torch_dtype, allow_pickle, is_hub=False), "folder"
     elif _looks_like_path(model):
         raise UserError(f"--model {model}: no such file or folder")
@@ -260,16 +418,12 @@ def load_pipeline(
     if scheduler:
         set_scheduler(pipe, scheduler)
     _load_loras(pipe, list(loras), allow_pickle)
-    if offload != "none" and device == "cpu":
-        raise UserError("--offload moves weights between the CPU and a GPU; it needs a GPU device")
     if offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
-    elif offload == "none":
-        pipe.to(device)
     else:
-        raise UserError(f"--offload {offload!r}: choose none, model or sequential")
+        pipe.to(device)
     return LoadedModel(pipe=pipe, family=family, source=model, kind=kind)
 
 
@@ -287,21 +441,31 @@ def load_unet_profile_source(model: str, config: str | None = None):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     path = Path(model).expanduser()
+    tiny = tiny_family(model)
+    if tiny is not None:
+        from ..testing import tiny_unet_config
+
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**tiny_unet_config(tiny))
+        return unet, 2
     if path.is_file():
         loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
         return loaded.pipe.unet, loaded.pipe.vae_scale_factor
     if _looks_like_path(model) and not path.exists():
         raise UserError(f"--model {model}: no such file or folder")
+    if path.is_dir():
+        if not (path / "unet").is_dir():
+            raise UserError(f"{model} has no unet/ subfolder: not a complete Stable Diffusion pipeline")
+        if not (path / "unet" / "config.json").is_file():
+            raise UserError(f"{model}: unet/config.json is missing")
     source = str(path) if path.is_dir() else model
     try:
         unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", local_files_only=True)
         vae_config = AutoencoderKL.load_config(source, subfolder="vae", local_files_only=True)
-    except Exception:
-        if path.is_dir() or _offline():
-            raise UserError(
-                f"no UNet config found for {model!r} locally; pass a diffusers folder (with unet/config.json) "
-                "or a cached hub id"
-            ) from None
+    except Exception as exc:
+        if path.is_dir():
+            raise UserError(f"could not read the configs of {model} ({_short(exc)})") from None
+        _check_hub(model)
         try:
             unet_config = UNet2DConditionModel.load_config(source, subfolder="unet")
             vae_config = AutoencoderKL.load_config(source, subfolder="vae")

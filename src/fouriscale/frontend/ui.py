@@ -1,164 +1,340 @@
 """``fouriscale ui``: a local Gradio app to generate with FouriScale and compare with direct inference.
 
 The model is loaded once and kept; requests run one at a time through a bounded queue; every mistake is
-shown as a message in the page. Finished images are written like the CLI writes them (PNG with the
-settings embedded, manifest line) and offered for download.
+shown as a message in the page, including typed API input that is not what the field holds (inputs reach
+:meth:`Studio.generate` unprocessed and are checked there). Finished images are written like the CLI writes
+them (PNG with the settings embedded, manifest line, same folder lock) and offered for download.
+
+The size fields are the size that will be made: choosing a size in the dropdown fills them, editing them
+switches the dropdown to "custom". Defaults are the CLI's (:mod:`.params`): 50 steps, seed 23, guidance
+by family (7.5 SD, 5.0 SDXL) when the field is left empty.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import socket
+import sys
 import threading
 from pathlib import Path
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
+from .errors import UserError, one_line, user_errors
 from .jobs import Job, Recipe, finished_settings, output_name, render, save_image
-from .loading import LoadedModel, UserError, load_pipeline, native_size
+from .loading import LoadedModel, load_pipeline, native_size
+from .outputs import OutputFolder
+from .params import (
+    DEFAULT_ETA,
+    DEFAULT_SCHEDULER,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    MAX_SEED,
+    as_bool,
+    as_int,
+    check_guidance,
+    default_guidance,
+    default_size,
+)
 
-__all__ = ["Studio", "build_app", "launch", "SIZE_CHOICES", "QUEUE_SIZE"]
+__all__ = ["Studio", "build_app", "launch", "SIZE_CHOICES", "NATIVE", "CUSTOM", "QUEUE_SIZE", "check_address"]
 
+NATIVE = "2x native"
 CUSTOM = "custom"
-SIZE_CHOICES = ["2x native"] + sorted({f"{p.width}x{p.height}" for p in PAPER_PRESETS.values()}) + [CUSTOM]
+SIZE_CHOICES = [NATIVE] + sorted({f"{p.width}x{p.height}" for p in PAPER_PRESETS.values()}) + [CUSTOM]
 QUEUE_SIZE = 8  # requests waiting behind the running one; more are turned away with a message
+MAX_UI_STEPS = 150
+FALLBACK_SIZE = (1024, 1024)
+
+
+def _for_the_page(message: str) -> str:
+    """Library messages without the hints that name CLI options or API arguments the UI does not have."""
+    message = re.sub(r", or set an explicit base size \([^)]*\)\.?", ".", message)
+    message = re.sub(r", or lift the limit with size_limit=False \(--no-size-limit\)", "", message)
+    return message
 
 
 class Studio:
-    """The app's state and work, independent of Gradio: keeps one loaded model, renders one request at a time."""
+    """The app's state and work, independent of Gradio: keeps one loaded model, renders one request at a time.
 
-    def __init__(self, out_dir: str = "outputs", device: str = "auto", dtype: str = "auto",
-                 model_config: str | None = None, default_model: str | None = None) -> None:  # fmt: skip
-        self.out = Path(out_dir)
-        self.device, self.dtype, self.model_config = device, dtype, model_config
+    ``out_dir`` (default ``outputs``) is checked when the studio is made: it must be (or become) a writable
+    folder.
+    """
+
+    def __init__(
+        self,
+        out_dir: str = "outputs",
+        device: str = "auto",
+        dtype: str = "auto",
+        model_config: str | None = None,
+        default_model: str | None = None,
+        offload: str = "none",
+        allow_pickle: bool = False,
+    ) -> None:
+        from .loading import resolve_device
+
+        self.folder = OutputFolder(out_dir).prepare()
+        self.out = self.folder.path
+        self.device = resolve_device(device)
+        self.dtype, self.model_config, self.offload, self.allow_pickle = dtype, model_config, offload, allow_pickle
         self.default_model = default_model
         self.loaded: LoadedModel | None = None
         self._lock = threading.Lock()
+        self._natives: dict[str, tuple[tuple[int, int], str]] = {}
 
     def model(self, name: str) -> LoadedModel:
         """The loaded model, loading ``name`` only when it differs from the one kept."""
         name = (name or "").strip()
         if not name:
-            raise UserError("enter a model: a hub id, a diffusers folder or a .safetensors file")
+            raise UserError("enter a model: a hub id, a diffusers folder, a .safetensors file or tiny:sd1")
         if self.loaded is None or self.loaded.source != name:
             self.loaded = None
-            self.loaded = load_pipeline(name, device=self.device, dtype=self.dtype, config=self.model_config)
+            self.loaded = load_pipeline(
+                name,
+                device=self.device,
+                dtype=self.dtype,
+                config=self.model_config,
+                offload=self.offload,
+                allow_pickle=self.allow_pickle,
+            )
             self.loaded.pipe.set_progress_bar_config(disable=True)
         return self.loaded
 
-    def _next_index(self) -> int:
-        indices = [int(m.group(1)) for p in self.out.glob("*.png") if (m := re.match(r"(\d+)-", p.name))]
-        return max(indices, default=-1) + 1
+    def native(self, name: str) -> tuple[tuple[int, int], str] | None:
+        """``((height, width), family)`` of a model from its config (no weights read), or ``None`` if unknown."""
+        name = (name or "").strip()
+        if not name:
+            return None
+        if self.loaded is not None and self.loaded.source == name:
+            return native_size(self.loaded.pipe), self.loaded.family
+        if name not in self._natives:
+            from ..profiles import detect_profile
+            from .loading import load_unet_profile_source
 
-    def generate(self, prompt: str, negative: str, model: str, size: str, width, height, steps, guidance, seed,
-                 freeu: bool, amp_guidance: bool, low_pass: bool, attention_guidance: bool, pad_then_crop: bool,
-                 progressive: bool, compare: bool, progress=None) -> dict:  # fmt: skip
-        """Render one request; returns ``{"image": path, "direct": path or None, "info": text}``."""
-        if not (prompt or "").strip():
+            if Path(name).expanduser().is_file():
+                return None
+            try:
+                unet, factor = load_unet_profile_source(name, self.model_config)
+                profile = detect_profile(unet, factor)
+            except (UserError, ValueError, TypeError, OSError):
+                return None
+            self._natives[name] = (profile.native_size, profile.family.name)
+        return self._natives[name]
+
+    def size_for(self, choice: str, model: str) -> tuple[int, int] | None:
+        """``(height, width)`` a dropdown choice stands for (``None``: leave the fields as they are)."""
+        if choice == NATIVE:
+            native = self.native(model)
+            return default_size(native[0]) if native else None
+        if choice and re.fullmatch(r"\d+x\d+", choice):
+            w, h = (int(v) for v in choice.split("x"))
+            return h, w
+        return None
+
+    def _claim_index(self, seed: int, prompt: str) -> Job:
+        """The next free job index in the folder, claimed so that another UI or CLI run cannot take the name."""
+        with self.folder.lock:
+            indices = [int(m.group(1)) for p in self.out.glob("*.png") if (m := re.match(r"(\d+)-", p.name))]
+            index = max(indices, default=-1) + 1
+            while True:
+                job = Job(index, prompt, seed)
+                if not (self.out / output_name(job, "fouriscale")).exists() and self.folder.claim(
+                    output_name(job, "fouriscale")
+                ):
+                    return job
+                index += 1
+
+    def generate(
+        self,
+        prompt,
+        negative,
+        model,
+        width,
+        height,
+        steps,
+        guidance,
+        seed,
+        freeu,
+        amp_guidance,
+        low_pass,
+        attention_guidance,
+        pad_then_crop,
+        progressive,
+        compare,
+        progress=None,
+    ) -> dict:
+        """Render one request; returns ``{"image": path, "direct": path or None, "info": text}``.
+
+        Every input is checked by type first (whole numbers for sizes, steps and seed; a finite guidance from 0
+        to 100, empty for the model's default; true/false for the switches); ``UserError`` otherwise.
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
             raise UserError("enter a prompt")
-        steps, seed = _int(steps, "steps", 1, 1000), _int(seed, "seed", 0, 2**63 - 1)
-        guidance = _float(guidance, "guidance")
+        if negative is not None and not isinstance(negative, str):
+            raise UserError("the negative prompt must be text")
+        if not isinstance(model, str):
+            raise UserError("the model must be text: a hub id, a folder, a .safetensors file or tiny:sd1")
+        height, width = as_int(height, "height", 1), as_int(width, "width", 1)
+        steps, seed = as_int(steps, "steps", 1, MAX_UI_STEPS), as_int(seed, "seed", 0, MAX_SEED)
+        guidance = None if guidance is None or guidance == "" else check_guidance(guidance, "guidance")
+        switches = dict(
+            freeu=freeu,
+            amp_guidance=amp_guidance,
+            low_pass=low_pass,
+            attention_guidance=attention_guidance,
+            pad_then_crop=pad_then_crop,
+            progressive=progressive,
+            compare=compare,
+        )
+        flags = {name: as_bool(value, name.replace("_", " ")) for name, value in switches.items()}
+        import fouriscale
+
         with self._lock:
             loaded = self.model(model)
             pipe = loaded.pipe
-            height, width = self._size(loaded, size, width, height)
-            config = FouriScaleConfig(freeu="paper" if freeu else None, amp_guidance=bool(amp_guidance),
-                                      low_pass=bool(low_pass), attention_guidance=bool(attention_guidance),
-                                      pad_then_crop=bool(pad_then_crop), progressive=bool(progressive))  # fmt: skip
-            import fouriscale
-
-            fouriscale.apply_fouriscale(pipe, config)
+            config = FouriScaleConfig(
+                freeu="paper" if flags["freeu"] else None,
+                amp_guidance=flags["amp_guidance"],
+                low_pass=flags["low_pass"],
+                attention_guidance=flags["attention_guidance"],
+                pad_then_crop=flags["pad_then_crop"],
+                progressive=flags["progressive"],
+            )
             try:
-                plan = fouriscale.get_plan(pipe, height, width, steps)
-            except ValueError as exc:
-                raise UserError(str(exc)) from None
-            recipe = Recipe(model=loaded.source, height=height, width=width, steps=steps, guidance_scale=guidance,
-                            negative_prompt=(negative or "").strip() or None, scheduler="ddim", eta=1.0,
-                            dtype=str(pipe.unet.dtype).replace("torch.", ""), config=config, compare=bool(compare))  # fmt: skip
-            self.out.mkdir(parents=True, exist_ok=True)
-            job = Job(self._next_index(), prompt.strip(), seed)
-            methods = ["fouriscale"] + (["direct"] if compare else [])
-            paths = {}
-            for n, method in enumerate(methods):
-                on_step = None
-                if progress is not None:
+                with user_errors():
+                    plan = fouriscale.get_plan(pipe, height, width, steps, config)
+            except UserError as exc:
+                raise UserError(_for_the_page(str(exc))) from None
+            fouriscale.apply_fouriscale(pipe, config)
+            recipe = Recipe(
+                model=loaded.source,
+                height=height,
+                width=width,
+                steps=steps,
+                guidance_scale=guidance if guidance is not None else default_guidance(loaded.family),
+                negative_prompt=(negative or "").strip() or None,
+                scheduler=DEFAULT_SCHEDULER,
+                eta=DEFAULT_ETA,
+                dtype=str(pipe.unet.dtype).replace("torch.", ""),
+                config=config,
+                compare=flags["compare"],
+            )
+            job = self._claim_index(seed, prompt.strip())
+            try:
+                methods = ["fouriscale"] + (["direct"] if flags["compare"] else [])
+                paths = {}
+                for n, method in enumerate(methods):
+                    on_step = None
+                    if progress is not None:
 
-                    def on_step(i, n=n, method=method):
-                        done = (n * steps + i + 1) / (len(methods) * steps)
-                        progress(done, desc=f"{method}: step {i + 1}/{steps}")
+                        def on_step(i, n=n, method=method):
+                            done = (n * steps + i + 1) / (len(methods) * steps)
+                            progress(done, desc=f"{method}: step {i + 1}/{steps}")
 
-                image = render(pipe, recipe, job, method, on_step=on_step)
-                settings = finished_settings(recipe, job, method, output_name(job, method), plan)
-                save_image(image, self.out, settings)
-                paths[method] = str(self.out / settings["file"])
-        info = (f"{width}x{height}, {steps} steps, seed {seed}: dilation {plan.dilation}, base "
-                f"{plan.base_size[1]:g}x{plan.base_size[0]:g}" + (" (FouriScale is a no-op at this size)" if plan.noop else ""))  # fmt: skip
+                    image = render(pipe, recipe, job, method, on_step=on_step)
+                    settings = finished_settings(recipe, job, method, output_name(job, method), plan)
+                    save_image(image, self.out, settings, folder=self.folder)
+                    paths[method] = str(self.out / settings["file"])
+            finally:
+                self.folder.release(output_name(job, "fouriscale"))
+        info = (
+            f"{width}x{height}, {steps} steps, seed {seed}, guidance {recipe.guidance_scale:g}: dilation "
+            f"{plan.dilation}, base {plan.base_size[1]:g}x{plan.base_size[0]:g}"
+            + (" (FouriScale is a no-op at this size)" if plan.noop else "")
+        )
         return {"image": paths["fouriscale"], "direct": paths.get("direct"), "info": info}
-
-    @staticmethod
-    def _size(loaded: LoadedModel, size: str, width, height) -> tuple[int, int]:
-        if size == CUSTOM:
-            h, w = _int(height, "height", 1, 16384), _int(width, "width", 1, 16384)
-        elif size == SIZE_CHOICES[0] or not size:
-            h, w = (2 * v for v in native_size(loaded.pipe))
-        else:
-            w, h = (int(v) for v in size.split("x"))
-        for name, value in (("height", h), ("width", w)):
-            if value % 8:
-                raise UserError(f"{name} {value} is not a multiple of 8 pixels")
-        return h, w
-
-
-def _int(value, name: str, lo: int, hi: int) -> int:
-    try:
-        number = int(float(value))
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a whole number") from None
-    if float(value) != number or not lo <= number <= hi:
-        raise UserError(f"{name} must be a whole number between {lo} and {hi}")
-    return number
-
-
-def _float(value, name: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise UserError(f"{name} must be a number") from None
 
 
 def build_app(studio: Studio):
     """The Gradio Blocks of the app (not launched)."""
     import gradio as gr
 
-    def on_generate(prompt, negative, model, size, width, height, steps, guidance, seed, freeu, amp, low_pass,
-                    attention_guidance, pad_then_crop, progressive, compare, progress=gr.Progress()):  # fmt: skip
+    def on_generate(
+        prompt,
+        negative,
+        model,
+        width,
+        height,
+        steps,
+        guidance,
+        seed,
+        freeu,
+        amp,
+        low_pass,
+        attention_guidance,
+        pad_then_crop,
+        progressive,
+        compare,
+        progress=gr.Progress(),
+    ):
         try:
-            result = studio.generate(prompt, negative, model, size, width, height, steps, guidance, seed, freeu, amp,
-                                     low_pass, attention_guidance, pad_then_crop, progressive, compare,
-                                     progress=progress)  # fmt: skip
+            result = studio.generate(
+                prompt,
+                negative,
+                model,
+                width,
+                height,
+                steps,
+                guidance,
+                seed,
+                freeu,
+                amp,
+                low_pass,
+                attention_guidance,
+                pad_then_crop,
+                progressive,
+                compare,
+                progress=progress,
+            )
         except UserError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:  # never a crash: show it in the page
-            raise gr.Error(f"{type(exc).__name__}: {exc}", print_exception=False) from None
-        slider = (result["direct"], result["image"]) if result["direct"] else None
-        return result["image"], result["image"], gr.update(value=slider, visible=slider is not None), result["info"]
+            raise gr.Error(f"{type(exc).__name__}: {one_line(exc)}", print_exception=False) from None
+        comparing = result["direct"] is not None
+        slider = (result["direct"], result["image"]) if comparing else None
+        return (
+            gr.update(value=None if comparing else result["image"], visible=not comparing),
+            gr.update(value=slider, visible=comparing),
+            result["image"],
+            result["info"],
+        )
+
+    def on_size(choice, model):
+        size = studio.size_for(choice, model)
+        if size is None:
+            return gr.update(), gr.update()
+        return gr.update(value=size[1]), gr.update(value=size[0])
+
+    start = studio.native(studio.default_model) if studio.default_model else None
+    first_choice = NATIVE if start else CUSTOM
+    first_h, first_w = default_size(start[0]) if start else FALLBACK_SIZE
+    guidance_label = "Guidance scale (empty: the model's default, 7.5 SD / 5.0 SDXL)"
 
     with gr.Blocks(title="FouriScale") as app:
-        gr.Markdown("# FouriScale\nTraining-free high-resolution images from Stable Diffusion (Huang et al., ECCV 2024).")
+        gr.Markdown(
+            "# FouriScale\nTraining-free high-resolution images from Stable Diffusion (Huang et al., ECCV 2024)."
+        )
         with gr.Row():
-            with gr.Column(scale=1):
+            with gr.Column(scale=1, min_width=320):
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", elem_id="negative")
-                model = gr.Textbox(label="Model (hub id, diffusers folder or .safetensors)", value=studio.default_model or "",
-                                   elem_id="model")  # fmt: skip
-                size = gr.Dropdown(SIZE_CHOICES, value=SIZE_CHOICES[0], label="Size (width x height)", elem_id="size")
+                model = gr.Textbox(
+                    label="Model (hub id, diffusers folder, .safetensors or tiny:sd1)",
+                    value=studio.default_model or "",
+                    elem_id="model",
+                )
+                size = gr.Dropdown(SIZE_CHOICES, value=first_choice, label="Size (width x height)", elem_id="size")
                 with gr.Row():
-                    width = gr.Number(value=2048, label="Width (custom)", precision=0, elem_id="width")
-                    height = gr.Number(value=2048, label="Height (custom)", precision=0, elem_id="height")
+                    width = gr.Number(value=first_w, label="Width", precision=0, elem_id="width")
+                    height = gr.Number(value=first_h, label="Height", precision=0, elem_id="height")
                 with gr.Row():
-                    steps = gr.Slider(1, 150, value=50, step=1, label="Steps", elem_id="steps")
-                    guidance = gr.Number(value=7.5, label="Guidance scale", elem_id="guidance")
+                    steps = gr.Slider(1, MAX_UI_STEPS, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
+                    guidance = gr.Number(
+                        value=default_guidance(start[1]) if start else None, label=guidance_label, elem_id="guidance"
+                    )
                 with gr.Row():
-                    seed = gr.Number(value=23, label="Seed", precision=0, elem_id="seed")
+                    seed = gr.Number(value=DEFAULT_SEED, label="Seed", precision=0, elem_id="seed")
                     dice = gr.Button("Random seed", elem_id="dice", scale=0)
                 with gr.Accordion("FouriScale settings", open=False):
                     freeu = gr.Checkbox(value=True, label="FreeU (as the paper applied it)")
@@ -170,31 +346,121 @@ def build_app(studio: Studio):
                 compare = gr.Checkbox(value=False, label="Compare with direct inference (same seed)", elem_id="compare")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
-                result = gr.Image(label="FouriScale", type="filepath", elem_id="result", interactive=False)
-                slider = gr.ImageSlider(label="Direct inference | FouriScale", type="filepath", visible=False,
-                                        elem_id="slider")  # fmt: skip
-                download = gr.File(label="Download (PNG with settings)", elem_id="download")
+                result = gr.Image(label="FouriScale", type="filepath", elem_id="result", interactive=False, height=640)
+                slider = gr.ImageSlider(
+                    label="Direct inference | FouriScale", type="filepath", visible=False, elem_id="slider", height=640
+                )
                 info = gr.Markdown(elem_id="info")
-        dice.click(lambda: random.randint(0, 2**31 - 1), outputs=seed)
-        run.click(on_generate, inputs=[prompt, negative, model, size, width, height, steps, guidance, seed, freeu, amp,
-                                       low_pass, attention_guidance, pad_then_crop, progressive, compare],
-                  outputs=[result, download, slider, info], concurrency_limit=1)  # fmt: skip
+                download = gr.File(label="Download (PNG with settings)", elem_id="download")
+        dice.click(lambda: random.randint(0, 2**32 - 1), outputs=seed)
+        size.change(on_size, inputs=[size, model], outputs=[width, height])
+        model.blur(on_size, inputs=[size, model], outputs=[width, height])
+        width.input(lambda: CUSTOM, outputs=size)
+        height.input(lambda: CUSTOM, outputs=size)
+        run.click(
+            on_generate,
+            inputs=[
+                prompt,
+                negative,
+                model,
+                width,
+                height,
+                steps,
+                guidance,
+                seed,
+                freeu,
+                amp,
+                low_pass,
+                attention_guidance,
+                pad_then_crop,
+                progressive,
+                compare,
+            ],
+            outputs=[result, slider, download, info],
+            concurrency_limit=1,
+            preprocess=False,
+            api_name="generate",
+        )
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return app
 
 
-def launch(model: str | None = None, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
-           dtype: str = "auto", model_config: str | None = None, out_dir: str = "outputs", block: bool = True):  # fmt: skip
-    """Start the app on ``host:port`` (local only by default). Returns 0 when the server stops (or the app
-    itself with ``block=False``)."""
+def check_address(host: str, port) -> None:
+    """Refuse, in one line, a port outside 1..65535, a port in use and an address this machine cannot listen on."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise UserError(f"--port {port}: choose a port from 1 to 65535 (default 7860)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UserError(f"--host {host}: not an address of this machine ({exc.strerror})") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            import errno
+
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"--port {port}: already in use on {host}; choose another port with --port") from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise UserError(f"--host {host}: not an address of this machine; use 127.0.0.1 (or --public)") from None
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
+def launch(
+    model: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str = "auto",
+    dtype: str = "auto",
+    model_config: str | None = None,
+    out_dir: str = "outputs",
+    block: bool = True,
+    offload: str = "none",
+    allow_pickle: bool = False,
+):
+    """Start the app on ``host:port`` (default 127.0.0.1:7860, this machine only) and print its URL. Gradio's
+    analytics stay off unless ``GRADIO_ANALYTICS_ENABLED`` says otherwise. Returns 0 when the server stops (or
+    the app itself with ``block=False``). Start-up problems (port, host, output folder, model) are one
+    :class:`UserError` each."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise UserError("the web UI needs Gradio: pip install 'fouriscale[ui]'") from None
-    studio = Studio(out_dir=out_dir, device=device, dtype=dtype, model_config=model_config, default_model=model)
+    check_address(host, port)
+    studio = Studio(
+        out_dir=out_dir,
+        device=device,
+        dtype=dtype,
+        model_config=model_config,
+        default_model=model,
+        offload=offload,
+        allow_pickle=allow_pickle,
+    )
     if model:
         studio.model(model)  # load once, up front
     app = build_app(studio)
-    app.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=not block,
-               quiet=True, allowed_paths=[str(Path(out_dir).resolve())])  # fmt: skip
-    return app if not block else 0
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=True,
+            quiet=True,
+            show_error=True,
+            allowed_paths=[str(studio.out.resolve())],
+        )
+    except OSError as exc:
+        raise UserError(f"cannot start the web UI on {host}:{port} ({one_line(exc, 160)})") from None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"fouriscale ui: serving on http://{shown}:{port} (Ctrl+C to stop)", flush=True)
+    if not block:
+        return app
+    try:
+        app.block_thread()
+    finally:
+        app.close()
+    print("fouriscale ui: stopped", file=sys.stderr)
+    return 0

@@ -1,0 +1,320 @@
+"""The command line's shared options, declared once as argparse parent parsers and reused by every command
+that takes them (``generate``, ``compare``, ``plan``, ``ui``, ``benchmark-quality``), with the helpers that
+turn them into a :class:`~fouriscale.FouriScaleConfig` and a size.
+
+Syntax is checked while parsing (``WxH``, finite numbers, eta in [0, 1], seeds in 0 .. 2**64 - 1, conflicting
+flags); sizes, steps and start/stop windows by the library's :func:`fouriscale.get_plan`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import PAPER_PRESETS, FouriScaleConfig
+from .errors import UserError, user_errors
+from .params import DEFAULT_ETA, DEFAULT_SCHEDULER, DEFAULT_STEPS, MAX_SEED, as_float, check_eta, check_guidance
+
+__all__ = [
+    "Parser",
+    "parents",
+    "size_type",
+    "seed_type",
+    "seed_list_type",
+    "config_from",
+    "resolve_size",
+    "preset_window",
+]
+
+
+class Parser(argparse.ArgumentParser):
+    """Argument errors as one line and exit status 2, like every other error of the command."""
+
+    def error(self, message: str):  # argparse API
+        self.exit(2, f"fouriscale: error: {message} (see {self.prog} --help)\n")
+
+
+def _arg_type(check):
+    """An argparse type from a checker that raises UserError."""
+
+    def convert(text: str):
+        try:
+            return check(text)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``WIDTHxHEIGHT`` -> ``(height, width)``; whether the model can take it is the library's call."""
+    parts = text.lower().replace("*", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UserError(f"{text!r} is not WIDTHxHEIGHT, e.g. 2048x2048")
+    width, height = (int(p) for p in parts)
+    return height, width
+
+
+def _pixels(text: str) -> int:
+    if not text.strip().isdigit():
+        raise UserError(f"{text!r} is not a whole number of pixels")
+    return int(text)
+
+
+def _seed(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > MAX_SEED:
+        raise UserError(f"{text!r}: a seed is a whole number from 0 to 2**64 - 1")
+    return int(text)
+
+
+def _seed_list(text: str) -> list[int]:
+    from .jobs import parse_seeds
+
+    return parse_seeds(text)
+
+
+def _finite(text: str) -> float:
+    return as_float(text, "value")
+
+
+size_type = _arg_type(_size)
+seed_type = _arg_type(_seed)
+seed_list_type = _arg_type(_seed_list)
+pixels_type = _arg_type(_pixels)
+finite_type = _arg_type(_finite)
+guidance_type = _arg_type(check_guidance)
+eta_type = _arg_type(check_eta)
+
+
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(add_help=False)
+
+
+def _common() -> argparse.ArgumentParser:
+    p = _parser()
+    # SUPPRESS: given after the sub-command it sets args.debug, else the top-level value stays.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and library logs")
+    return p
+
+
+def _model(required: bool) -> argparse.ArgumentParser:
+    p = _parser()
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        required=required,
+        help="hub id, local diffusers folder, single-file .safetensors checkpoint (SD 1.x, 2.x and SDXL are "
+        "detected), or tiny:sd1 / tiny:sdxl, a built-in tiny random model that draws noise (checks an install)",
+    )
+    g.add_argument(
+        "--config",
+        dest="model_config",
+        metavar="DIR",
+        help="diffusers folder (or hub id) whose configs describe a single-file checkpoint (needed offline)",
+    )
+    g.add_argument(
+        "--allow-pickle", action="store_true", help="allow pickle checkpoints (.ckpt/.bin); they can run code"
+    )
+    return p
+
+
+def _size_options() -> argparse.ArgumentParser:
+    p = _parser()
+    g = p.add_argument_group("size and steps")
+    g.add_argument(
+        "--size",
+        type=size_type,
+        metavar="WxH",
+        help="image size, e.g. 2048x2048 (default: the preset's, else 2x the native size)",
+    )
+    g.add_argument("--height", type=pixels_type, help="image height in pixels (instead of --size)")
+    g.add_argument("--width", type=pixels_type, help="image width in pixels (instead of --size)")
+    g.add_argument(
+        "--preset",
+        choices=sorted(PAPER_PRESETS),
+        help="one of the paper's settings (size, steps, guidance, "
+        "start/stop steps; with another --steps its start/stop are rescaled); explicit options override it",
+    )
+    g.add_argument("--steps", type=int, help=f"denoising steps, 1 to 1000 (default: {DEFAULT_STEPS})")
+    g.add_argument(
+        "--no-size-limit",
+        action="store_true",
+        help="allow sizes above 16384 px per side or 8192x8192 px in total (default: refused)",
+    )
+    return p
+
+
+def _fouriscale() -> argparse.ArgumentParser:
+    p = _parser()
+    g = p.add_argument_group("FouriScale (defaults: the paper's)")
+    g.add_argument(
+        "--start-step",
+        type=int,
+        help="first step of the progressive phase (default: the paper's, "
+        "10 of 50 for SD at <= 3x, else 20 of 50, scaled to --steps)",
+    )
+    g.add_argument(
+        "--stop-step", type=int, help="step from which convs run plain (default: the paper's, 30 or 35 of 50)"
+    )
+    freeu = g.add_mutually_exclusive_group()
+    freeu.add_argument(
+        "--freeu",
+        nargs="?",
+        const="paper",
+        default="paper",
+        choices=["paper", "diffusers"],
+        help="FreeU as the paper applied it (default: paper), or diffusers' enable_freeu",
+    )
+    freeu.add_argument("--no-freeu", dest="freeu", action="store_const", const=None, help="switch FreeU off")
+    g.add_argument(
+        "--freeu-params",
+        type=finite_type,
+        nargs=4,
+        metavar=("B1", "B2", "S1", "S2"),
+        help="FreeU values (default by family: SD1 1.2 1.4 0.9 0.2, SD2 1.1 1.2 0.9 0.2, SDXL 1.1 1.2 0.6 0.4)",
+    )
+    g.add_argument(
+        "--amp-guidance",
+        action="store_true",
+        help="guidance x 2.4 before the start step (the paper's fix for blurry SDXL results; default: off)",
+    )
+    g.add_argument("--dilation", type=int, help="override the dilation d, 1 to 16 (default: derived from the size)")
+    g.add_argument(
+        "--base-size",
+        type=size_type,
+        metavar="WxH",
+        help="override the reference size (default: native size for SD, best SDXL training bucket for SDXL)",
+    )
+    a = p.add_argument_group("ablations (each switches one component of the paper off)")
+    a.add_argument("--no-low-pass", action="store_true", help="dilated convs without the low-pass filter")
+    a.add_argument("--no-attention-guidance", action="store_true", help="no FouriScale guidance (two branches)")
+    a.add_argument("--no-pad-then-crop", action="store_true", help="filter at the feature map's own size")
+    a.add_argument("--no-progressive", action="store_true", help="full dilation until the stop step")
+    return p
+
+
+def _sampling() -> argparse.ArgumentParser:
+    from .loading import SCHEDULERS
+
+    p = _parser()
+    g = p.add_argument_group("sampling")
+    g.add_argument(
+        "--guidance", type=guidance_type, help="guidance scale, 0 to 100 (default: 7.5 for SD, 5.0 for SDXL)"
+    )
+    g.add_argument("--negative", default="", help="negative prompt (default: none)")
+    g.add_argument(
+        "--scheduler",
+        default=DEFAULT_SCHEDULER,
+        choices=list(SCHEDULERS),
+        help=f"sampler (default: {DEFAULT_SCHEDULER})",
+    )
+    g.add_argument(
+        "--eta",
+        type=eta_type,
+        default=DEFAULT_ETA,
+        help=f"DDIM eta, 0 to 1 (default: {DEFAULT_ETA}, as the official scripts)",
+    )
+    return p
+
+
+def _runtime() -> argparse.ArgumentParser:
+    p = _parser()
+    g = p.add_argument_group("device")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    g.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="weights dtype (default: fp16 on GPU, fp32 on CPU)",
+    )
+    g.add_argument(
+        "--offload",
+        default="none",
+        choices=["none", "model", "sequential"],
+        help="CPU offload for small GPUs (default: none)",
+    )
+    return p
+
+
+def _output(progress: bool = True) -> argparse.ArgumentParser:
+    p = _parser()
+    p.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: ./outputs)")
+    if progress:
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def parents(*names: str) -> list[argparse.ArgumentParser]:
+    """Parent parsers by name: ``common`` (``--debug``), ``model`` / ``model?`` (optional ``--model``),
+    ``size``, ``fouriscale``, ``sampling``, ``runtime``, ``output``."""
+    table = {
+        "common": _common,
+        "model": lambda: _model(True),
+        "model?": lambda: _model(False),
+        "size": _size_options,
+        "fouriscale": _fouriscale,
+        "sampling": _sampling,
+        "runtime": _runtime,
+        "output": _output,
+    }
+    return [table[name]() for name in names]
+
+
+def preset_window(preset, steps: int) -> tuple[int | None, int | None]:
+    """A preset's start/stop steps (given for its 50 steps) for ``steps`` steps: the same at 50, else rescaled
+    as the paper's windows are (``round(start * steps / 50)``, half up)."""
+    from ..schedule import scaled_window
+
+    start, stop = preset.config.start_step, preset.config.stop_step
+    if start is None or stop is None:
+        return start, stop
+    return scaled_window(start, stop, steps)
+
+
+def config_from(args, steps: int | None = None) -> FouriScaleConfig:
+    """The FouriScaleConfig of parsed options: the preset's (start/stop rescaled to ``steps``), then every
+    explicit option. ``UserError`` with the library's message for invalid values."""
+    preset = PAPER_PRESETS[args.preset] if getattr(args, "preset", None) else None
+    config = preset.config if preset else FouriScaleConfig()
+    overrides = dict(
+        freeu=args.freeu,
+        amp_guidance=args.amp_guidance or config.amp_guidance,
+        low_pass=not args.no_low_pass,
+        attention_guidance=not args.no_attention_guidance,
+        pad_then_crop=not args.no_pad_then_crop,
+        progressive=not args.no_progressive,
+        size_limit=not getattr(args, "no_size_limit", False),
+    )
+    if preset and steps is not None:
+        overrides["start_step"], overrides["stop_step"] = preset_window(preset, steps)
+    for name in ("start_step", "stop_step", "dilation", "freeu_params", "base_size"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
+    with user_errors():
+        return config.replace(**overrides)
+
+
+def resolve_size(args, native: tuple[int, int], family: str) -> tuple[int, int, int]:
+    """``(height, width, steps)`` from --size/--height/--width/--preset/--steps; defaults: the preset's, else
+    twice the native size and 50 steps. Whether the model can take them is checked by ``get_plan``."""
+    from ..profiles import FAMILIES
+    from .params import default_size
+
+    height = width = None
+    steps = args.steps
+    if args.preset:
+        preset = PAPER_PRESETS[args.preset]
+        if FAMILIES[preset.family].bucketed != FAMILIES[family].bucketed:
+            raise UserError(
+                f"--preset {args.preset} is for {FAMILIES[preset.family].label}; this model is {FAMILIES[family].label}"
+            )
+        height, width = preset.height, preset.width
+        steps = steps if steps is not None else preset.num_inference_steps
+    if args.size is not None:
+        if args.height is not None or args.width is not None:
+            raise UserError("give either --size WxH or --height/--width, not both")
+        height, width = args.size
+    fallback = default_size(native)
+    height = args.height if args.height is not None else height if height is not None else fallback[0]
+    width = args.width if args.width is not None else width if width is not None else fallback[1]
+    return height, width, steps if steps is not None else DEFAULT_STEPS
