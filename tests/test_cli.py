@@ -1,22 +1,20 @@
-"""The ``fouriscale`` command end to end on tiny models: folders, single files, LoRA, metadata, resume,
-two processes, hostile prompts and every error path (one line, non-zero exit)."""
+"""The ``fouriscale`` command's argument handling (frontend/cli.py, options.py, params.py): one subprocess smoke
+test per command, everything else in-process through ``main([...])``: defaults, what every option reaches,
+values refused before any work with one line and exit status 2, exit status 1 only for a bug."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
+import warnings
 
 import pytest
 import torch
 from PIL import Image
 
+import fouriscale
 from fouriscale.frontend.cli import main
-from fouriscale.frontend.outputs import Manifest, image_name, read_settings, slugify
-
-FAST = ["--steps", "3", "--no-progress"]
+from fouriscale.frontend.outputs import Manifest, image_name, read_settings
+from fouriscale.testing import tiny_pipeline
+from frontend_helpers import FAST, api_render, cli, close, error_line, pixels, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -37,188 +35,329 @@ def files(tiny_dirs, tmp_path_factory):
     }
 
 
-def cli(*args):
-    return main([str(a) for a in args])
+@pytest.fixture(scope="module")
+def api_pipe():
+    """The built-in tiny SD model with FouriScale applied through the public API."""
+    pipe = tiny_pipeline("sd1")
+    pipe.set_progress_bar_config(disable=True)
+    return fouriscale.apply_fouriscale(pipe)
 
 
-def error_line(capsys):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("fouriscale: error:"), err
-    assert "Traceback" not in err[0]
-    return err[0]
+# ---------------------------------------------------------------------------------------------- smoke tests
+
+
+def test_smoke_generate_with_the_builtin_tiny_model(tmp_path, api_pipe):
+    """The README's offline check, with --debug after the sub-command."""
+    out = tmp_path / "out"
+    done = run_cli(
+        "generate",
+        "a cat",
+        "--model",
+        "tiny:sd1",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--no-progress",
+        "--debug",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "1 image(s) written, 0 already done" in done.stdout
+    name = image_name(0, 23, "a cat")
+    assert close(pixels(out / name), api_render(api_pipe))  # the CLI's image is the API's (another process)
+    assert read_settings(out / name)["model"] == "tiny:sd1"
+
+
+def test_smoke_plan_and_a_size_refusal_within_seconds(tmp_path):
+    done = run_cli("plan", "--model", "tiny:sdxl", "--size", "96x64", "--steps", "10")
+    assert done.returncode == 0, done.stderr
+    assert "base bucket        36x26" in done.stdout and "dilation d         3" in done.stdout
+    start = time.monotonic()
+    refused = run_cli("generate", "a cat", "--model", "tiny:sd1", "--size", "20000x20000", "--out", tmp_path / "o")
+    assert time.monotonic() - start < 30
+    assert refused.returncode == 2 and refused.stdout == ""
+    line = refused.stderr.strip()
+    assert "\n" not in line and "above FouriScale's size limit" in line and "--no-size-limit" in line
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+# -------------------------------------------------------------------------------------------- in-process
 
 
 def test_generate_from_folder_with_lora_and_metadata_round_trip(tiny_dirs, files, tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli("generate", "a red cat", "--model", tiny_dirs["sd1"], "--size", "96x64", "--seed", "7",
-               "--negative", "blurry, dark", "--lora", f"{files['lora']}:0.8", "--out", out, *FAST)  # fmt: skip
-    assert code == 0, capsys.readouterr().err
+    args = [
+        "generate",
+        "a red cat",
+        "--model",
+        tiny_dirs["sd1"],
+        "--size",
+        "96x64",
+        "--seed",
+        "7",
+        "--negative",
+        "blurry, dark",
+        "--lora",
+        f"{files['lora']}:0.8",
+        "--out",
+        out,
+        *FAST,
+    ]
+    assert cli(*args) == 0, capsys.readouterr().err
     name = image_name(0, 7, "a red cat")
     image = Image.open(out / name)
-    assert image.size == (96, 64)
+    assert image.size == (96, 64) and (out / name).stat().st_mode & 0o777 == 0o644
     settings = read_settings(out / name)
     assert settings["prompt"] == "a red cat" and settings["negative_prompt"] == "blurry, dark"
-    assert (settings["seed"], settings["width"], settings["height"], settings["steps"]) == (7, 96, 64, 3)
+    assert (settings["seed"], settings["width"], settings["height"], settings["steps"]) == (7, 96, 64, 2)
     assert settings["scheduler"] == "ddim" and settings["eta"] == 1.0 and settings["guidance_scale"] == 7.5
     assert settings["loras"] == [{"path": files["lora"], "scale": 0.8}]
     assert settings["fouriscale"]["freeu"] == "paper" and settings["plan"]["dilation"] == 3
-    assert settings["version"] and settings["model"] == tiny_dirs["sd1"]
     params = image.text["parameters"].splitlines()
     assert params[0] == "a red cat" and params[1] == "Negative prompt: blurry, dark"
-    assert "Seed: 7" in params[2] and "Size: 96x64" in params[2] and "Sampler: ddim" in params[2]
-    assert image.text["Description"] == "a red cat" and image.text["Software"].startswith("fouriscale")
+    assert "Seed: 7" in params[2] and "Size: 96x64" in params[2] and "Lora: " in params[2]
     entries = Manifest(out).entries()
     assert len(entries) == 1 and entries[0]["file"] == name and entries[0]["key"] == settings["key"]
-    # Same arguments again: nothing to do.
-    assert cli("generate", "a red cat", "--model", tiny_dirs["sd1"], "--size", "96x64", "--seed", "7",
-               "--negative", "blurry, dark", "--lora", f"{files['lora']}:0.8", "--out", out, *FAST) == 0  # fmt: skip
+    assert cli(*args) == 0  # same arguments again: nothing to do
     assert "0 image(s) written, 1 already done" in capsys.readouterr().out
     assert len(Manifest(out).entries()) == 1
 
 
-def test_lora_changes_the_image(tiny_dirs, files, tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--out", a, *FAST) == 0
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--out", b,
-               "--lora", files["lora"], *FAST) == 0  # fmt: skip
+def test_lora_scale_reaches_the_pipeline(tiny_dirs, files, tmp_path, api_pipe):
+    """A LoRA at scale 0 gives the image without it; at 1.0 another one."""
+    for scale in ("0", "1"):
+        assert (
+            cli(
+                "generate",
+                "a cat",
+                "--model",
+                tiny_dirs["sd1"],
+                "--lora",
+                f"{files['lora']}:{scale}",
+                "--out",
+                tmp_path / scale,
+                *FAST,
+            )
+            == 0
+        )
     name = image_name(0, 23, "a cat")
-    assert Image.open(a / name).tobytes() != Image.open(b / name).tobytes()
+    plain = api_render(api_pipe)
+    assert (pixels(tmp_path / "0" / name) == plain).all()
+    assert (pixels(tmp_path / "1" / name) != plain).any()
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_generate_from_single_file(tiny_dirs, files, tmp_path, family, capsys):
-    out = tmp_path / "out"
-    code = cli("generate", "a house", "--model", files[family], "--config", tiny_dirs[family], "--size", "64x64",
-               "--out", out, *FAST)  # fmt: skip
+    out, folder_out = tmp_path / "out", tmp_path / "folder"
+    code = cli("generate", "a house", "--model", files[family], "--config", tiny_dirs[family], "--out", out, *FAST)
     assert code == 0, capsys.readouterr().err
     settings = read_settings(out / image_name(0, 23, "a house"))
-    assert settings["guidance_scale"] == (5.0 if family == "sdxl" else 7.5)
-    # The single file holds the same weights as the folder: same image.
-    folder_out = tmp_path / "folder"
-    assert cli("generate", "a house", "--model", tiny_dirs[family], "--size", "64x64", "--out", folder_out, *FAST) == 0
+    assert settings["guidance_scale"] == fouriscale.FAMILIES[family].guidance_scale
+    assert (settings["width"], settings["height"]) == (64, 64)  # default: twice the 32 px native size
+    assert cli("generate", "a house", "--model", tiny_dirs[family], "--out", folder_out, *FAST) == 0
     name = image_name(0, 23, "a house")
-    assert Image.open(out / name).tobytes() == Image.open(folder_out / name).tobytes()
+    assert (pixels(out / name) == pixels(folder_out / name)).all()  # same weights, same image
 
 
-def test_compare_seeds_and_prompts_file(tiny_dirs, tmp_path):
+def test_compare_seeds_and_prompts_file(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\n\n  a dog  \n", encoding="utf-8")
     out = tmp_path / "out"
-    assert cli("generate", "--prompts", prompts, "--model", tiny_dirs["sdxl"], "--size", "64x64", "--seed", "3-4",
-               "--compare", "--out", out, *FAST) == 0  # fmt: skip
+    assert (
+        cli("generate", "--prompts", prompts, "--model", "tiny:sdxl", "--seed", "3", "--compare", "--out", out, *FAST)
+        == 0
+    )
     names = sorted(p.name for p in out.glob("*.png"))
-    assert len(names) == 12  # 2 prompts x 2 seeds x (fouriscale, direct, side by side)
-    assert "00003-4-a-dog-compare.png" in names and "00000-3-a-cat-direct.png" in names
-    direct = read_settings(out / "00000-3-a-cat-direct.png")
-    ours = read_settings(out / "00000-3-a-cat.png")
+    assert len(names) == 6  # 2 prompts x (fouriscale, direct, side by side)
+    assert "00001-3-a-dog-compare.png" in names and "00000-3-a-cat-direct.png" in names
+    direct, ours = read_settings(out / "00000-3-a-cat-direct.png"), read_settings(out / "00000-3-a-cat.png")
     assert direct["method"] == "direct" and "fouriscale" not in direct and ours["method"] == "fouriscale"
-    assert Image.open(out / "00000-3-a-cat-compare.png").size == (64 * 2 + 8, 64)
-    assert len(Manifest(out).entries()) == 8
+    assert direct["guidance_scale"] == ours["guidance_scale"] == 5.0
+    both = Image.open(out / "00000-3-a-cat-compare.png")
+    assert both.size == (64 * 2 + 8, 64)
+    assert (pixels(out / "00000-3-a-cat-compare.png")[:, :64] == pixels(out / "00000-3-a-cat-direct.png")).all()
+    assert (pixels(out / "00000-3-a-cat-compare.png")[:, 72:] == pixels(out / "00000-3-a-cat.png")).all()
+    assert sorted(e["file"] for e in Manifest(out).entries()) == names  # the manifest describes every file
 
 
-def test_num_images_and_seed_lists(tiny_dirs, tmp_path, capsys):
+def test_num_images_and_seed_lists(tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--num-images", "2",
-               "--seed", "5", "--out", out, *FAST) == 0  # fmt: skip
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--num-images", "2", "--seed", "5", "--out", out, *FAST) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["00000-5-a-cat.png", "00001-6-a-cat.png"]
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--num-images", "3", "--seed", "1,2",
-               "--out", out, *FAST) == 2  # fmt: skip
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--num-images", "3", "--seed", "1,2", "--out", out) == 2
     assert "does not match" in error_line(capsys)
 
 
-def test_plan_command(tiny_dirs, files, capsys):
+def test_plan_command_and_preset_windows(tiny_dirs, files, capsys):
     assert cli("plan", "--model", tiny_dirs["sdxl"], "--size", "96x64", "--steps", "10") == 0
     out = capsys.readouterr().out
-    assert "base bucket        36x26" in out and "dilation d         3" in out and "up_blocks.0.upsamplers.0.conv" in out
+    assert "base bucket        36x26" in out and "up_blocks.0.upsamplers.0.conv" in out
     assert cli("plan", "--model", files["sd1"], "--config", tiny_dirs["sd1"], "--size", "128x128") == 0
+    assert "dilation d         4" in capsys.readouterr().out
+    # A preset's 50-step window (10-30 for sd1 at d <= 3) is rescaled to other step counts: 2-6 of 10.
+    assert cli("plan", "--model", "tiny:sd1", "--preset", "sd1-1024x1024", "--size", "64x64", "--steps", "10") == 0
     out = capsys.readouterr().out
-    assert "dilation d         4" in out and "plain convs from step 35" in out
+    assert "full dilation for steps < 2, progressive for 2 <= i < 6, plain convs from step 6" in out
+
+
+def test_no_size_limit_lifts_the_bound(capsys):
+    args = ["plan", "--model", "tiny:sd1", "--size", "16392x1024", "--base-size", "2048x2048", "--steps", "2"]
+    assert cli(*args) == 2
+    assert "above FouriScale's size limit" in error_line(capsys)
+    assert cli(*args, "--no-size-limit") == 0
+    assert "dilation d         9 (more than 8x" in capsys.readouterr().out
+
+
+def test_far_beyond_native_warns_once_before_rendering(tmp_path, capsys):
+    assert (
+        cli(
+            "generate",
+            "a cat",
+            "--model",
+            "tiny:sdxl",
+            "--size",
+            "288x288",
+            "--steps",
+            "1",
+            "--no-freeu",
+            "--out",
+            tmp_path,
+            "--no-progress",
+        )
+        == 0
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fouriscale: warning: 288x288 is 9x the model's native 32x32")
 
 
 def test_help_shows_defaults(capsys):
     assert main(["generate", "--help"]) == 0
-    text = capsys.readouterr().out
-    for default in ("default: ddim", "default: 1.0", "default: 23", "7.5 for SD, 5.0 for SDXL", "default: paper",
-                    "default: 50"):  # fmt: skip
+    text = " ".join(capsys.readouterr().out.split())
+    for default in (
+        "default: ddim",
+        "default: 1.0",
+        "default: 23",
+        "7.5 for SD, 5.0 for SDXL",
+        "default: paper",
+        "default: 50",
+        "tiny:sd1",
+        "--no-size-limit",
+    ):
         assert default in text, default
+    for command in ("plan", "compare", "ui", "eval", "benchmark-quality"):
+        assert main([command, "--help"]) == 0
+        assert "--debug" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    "prompt",
-    ["../../etc/passwd", "..\\..\\windows\\system32", "CON", "a/b\\c:d*e?f\"g<h>i|j", "   ", "\x00\x1f\x7f",
-     "ééé ünïcødé 猫", "x" * 500, ".hidden"],
-)  # fmt: skip
-def test_hostile_prompts_give_safe_names(prompt):
-    name = image_name(12, 99, prompt)
-    assert name.startswith("00012-99-") and name.endswith(".png")
-    assert "/" not in name and "\\" not in name and ".." not in name and len(name) <= 80
-    assert all(c.isalnum() or c in "-." for c in name)
-    assert slugify(prompt) == slugify(prompt).strip("-")
+def test_shared_options_are_declared_once():
+    """generate, compare and plan take the same model/size/FouriScale options from one parent parser."""
+    from fouriscale.frontend.cli import build_parser
 
-
-def test_hostile_prompt_end_to_end(tiny_dirs, tmp_path):
-    out = tmp_path / "out"
-    assert cli("generate", "../../escape/../me", "--model", tiny_dirs["sd1"], "--size", "64x64", "--out", out, *FAST) == 0
-    assert [p.name for p in out.glob("*.png")] == ["00000-23-escape-me.png"]
-    assert not (tmp_path / "escape").exists()
-
-
-def test_pickle_checkpoints_are_refused(tiny_dirs, tmp_path, capsys):
-    ckpt = tmp_path / "model.ckpt"
-    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, ckpt)
-    assert cli("generate", "a cat", "--model", ckpt, "--out", tmp_path / "o", *FAST) == 2
-    line = error_line(capsys)
-    assert "pickle" in line and "--allow-pickle" in line
-    lora = tmp_path / "lora.bin"
-    torch.save({}, lora)
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--lora", lora, "--out", tmp_path / "o", *FAST) == 2
-    assert "--allow-pickle" in error_line(capsys)
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    flags = {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.items()}
+    shared = {"--model", "--size", "--preset", "--steps", "--no-size-limit", "--start-step", "--no-low-pass", "--debug"}
+    for name in ("generate", "compare", "plan", "benchmark-quality"):
+        assert shared <= flags[name], name
+    for name in ("generate", "compare", "ui", "benchmark-quality"):
+        assert {"--device", "--dtype", "--offload"} <= flags[name], name
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--model", "/no/such/model"], "no such file or folder"),
-        (["--model", "someone/not-cached-model"], "not in the local Hugging Face cache"),
-        (["--prompts", "/no/such/prompts.txt"], "cannot read it"),
-        (["--size", "64x65"], "multiple of 8"),
+        (["--size", "0x0"], "positive multiple of 2 pixels"),
+        (["--width", "0"], "width must be a positive multiple"),
+        (["--size", "64x65"], "multiple of 2 pixels"),
         (["--size", "sixtyfour"], "WIDTHxHEIGHT"),
         (["--size", "64x64", "--height", "64"], "not both"),
+        (["--steps", "0"], "from 1 to 1000"),
+        (["--steps", "1001"], "from 1 to 1000"),
+        (["--dilation", "100"], "from 1 to 16"),
+        (["--guidance", "inf"], "finite number"),
+        (["--guidance", "nan"], "finite number"),
+        (["--guidance", "-5"], "from 0 to 100"),
+        (["--guidance", "1e308"], "from 0 to 100"),
+        (["--eta", "-3"], "from 0 to 1"),
+        (["--eta", "1.5"], "from 0 to 1"),
+        (["--freeu-params", "1", "nan", "1", "1"], "finite number"),
+        (["--start-step", "40", "--stop-step", "45"], "beyond the 2 denoising steps"),
+        (["--start-step", "9", "--stop-step", "2", "--steps", "10"], "must not exceed"),
+        (["--freeu", "diffusers", "--no-freeu"], "not allowed with argument"),
+        (["--seed", "18446744073709551616"], "largest seed"),
         (["--seed", "9-3"], "backwards"),
         (["--seed", "abc"], "expected a seed"),
-        (["--steps", "0"], "at least 1"),
-        (["--start-step", "9", "--stop-step", "2"], "must not exceed"),
+        (["--seed", "18446744073709551615", "--num-images", "2"], "run past 2**64 - 1"),
+        (["--device", "tpu9"], "expected auto, cpu, cuda, cuda:N or mps"),
+        (["--device", "cuda:7"], "no CUDA GPU" if not torch.cuda.is_available() else "CUDA GPU(s)"),
         (["--preset", "sdxl-2048x2048"], "is for SDXL"),
         (["--scheduler", "nope"], "invalid choice"),
         (["--lora", "/no/such/lora.safetensors"], "no such file"),
         (["--offload", "model", "--device", "cpu"], "needs a GPU"),
+        (["--model", "tiny:sd9"], "tiny:sd1, tiny:sd2, tiny:sdxl"),
+        (["--model", "/no/such/model"], "no such file or folder"),
+        (["--model", "someone/not-cached-model"], "not in the local Hugging Face cache"),
+        (["--prompts", "/no/such/prompts.txt"], "cannot read it"),
+        (["--size", "2048x2048"], "needs dilation 64, more than FouriScale's 16"),
     ],
 )
-def test_error_paths(tiny_dirs, tmp_path, capsys, args, message):
+def test_bad_values_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
+    import fouriscale.frontend.loading as loading
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(loading, "load_pipeline", no_load)
     argv = ["generate", "a cat", "--out", tmp_path / "o", *FAST]
     if "--model" not in args:
-        argv += ["--model", tiny_dirs["sd1"]]
+        argv += ["--model", "tiny:sd1"]
     if "--prompts" in args:
         argv.remove("a cat")
     assert cli(*argv, *args) == 2
     assert message in error_line(capsys)
-    assert not list((tmp_path / "o").glob("*.png")) if (tmp_path / "o").exists() else True
+    assert not list(tmp_path.rglob("*.png"))
 
 
-def test_bad_lora_file_and_size_the_model_cannot_take(tiny_dirs, tmp_path, capsys):
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"not a safetensors file")
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--lora", bad, "--out", tmp_path / "o", *FAST) == 2
-    assert "--lora" in error_line(capsys)
-    assert cli("generate", "a cat", "--model", tiny_dirs["sdxl"], "--size", "512x32", "--out", tmp_path / "o", *FAST) == 2
-    assert "aspect ratios SDXL was trained on" in error_line(capsys)
-    garbage = tmp_path / "model.safetensors"
-    garbage.write_bytes(b"\x00" * 64)
-    assert cli("generate", "a cat", "--model", garbage, "--out", tmp_path / "o", *FAST) == 2
-    assert "not a readable .safetensors" in error_line(capsys)
+def test_conflicting_and_missing_prompts(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    assert cli("generate", "--prompts", empty, "--model", "tiny:sd1", "--out", tmp_path) == 2
+    assert "holds no prompt" in error_line(capsys)
+    assert cli("generate", "x", "--prompts", empty, "--model", "tiny:sd1", "--out", tmp_path) == 2
+    assert "not both" in error_line(capsys)
+    assert cli("generate", "--model", "tiny:sd1", "--out", tmp_path) == 2
+    assert "no prompt" in error_line(capsys)
 
 
-def test_out_of_memory_gives_a_hint_and_keeps_finished_images(tiny_dirs, tmp_path, capsys, monkeypatch):
+def test_out_must_be_a_writable_folder_before_loading(tmp_path, capsys):
+    file = tmp_path / "file.png"
+    file.write_bytes(b"x")
+    assert cli("generate", "a cat", "--model", "/no/such/model", "--out", file) == 2
+    assert "is a file, not a folder" in error_line(capsys)
+    assert cli("generate", "a cat", "--model", "/no/such/model", "--out", file / "sub") == 2
+    assert "cannot create the folder" in error_line(capsys)
+
+
+def test_existing_different_image_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--out", out, *FAST) == 0
+    before = (out / image_name(0, 23, "a cat")).read_bytes()
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--guidance", "3", "--out", out, *FAST) == 2
+    line = error_line(capsys)
+    assert "00000-23-a-cat.png already holds an image made with other settings" in line
+    assert "guidance_scale: 7.5 there, 3.0 here" in line
+    assert (out / image_name(0, 23, "a cat")).read_bytes() == before
+
+
+def test_hostile_prompt_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    assert cli("generate", "../../escape/../me", "--model", "tiny:sd1", "--out", out, *FAST) == 0
+    assert [p.name for p in out.glob("*.png")] == ["00000-23-escape-me.png"]
+    assert not (tmp_path / "escape").exists()
+
+
+def test_out_of_memory_gives_a_hint_and_keeps_finished_images(tmp_path, capsys, monkeypatch):
     from diffusers import StableDiffusionPipeline
 
     real_call = StableDiffusionPipeline.__call__
@@ -232,65 +371,81 @@ def test_out_of_memory_gives_a_hint_and_keeps_finished_images(tiny_dirs, tmp_pat
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", call)
     out = tmp_path / "o"
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--seed", "1-3", "--out", out, *FAST) == 2
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--seed", "1-3", "--out", out, *FAST) == 2
     line = error_line(capsys)
     assert "out of GPU memory" in line and "--offload" in line
     assert [p.name for p in out.glob("*.png")] == ["00000-1-a-cat.png"]
-    assert len(Manifest(out).entries()) == 1
+    assert [e["file"] for e in Manifest(out).entries()] == ["00000-1-a-cat.png"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".fouriscale.lock"]  # no claim left
 
 
-def test_existing_different_image_is_never_overwritten(tiny_dirs, tmp_path, capsys):
-    out = tmp_path / "o"
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--out", out, *FAST) == 0
-    before = (out / image_name(0, 23, "a cat")).read_bytes()
-    assert cli("generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--guidance", "3",
-               "--out", out, *FAST) == 2  # fmt: skip
-    assert "other settings" in error_line(capsys)
-    assert (out / image_name(0, 23, "a cat")).read_bytes() == before
+def test_a_bug_exits_1_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    import fouriscale.frontend.cli as cli_module
+
+    def broken(args):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setitem(cli_module.COMMANDS, "plan", broken)
+    assert cli("plan", "--model", "tiny:sd1") == 1
+    line = error_line(capsys)
+    assert "RuntimeError: something inside broke" in line and "a bug" in line
+    with pytest.raises(RuntimeError):
+        cli("plan", "--model", "tiny:sd1", "--debug")  # --debug after the sub-command works too
 
 
-def _run_cli(args, env_extra=None, **popen):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "fouriscale", *map(str, args)], env=env, **popen)
+def test_library_warnings_are_filtered_by_category_and_module(capsys):
+    with warnings.catch_warnings():
+        assert cli("plan", "--model", "tiny:sd1", "--size", "64x64") == 0
+        catch_all = [
+            f for f in warnings.filters if f[0] == "ignore" and f[1] is None and f[2] is Warning and f[3] is None
+        ]
+        assert not catch_all
+        ours = [f for f in warnings.filters if f[0] == "ignore" and f[3] is not None and "diffusers" in f[3].pattern]
+        assert {f[2] for f in ours} >= {FutureWarning, DeprecationWarning}
+        with pytest.warns(UserWarning, match="still shown"):
+            warnings.warn("still shown", UserWarning, stacklevel=1)  # other code's warnings are not silenced
 
 
-def test_resume_after_a_killed_run(tiny_dirs, tmp_path):
-    out = tmp_path / "o"
-    args = ["generate", "a cat", "--model", tiny_dirs["sd1"], "--size", "64x64", "--steps", "8", "--seed", "1-4",
-            "--out", out, "--no-progress"]  # fmt: skip
-    proc = _run_cli(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(out.glob("*.png"))) < 1:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = sorted(p.name for p in out.glob("*.png"))
-    assert 1 <= len(first) < 4
-    done = subprocess.run([sys.executable, "-m", "fouriscale", *map(str, args)], capture_output=True, text=True,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"))  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert f"{len(first)} already done" in done.stdout
-    names = sorted(p.name for p in out.glob("*.png"))
-    assert names == [f"0000{i}-{i + 1}-a-cat.png" for i in range(4)]
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    entries = Manifest(out).entries()
-    assert sorted(e["file"] for e in entries) == names  # no duplicates, nothing missing
+def test_eval_is_registered(tmp_path, capsys):
+    import numpy as np
 
-
-def test_two_processes_share_the_work(tiny_dirs, tmp_path):
-    prompts = tmp_path / "p.txt"
-    prompts.write_text("\n".join(f"prompt {i}" for i in range(4)), encoding="utf-8")
-    out = tmp_path / "o"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "fouriscale",
-           "generate", "--prompts", str(prompts), "--model", tiny_dirs["sd1"], "--size", "64x64", "--steps", "2",
-           "--device", "cpu", "--out", str(out), "--no-progress"]  # fmt: skip
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    entries = Manifest(out).entries()
-    assert sorted(e["file"] for e in entries) == sorted(p.name for p in out.glob("*.png"))
-    assert len(entries) == 4 and len({e["file"] for e in entries}) == 4
-    assert {e["rank"] for e in entries} == {0, 1}
-    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
-    assert all(json.loads(line) for line in lines) and len(lines) == 4
+    for name in ("real", "fake"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            rng = np.random.default_rng(i + (10 if name == "fake" else 0))
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)).save(tmp_path / name / f"{i}.png")
+    report = tmp_path / "scores.json"
+    assert (
+        cli(
+            "eval",
+            "--real",
+            tmp_path / "real",
+            "--fake",
+            tmp_path / "fake",
+            "--metrics",
+            "fid,kid",
+            "--feature-extractor",
+            "test_evaluation:tiny_feature_net",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--json",
+            report,
+        )
+        == 0
+    )
+    data = json.loads(report.read_text())
+    assert set(data["metrics"]) == {"fid", "kid_mean", "kid_std"} and "fid" in capsys.readouterr().out
+    assert (
+        cli(
+            "eval",
+            "--real",
+            tmp_path / "nope",
+            "--fake",
+            tmp_path / "fake",
+            "--feature-extractor",
+            "test_evaluation:tiny_feature_net",
+        )
+        == 2
+    )
+    assert "does not exist" in error_line(capsys)

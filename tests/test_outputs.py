@@ -32,16 +32,38 @@ def _image(seed=0, size=(16, 8)):
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3)).astype(np.uint8))
 
 
-SETTINGS = {"prompt": "a red cat, 4k", "negative_prompt": "blurry", "seed": 7, "width": 16, "height": 8, "steps": 3,
-            "guidance_scale": 7.5, "eta": 1.0, "scheduler": "ddim", "model": "tiny:sd1", "loras": [],
-            "dtype": "float32", "method": "fouriscale", "version": "0.1.0"}  # fmt: skip
+SETTINGS = {
+    "prompt": "a red cat, 4k",
+    "negative_prompt": "blurry",
+    "seed": 7,
+    "width": 16,
+    "height": 8,
+    "steps": 3,
+    "guidance_scale": 7.5,
+    "eta": 1.0,
+    "scheduler": "ddim",
+    "model": "tiny:sd1",
+    "loras": [],
+    "dtype": "float32",
+    "method": "fouriscale",
+    "version": "0.1.0",
+}
 
 
 @pytest.mark.parametrize(
     "prompt",
-    ["../../etc/passwd", "..\\..\\windows\\system32", "CON", 'a/b\\c:d*e?f"g<h>i|j', "   ", "\x00\x1f\x7f",
-     "ééé ünïcødé 猫", "x" * 500, ".hidden"],
-)  # fmt: skip
+    [
+        "../../etc/passwd",
+        "..\\..\\windows\\system32",
+        "CON",
+        'a/b\\c:d*e?f"g<h>i|j',
+        "   ",
+        "\x00\x1f\x7f",
+        "ééé ünïcødé 猫",
+        "x" * 500,
+        ".hidden",
+    ],
+)
 def test_hostile_prompts_give_safe_names(prompt):
     name = image_name(12, 99, prompt)
     assert name.startswith("00012-99-") and name.endswith(".png")

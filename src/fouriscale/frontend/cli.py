@@ -285,12 +285,13 @@ def _recipe(args, loaded, height, width, steps, config, loras=(), compare=False)
 
 def cmd_generate(args) -> int:
     from .jobs import make_jobs, run_batch
-    from .loading import check_lora_files, parse_lora, resolve_device
+    from .loading import check_lora_files, check_offload, parse_lora, resolve_device
     from .outputs import OutputFolder
 
     prompts = _read_prompts(args)
     seeds = _seeds(args)
     device = resolve_device(args.device)
+    check_offload(args.offload, device)
     loras = tuple(parse_lora(spec) for spec in args.lora)
     check_lora_files(list(loras), args.allow_pickle)
     OutputFolder(args.out).prepare()

@@ -375,6 +375,14 @@ def set_scheduler(pipe, name: str) -> None:
     pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **extra)
 
 
+def check_offload(offload: str, device: str) -> None:
+    """``none``, or ``model``/``sequential`` CPU offload with a GPU device."""
+    if offload not in ("none", "model", "sequential"):
+        raise UserError(f"--offload {offload!r}: choose none, model or sequential")
+    if offload != "none" and device == "cpu":
+        raise UserError("--offload moves weights between the CPU and a GPU; it needs a GPU device")
+
+
 def load_pipeline(
     model: str,
     *,
@@ -392,10 +400,7 @@ def load_pipeline(
     are read where possible."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    if offload not in ("none", "model", "sequential"):
-        raise UserError(f"--offload {offload!r}: choose none, model or sequential")
-    if offload != "none" and device == "cpu":
-        raise UserError("--offload moves weights between the CPU and a GPU; it needs a GPU device")
+    check_offload(offload, device)
     check_lora_files(list(loras), allow_pickle)
     path = Path(model).expanduser()
     tiny = tiny_family(model)

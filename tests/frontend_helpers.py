@@ -1,0 +1,79 @@
+"""Helpers shared by the front-end tests (not a test module)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fouriscale.frontend.cli import main
+
+TESTS = Path(__file__).parent
+FAST = ["--steps", "2", "--no-progress"]
+
+
+def cli(*args) -> int:
+    """``fouriscale ARGS`` in this process; returns the exit status."""
+    return main([str(a) for a in args])
+
+
+def error_line(capsys) -> str:
+    """The one stderr line of a failed command (asserted to be exactly one, with no traceback)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fouriscale: error:"), err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+def env(**extra) -> dict:
+    return dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        **extra,
+    )
+
+
+def run_cli(*args, timeout: float = 300, **extra_env) -> subprocess.CompletedProcess:
+    """``python -m fouriscale ARGS`` in a subprocess (offline); returns the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "fouriscale", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(**extra_env),
+        timeout=timeout,
+    )
+
+
+def start_cli(*args, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fouriscale", *map(str, args)], env=env(), text=True, **popen)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def close(a: np.ndarray, b: np.ndarray, tolerance: int = 1) -> bool:
+    """Same image up to ``tolerance`` per 8-bit channel (float round-off in another process, other thread count)."""
+    return a.shape == b.shape and int(np.abs(a.astype(int) - b.astype(int)).max()) <= tolerance
+
+
+def api_render(pipe, prompt="a cat", seed=23, height=64, width=64, steps=2, guidance=7.5, **call) -> np.ndarray:
+    """The image the public API makes with the CLI's recipe (DDIM, eta 1.0, CPU generator seeded with ``seed``)."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    image = pipe(
+        prompt,
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        eta=1.0,
+        generator=generator,
+        **call,
+    ).images[0]
+    return np.asarray(image.convert("RGB"))
