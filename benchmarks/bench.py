@@ -1,24 +1,31 @@
-"""Direct inference vs FouriScale (vs an official-style implementation), side by side in one process.
+"""Direct inference vs FouriScale (branch sharing on and off) vs an official-style implementation, side by side.
 
-    python benchmarks/bench.py --layout sd15-small --size 512x512 --steps 50
+    python benchmarks/bench.py --layout sd1-small --size 512x512 --steps 50 --official
+    python benchmarks/bench.py --layout sdxl-small --steps 50
     python benchmarks/bench.py --layout sdxl --size 2048x2048 --device cuda --dtype fp16 --official
 
-Random-weight UNets with the real SD 1.5 / SDXL architectures (timing does not depend on the weights),
-or a scaled-down SD 1.5 layout for CPUs. Prompt embeddings are random tensors, so no text encoder is
-needed. Prints seconds per image, seconds per denoising step in each phase (before start, progressive,
-after stop), the time ratio to direct inference, peak memory (CPU RSS sampled, or
-``torch.cuda.max_memory_allocated``) and the low-pass filter's share of FouriScale's time.
+Random-weight UNets with the real SD 1.5 / SDXL architectures (time and memory do not depend on the weights),
+or scaled-down layouts with the same block types for CPUs (``sd1-small``, ``sdxl-small``). Prompt embeddings
+are random tensors, so no text encoder is needed. All methods run in one process, one after the other, so
+their time ratios are measured side by side. Printed per method: seconds per image, seconds per denoising
+step in each phase (before start, progressive, after stop), the ratio to direct inference and peak memory.
+Peak memory comes from a fresh process per method (``--no-memory`` skips it): on a GPU
+``torch.cuda.max_memory_allocated``, on a CPU the resident set sampled during the run. The low-pass filter's
+share of FouriScale's time is read from ``torch.profiler`` (the conv hook marks it as ``fouriscale.lowpass``).
 
-``official`` runs ``tests/reference.py``: the algorithm as the official scripts execute it (three branches
-at every step, per-step re-patching of convs, complex FFTs with masks rebuilt at full size on the CPU for
-every call, full Q/K/V in attention).
+``official`` is ``tests/reference.py`` from the repository checkout (the plain re-statement of the official
+algorithm that the test suite checks FouriScale against, loaded by file path): three branches at every
+step, per-step re-patching of convs, complex FFTs with masks rebuilt at full size on the CPU for every call,
+full Q/K/V in attention.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -26,20 +33,65 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
+import fouriscale
+from fouriscale.testing import real_unet_config
 
-import fouriscale  # noqa: E402
-from fouriscale.testing import real_unet_config  # noqa: E402
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "reference.py"
 
 LAYOUTS = {
-    "sd15": lambda: real_unet_config("sd15"),
+    "sd1": lambda: real_unet_config("sd1"),
     "sdxl": lambda: real_unet_config("sdxl"),
     # SD 1.5's blocks with a quarter of the widths and 64-dim heads, native 256 px: fits a CPU run.
-    "sd15-small": lambda: dict(real_unet_config("sd15"), sample_size=32, block_out_channels=(64, 128, 256, 256),
-                               attention_head_dim=(1, 2, 4, 4), cross_attention_dim=256),  # fmt: skip
+    "sd1-small": lambda: dict(real_unet_config("sd1"), sample_size=32, block_out_channels=(64, 128, 256, 256),
+                              attention_head_dim=(1, 2, 4, 4), cross_attention_dim=256),  # fmt: skip
+    # SDXL's blocks (transformer depths 1/2/10, text-time conditioning) at a fifth of the widths, native 256 px.
+    "sdxl-small": lambda: dict(real_unet_config("sdxl"), sample_size=32, block_out_channels=(64, 128, 256),
+                               attention_head_dim=(1, 2, 4), cross_attention_dim=256,
+                               projection_class_embeddings_input_dim=256 + 6 * 256),  # fmt: skip
 }
+METHODS = ("direct", "fouriscale", "unshared", "official")
+
+
+def build_pipeline(layout: str, dtype, device: str):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import UNet2DConditionModel
+
+    config = LAYOUTS[layout]()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**config).to(device=device, dtype=dtype).eval()
+    # A 4-level VAE gives the real scale factor 8; its width does not matter for the (latent) timing.
+    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8).to(device=device, dtype=dtype)  # fmt: skip
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    cross = config["cross_attention_dim"]
+    pos, neg = (torch.randn(1, 77, cross, generator=g).to(device, dtype) for _ in range(2))
+    if config.get("addition_embed_type") == "text_time":
+        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                         tokenizer_2=None, unet=unet, scheduler=scheduler)  # fmt: skip
+        pooled_dim = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        pooled, neg_pooled = (torch.randn(1, pooled_dim, generator=g).to(device, dtype) for _ in range(2))
+        embeds = dict(prompt_embeds=pos, negative_prompt_embeds=neg, pooled_prompt_embeds=pooled,
+                      negative_pooled_prompt_embeds=neg_pooled)  # fmt: skip
+        ref_embeds = (pos, neg, pooled, neg_pooled)
+    else:
+        pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+        embeds = dict(prompt_embeds=pos, negative_prompt_embeds=neg)
+        ref_embeds = (pos, neg)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, embeds, ref_embeds
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class PeakMemory:
@@ -72,132 +124,49 @@ class PeakMemory:
             self.peak = max(self.peak, _rss())
 
 
-def _rss() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+class Bench:
+    """One pipeline and the callables that run each method for ``steps`` steps."""
 
+    def __init__(self, args):
+        self.args = args
+        self.device = args.device
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+            args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
+        ]
+        self.pipe, self.embeds, self.ref_embeds = build_pipeline(args.layout, self.dtype, self.device)
+        native = self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor
+        if args.size:
+            self.width, self.height = (int(v) for v in args.size.lower().split("x"))
+        else:
+            self.width, self.height = 2 * native, 2 * native
+        f = self.pipe.vae_scale_factor
+        g = torch.Generator().manual_seed(0)
+        self.latents = torch.randn(1, 4, self.height // f, self.width // f, generator=g).to(self.device, self.dtype)
+        self.plan = fouriscale.get_plan(self.pipe, self.height, self.width, args.steps)
 
-def build_pipeline(layout: str, dtype, device: str):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers import UNet2DConditionModel
+    def call(self, steps: int, callback=None) -> dict:
+        kwargs = dict(height=self.height, width=self.width, num_inference_steps=steps, guidance_scale=7.5,
+                      latents=self.latents, output_type="latent", **self.embeds)  # fmt: skip
+        if callback is not None:
+            kwargs["callback_on_step_end"] = lambda pipe, i, t, tensors: (callback(), tensors)[1]
+        return kwargs
 
-    config = LAYOUTS[layout]()
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(**config).to(device=device, dtype=dtype).eval()
-    # A 4-level VAE gives the real scale factor 8; its width does not matter for the (latent) timing.
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8).to(device=device, dtype=dtype)  # fmt: skip
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
-    g = torch.Generator().manual_seed(1)
-    cross = config["cross_attention_dim"]
-    pos, neg = (torch.randn(1, 77, cross, generator=g).to(device, dtype) for _ in range(2))
-    if config.get("addition_embed_type") == "text_time":
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                         tokenizer_2=None, unet=unet, scheduler=scheduler)  # fmt: skip
-        pooled, neg_pooled = (torch.randn(1, 1280, generator=g).to(device, dtype) for _ in range(2))
-        embeds = dict(prompt_embeds=pos, negative_prompt_embeds=neg, pooled_prompt_embeds=pooled,
-                      negative_pooled_prompt_embeds=neg_pooled)  # fmt: skip
-        ref_embeds = (pos, neg, pooled, neg_pooled)
-    else:
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
-        embeds = dict(prompt_embeds=pos, negative_prompt_embeds=neg)
-        ref_embeds = (pos, neg)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, embeds, ref_embeds
+    def run(self, method: str, steps: int, callback=None):
+        pipe = self.pipe
+        if method == "official":
+            return self._official(steps, callback)
+        if method == "direct":
+            fouriscale.remove_fouriscale(pipe)
+        else:
+            fouriscale.apply_fouriscale(pipe, share_branches=method == "fouriscale")
+        return pipe(**self.call(steps, callback)).images
 
-
-def _sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(run, device):
-    """Runs ``run(callback)``; returns (total seconds, per-step seconds, peak MiB)."""
-    marks = []
-
-    def callback(*_):
-        _sync(device)
-        marks.append(time.perf_counter())
-
-    with PeakMemory(device) as mem:
-        _sync(device)
-        start = time.perf_counter()
-        run(callback)
-        _sync(device)
-        total = time.perf_counter() - start
-    steps = [b - a for a, b in zip([start] + marks[:-1], marks)]
-    return total, steps, mem.peak
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layout", choices=list(LAYOUTS), default="sd15-small")
-    p.add_argument("--size", default=None, help="WxH (default: 2x the native size)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default: fp16 on GPU, fp32 on CPU")
-    p.add_argument("--official", action="store_true", help="also time the official-style implementation")
-    p.add_argument("--no-filter-share", action="store_true", help="skip the instrumented run for the filter's share")
-    p.add_argument("--json", help="also write the results as JSON to this file")
-    args = p.parse_args(argv)
-
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        args.dtype or ("fp16" if args.device.startswith("cuda") else "fp32")
-    ]
-    pipe, embeds, ref_embeds = build_pipeline(args.layout, dtype, args.device)
-    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    width, height = (int(v) for v in args.size.lower().split("x")) if args.size else (2 * native, 2 * native)
-    f = pipe.vae_scale_factor
-    g = torch.Generator().manual_seed(0)
-    latents = torch.randn(1, 4, height // f, width // f, generator=g).to(args.device, dtype)
-    call = dict(height=height, width=width, num_inference_steps=args.steps, guidance_scale=7.5, latents=latents,
-                output_type="latent", **embeds)  # fmt: skip
-
-    def stock(callback):
-        pipe(**call, callback_on_step_end=lambda *a: (callback(), a[-1])[1])
-
-    # warm-up (kernels, allocator), both paths
-    pipe(**dict(call, num_inference_steps=2))
-    fouriscale.apply_fouriscale(pipe)
-    pipe(**dict(call, num_inference_steps=2))
-    fouriscale.remove_fouriscale(pipe)
-
-    results = {}
-    results["direct"] = timed(stock, args.device)
-    fouriscale.apply_fouriscale(pipe)
-    plan = fouriscale.get_plan(pipe, height, width, args.steps)
-    results["fouriscale"] = timed(stock, args.device)
-
-    filter_share = None
-    if not args.no_filter_share:
-        import fouriscale.conv as conv_module
-
-        spent = [0.0]
-        original = conv_module.lowpass_filter
-
-        def timed_filter(*a, **k):
-            _sync(args.device)
-            t0 = time.perf_counter()
-            out = original(*a, **k)
-            _sync(args.device)
-            spent[0] += time.perf_counter() - t0
-            return out
-
-        conv_module.lowpass_filter = timed_filter
-        try:
-            total, _, _ = timed(stock, args.device)
-        finally:
-            conv_module.lowpass_filter = original
-        filter_share = spent[0] / total
-    fouriscale.remove_fouriscale(pipe)
-
-    if args.official:
-        from reference import reference_latents
-
-        family = "sdxl" if pipe.unet.config.addition_embed_type == "text_time" else "sd"
-        if family == "sdxl":
+    def _official(self, steps: int, callback):
+        reference = _load_reference()
+        pipe = self.pipe
+        fouriscale.remove_fouriscale(pipe)
+        plan = fouriscale.get_plan(pipe, self.height, self.width, steps)
+        if plan.profile.family.bucketed:
             base = plan.base_size
         else:
             nl = pipe.unet.config.sample_size
@@ -207,36 +176,123 @@ def main(argv=None):
                 level = 3 if block == "mid_block" else int(index) if block == "down_blocks" else 3 - int(index)
                 return (nl >> level,) * 2
 
-        def official(callback):
-            reference_latents(pipe, None, None, height, width, args.steps, 7.5, latents, d=plan.dilation, base=base,
-                              start=plan.start, stop=plan.stop, freeu=plan.freeu_params, embeds=ref_embeds,
-                              callback=callback)  # fmt: skip
+        return reference.reference_latents(
+            pipe, None, None, self.height, self.width, steps, 7.5, self.latents, d=plan.dilation, base=base,
+            start=plan.start, stop=plan.stop, freeu=plan.freeu_params, embeds=self.ref_embeds, callback=callback,
+        )  # fmt: skip
 
-        results["official"] = timed(official, args.device)
+    def timed(self, method: str) -> tuple[float, list[float]]:
+        """``(seconds, seconds per step)`` of one run of ``method``."""
+        marks = []
 
-    direct_time = results["direct"][0]
+        def callback(*_):
+            _sync(self.device)
+            marks.append(time.perf_counter())
+
+        _sync(self.device)
+        start = time.perf_counter()
+        self.run(method, self.args.steps, callback)
+        _sync(self.device)
+        total = time.perf_counter() - start
+        return total, [b - a for a, b in zip([start] + marks[:-1], marks)]
+
+    def filter_share(self) -> float:
+        """Share of FouriScale's run time spent in the low-pass filter, from ``torch.profiler``."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.startswith("cuda") else [])
+        steps = min(self.args.steps, max(self.plan.stop, 2))
+        with profile(activities=activities) as prof:
+            _sync(self.device)
+            start = time.perf_counter()
+            self.run("fouriscale", steps)
+            _sync(self.device)
+            wall = time.perf_counter() - start
+        spent = sum(
+            (e.device_time_total if self.device.startswith("cuda") else e.cpu_time_total)
+            for e in prof.key_averages()
+            if e.key == "fouriscale.lowpass"
+        )
+        return spent / 1e6 / wall
+
+
+def _load_reference():
+    if not REFERENCE.exists():
+        raise SystemExit(f"--official needs the repository checkout: {REFERENCE} is missing")
+    spec = importlib.util.spec_from_file_location("fouriscale_reference", REFERENCE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _peak_memory_in_fresh_process(args, method: str) -> float:
+    """Peak memory (MiB) of ``method`` alone, in a new process: no allocator state carried over from other runs."""
+    cmd = [sys.executable, __file__, "--layout", args.layout, "--steps", str(args.steps), "--device", args.device,
+           "--only", method]  # fmt: skip
+    if args.size:
+        cmd += ["--size", args.size]
+    if args.dtype:
+        cmd += ["--dtype", args.dtype]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layout", choices=list(LAYOUTS), default="sd1-small")
+    p.add_argument("--size", default=None, help="WxH (default: 2x the native size)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default: fp16 on GPU, fp32 on CPU")
+    p.add_argument("--methods", default="direct,fouriscale,unshared", help=f"from {', '.join(METHODS)}")
+    p.add_argument("--official", action="store_true", help="also time the official-style implementation")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-method peak memory runs")
+    p.add_argument("--no-filter-share", action="store_true", help="skip the profiled run for the filter's share")
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)  # internal: one method, print peak MiB
+    args = p.parse_args(argv)
+
+    bench = Bench(args)
+    if args.only:
+        bench.run(args.only, 2)  # warm-up
+        with PeakMemory(args.device) as mem:
+            bench.run(args.only, args.steps)
+        print(f"{mem.peak:.1f}")
+        return
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] + (["official"] if args.official else [])
+    for method in methods:  # warm-up (kernels, allocator), every path
+        bench.run(method, 2)
+    results = {method: bench.timed(method) for method in methods}
+    share = None if args.no_filter_share else bench.filter_share()
+    peaks = {} if args.no_memory else {m: _peak_memory_in_fresh_process(args, m) for m in methods}
+
+    plan, f = bench.plan, bench.pipe.vae_scale_factor
     phases = {"<start": range(0, plan.start), "progressive": range(plan.start, plan.stop),
               ">=stop": range(plan.stop, args.steps)}  # fmt: skip
-    threads = torch.get_num_threads()
-    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {threads} threads"
-    print(f"{args.layout} at {width}x{height} (latent {width // f}x{height // f}), {args.steps} DDIM steps, "
-          f"{str(dtype).replace('torch.', '')}, {gpu}; d={plan.dilation}, start {plan.start}, stop {plan.stop}")  # fmt: skip
-    header = f"{'method':<11} {'s/image':>8} " + " ".join(f"{'s/step ' + k:>19}" for k in phases) + f" {'ratio':>6} {'peak MiB':>9}"
-    print(header)
+    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.layout} at {bench.width}x{bench.height} (latent {bench.width // f}x{bench.height // f}), {args.steps} "
+          f"DDIM steps, {str(bench.dtype).replace('torch.', '')}, {machine}; d={plan.dilation}, start {plan.start}, "
+          f"stop {plan.stop}; branches fork at {plan.profile.stages[plan.fork] if plan.fork is not None else '-'}")  # fmt: skip
+    print(f"{'method':<11} {'s/image':>8} " + " ".join(f"{'s/step ' + k:>19}" for k in phases)
+          + f" {'ratio':>6} {'peak MiB':>9}")  # fmt: skip
+    direct = results.get("direct", next(iter(results.values())))[0]
     table = {}
-    for name, (total, steps, peak) in results.items():
+    for name, (total, steps) in results.items():
         per_phase = {k: (sum(steps[i] for i in r) / len(r) if len(r) else float("nan")) for k, r in phases.items()}
+        peak = peaks.get(name)
         print(f"{name:<11} {total:>8.2f} " + " ".join(f"{v:>19.3f}" for v in per_phase.values())
-              + f" {total / direct_time:>6.2f} {peak:>9.0f}")  # fmt: skip
-        table[name] = {"seconds": total, "per_step": per_phase, "ratio": total / direct_time, "peak_mib": peak}
-    if "official" in results:
+              + f" {total / direct:>6.3f} " + (f"{peak:>9.0f}" if peak is not None else f"{'-':>9}"))  # fmt: skip
+        table[name] = {"seconds": total, "per_step": per_phase, "ratio": total / direct, "peak_mib": peak}
+    if "official" in results and "fouriscale" in results:
         print(f"official / fouriscale time: {results['official'][0] / results['fouriscale'][0]:.2f}x")
-    if filter_share is not None:
-        print(f"low-pass filter share of FouriScale's time: {100 * filter_share:.1f}%")
+    if share is not None:
+        print(f"low-pass filter share of FouriScale's time: {100 * share:.1f}%")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"layout": args.layout, "width": width, "height": height, "steps": args.steps,
-                       "dtype": str(dtype), "device": gpu, "results": table, "filter_share": filter_share}, fh, indent=2)  # fmt: skip
+            json.dump({"layout": args.layout, "width": bench.width, "height": bench.height, "steps": args.steps,
+                       "dtype": str(bench.dtype), "device": machine, "results": table, "filter_share": share}, fh,
+                      indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -138,9 +138,13 @@ def test_a_users_processor_runs_on_guided_steps_with_shared_queries_and_keys(sd_
         assert counting.calls > 0
         # On the guided step, the detail rows of every query in the three-branch stages are the structure rows.
         plan = fouriscale.get_plan(sd_pipe, 64, 64, 2)
-        three = [q for q in counting.queries if q.shape[0] == 3]
-        n_attn_forked = sum(1 for a in plan.profile.attentions if plan.fork <= a.stage <= plan.join)
-        assert len(three) == n_attn_forked
+        # Step 0: the stock [uncond, cond] rows before the fork, [uncond, structure, detail] from the fork on, and
+        # the last one (the join) without the structure rows: its detail rows get the structure's Q and K.
+        attentions = plan.profile.attentions
+        first_step = counting.queries[: len(attentions)]
+        expected_rows = [3 if plan.fork <= a.stage <= plan.join else 2 for a in attentions[:-1]] + [2]
+        assert [q.shape[0] for q in first_step] == expected_rows and 3 in expected_rows
+        three = [q for q in first_step if q.shape[0] == 3]
         assert all(torch.equal(q[2], q[1]) and not torch.equal(q[0], q[1]) for q in three)
         # Its output is what the pipeline uses.
         sd_pipe.unet.set_attn_processor(CountingProcessor(gain=0.5))

@@ -5,6 +5,11 @@ of the structure branch (its values stay its own). The hooks act on the outputs 
 layer's ``to_q`` and ``to_k`` (or on the query and key thirds of a fused ``to_qkv`` after
 ``fuse_qkv_projections()``), so whatever attention processor or backend the user set runs unchanged.
 Cross-attention is never touched.
+
+At the last self-attention that reads the structure branch (the join), the structure branch's own
+attention output is never used again: only its queries and keys matter. :class:`JoinAttentionHook` runs
+that layer on the other branches only and computes the structure branch's queries and keys by its
+projections alone, which saves one branch of the largest attention of the UNet.
 """
 
 from __future__ import annotations
@@ -15,39 +20,89 @@ from diffusers.hooks import ModelHook
 from .plan import DETAIL, STRUCTURE
 from .state import Runtime
 
-__all__ = ["QKShareHook", "QK_HOOK"]
+__all__ = ["QKShare", "QKShareHook", "JoinAttentionHook", "QK_HOOK", "JOIN_HOOK"]
 
 QK_HOOK = "fouriscale.qk"
+JOIN_HOOK = "fouriscale.join"
+
+
+class QKShare:
+    """What the hooks of one self-attention layer share: the structure rows' input while the join runs."""
+
+    def __init__(self) -> None:
+        self.pending: torch.Tensor | None = None  # structure branch's hidden states, set by JoinAttentionHook
+
+
+def _without_structure(roles: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(role for role in roles if role != STRUCTURE)
 
 
 class QKShareHook(ModelHook):
     """``post_forward`` of a self-attention projection: detail rows := structure rows, in place.
 
     ``fused=True`` marks a fused ``to_qkv``, whose output holds ``[q, k, v]`` along the last dimension; then
-    only the query and key thirds are shared.
+    only the query and key thirds are shared. While the join layer runs without the structure branch, the
+    detail rows get the projection of the structure branch's input instead.
     """
 
-    def __init__(self, stage: int, runtime: Runtime, fused: bool = False) -> None:
+    def __init__(self, stage: int, runtime: Runtime, fused: bool = False, share: QKShare | None = None) -> None:
         super().__init__()
         self.stage = stage
         self.runtime = runtime
         self.fused = fused
+        self.share = share
 
     def post_forward(self, module, output: torch.Tensor) -> torch.Tensor:
         call = self.runtime.call
         if call is None or not call.shares_qk or not call.is_forked(self.stage):
             return output
-        roles = call.forked
+        pending = self.share.pending if self.share is not None else None
+        roles = call.forked if pending is None else _without_structure(call.forked)
         if output.shape[0] != len(roles) * call.rows:
             raise RuntimeError(
                 f"FouriScale: a self-attention projection saw {output.shape[0]} rows, expected {len(roles) * call.rows}; "
                 "the attention processor in use splits the batch in a way FouriScale guidance cannot follow."
             )
-        structure, detail = call.rows_of(roles, STRUCTURE), call.rows_of(roles, DETAIL)
+        detail = call.rows_of(roles, DETAIL)
+        n = output.shape[-1] // 3 * 2 if self.fused else output.shape[-1]
         # In place: no second copy of Q or K is ever alive (peak memory stays that of the stock layer).
-        if self.fused:
-            n = output.shape[-1] // 3 * 2
-            output[detail, ..., :n] = output[structure, ..., :n]
+        if pending is None:
+            output[detail, ..., :n] = output[call.rows_of(roles, STRUCTURE), ..., :n]
         else:
-            output[detail] = output[structure]
+            output[detail, ..., :n] = self.fn_ref.forward(pending)[..., :n]
         return output
+
+
+class JoinAttentionHook(ModelHook):
+    """Forward override of the last self-attention that reads the structure branch: run it on the other branches
+    (the detail branch still attends with the structure branch's queries and keys) and give the structure rows
+    the detail rows' output, which nothing reads."""
+
+    def __init__(self, stage: int, runtime: Runtime, share: QKShare) -> None:
+        super().__init__()
+        self.stage = stage
+        self.runtime = runtime
+        self.share = share
+
+    def new_forward(self, module, hidden_states: torch.Tensor, *args, **kwargs):
+        original = self.fn_ref.original_forward
+        call = self.runtime.call
+        if (
+            call is None
+            or not call.shares_qk
+            or not call.is_forked(self.stage)
+            or args
+            or kwargs.get("encoder_hidden_states") is not None
+            or hidden_states.shape[0] != len(call.forked) * call.rows
+        ):
+            return original(hidden_states, *args, **kwargs)
+        from .branches import relayout_rows
+
+        roles, keep = call.forked, _without_structure(call.forked)
+        self.share.pending = hidden_states[call.rows_of(roles, STRUCTURE)]
+        try:
+            kwargs = {k: relayout_rows(v, call.rows, roles, keep) for k, v in kwargs.items()}
+            out = original(relayout_rows(hidden_states, call.rows, roles, keep), **kwargs)
+        finally:
+            self.share.pending = None
+        return relayout_rows(out, call.rows, keep, roles)

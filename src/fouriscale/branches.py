@@ -30,7 +30,7 @@ from .plan import COND, DETAIL, STRUCTURE, UNCOND
 from .state import CallState
 from .steps import locate_step
 
-__all__ = ["UNetHook", "LayoutHook", "relayout", "UNET_HOOK", "LAYOUT_HOOK", "calling_pipeline"]
+__all__ = ["UNetHook", "LayoutHook", "relayout", "relayout_rows", "UNET_HOOK", "LAYOUT_HOOK", "calling_pipeline"]
 
 logger = logging.getLogger("fouriscale")
 
@@ -62,19 +62,20 @@ def _take(x: torch.Tensor, rows: int, source: tuple[str, ...], target: tuple[str
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
+def relayout_rows(obj, rows: int, source: tuple[str, ...], target: tuple[str, ...]):
+    """Every tensor in ``obj`` whose batch is laid out as ``source`` (``rows`` rows a branch) rearranged to ``target``."""
+    if source == target:
+        return obj
+    total = len(source) * rows
+    return _map_tensors(obj, lambda x: _take(x, rows, source, target) if x.dim() and x.shape[0] == total else x)
+
+
 def relayout(obj, call: CallState, target: tuple[str, ...]):
-    """Give every batch-shaped tensor in ``obj`` the row layout ``target`` (stock or forked)."""
-    layouts = [call.stock] + ([call.forked] if call.forked is not None else [])
-
-    def convert(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0:
-            return x
-        for source in layouts:
-            if x.shape[0] == len(source) * call.rows:
-                return x if source == target else _take(x, call.rows, source, target)
-        return x
-
-    return _map_tensors(obj, convert)
+    """Give every batch-shaped tensor in ``obj`` (stock or forked layout) the row layout ``target``."""
+    obj = relayout_rows(obj, call.rows, call.stock, target)
+    if call.forked is not None:
+        obj = relayout_rows(obj, call.rows, call.forked, target)
+    return obj
 
 
 class LayoutHook(ModelHook):
@@ -229,7 +230,7 @@ class UNetHook(ModelHook):
         for roles in passes:
             forked = _forked(roles) if three and DETAIL in roles else None
             call = CallState(plan=plan, step=step, rows=rows, stock=roles, forked=forked)
-            pass_inputs = inputs if roles == stock else _select(inputs, rows, stock, roles)
+            pass_inputs = relayout_rows(inputs, rows, stock, roles)
             if forked is not None:
                 pass_inputs = self._lay_out_residuals(pass_inputs, call)
             runtime.call = call
@@ -266,15 +267,3 @@ class UNetHook(ModelHook):
                 relayout(r, call, call.roles_at(stages[k])) if k < len(stages) else r for k, r in enumerate(intra)
             ]
         return inputs
-
-
-def _select(inputs: dict, rows: int, stock: tuple[str, ...], roles: tuple[str, ...]) -> dict:
-    """The rows of the branches ``roles`` from every batch-shaped input laid out as ``stock``."""
-    total = len(stock) * rows
-
-    def pick(x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 0 or x.shape[0] != total:
-            return x
-        return _take(x, rows, stock, roles)
-
-    return _map_tensors(inputs, pick)

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 import torch.nn as nn
 
-from .attention import QK_HOOK, QKShareHook
+from .attention import JOIN_HOOK, QK_HOOK, JoinAttentionHook, QKShare, QKShareHook
 from .branches import LAYOUT_HOOK, UNET_HOOK, LayoutHook, UNetHook
 from .config import FouriScaleConfig
 from .conv import CONV_HOOK, ConvHook
@@ -70,6 +70,7 @@ class Patch:
         self.freeu_before = FreeUSnapshot(model)  # the user's own FreeU state, for removal and `disabled`
         self._conv_slots = [self._slot(spec.name) for spec in profile.layers]
         self._attn = [model.get_submodule(a.name) for a in profile.attentions] if config.attention_guidance else []
+        self._shares = [QKShare() for _ in self._attn]
 
     def _slot(self, path: str) -> tuple[nn.Module, str]:
         parent, _, attr = path.rpartition(".")
@@ -122,17 +123,17 @@ class Patch:
             elif module is not None:  # a LoRA layer: its base conv and its down-projection
                 convs += [(index, m) for _, m in module.named_modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
         projections = []
-        for spec, attn in zip(self.profile.attentions, self._attn):
+        for spec, attn, share in zip(self.profile.attentions, self._attn, self._shares):
             for attr, fused in (("to_q", False), ("to_k", False), ("to_qkv", True)):
                 module = attn._modules.get(attr)
                 if module is not None:
-                    projections.append((spec.stage, module, fused))
+                    projections.append((spec.stage, module, fused, share))
         return convs, projections
 
     def sync(self) -> None:
         """(Re-)hook the patched convs and Q/K projections if the modules at their paths changed."""
         convs, projections = self._targets()
-        signature = [m for _, m in convs] + [m for _, m, _ in projections]
+        signature = [m for _, m in convs] + [m for _, m, _, _ in projections]
         if self._signature is not None and len(signature) == len(self._signature) and all(
             a is b for a, b in zip(signature, self._signature)
         ):
@@ -141,8 +142,8 @@ class Patch:
         for index, conv in convs:
             add_hook(conv, ConvHook(index, self.runtime), CONV_HOOK)
             self._layer_hooks.append((conv, CONV_HOOK))
-        for stage, module, fused in projections:
-            add_hook(module, QKShareHook(stage, self.runtime, fused), QK_HOOK)
+        for stage, module, fused, share in projections:
+            add_hook(module, QKShareHook(stage, self.runtime, fused, share), QK_HOOK)
             self._layer_hooks.append((module, QK_HOOK))
         self._signature = signature
 
@@ -154,6 +155,12 @@ class Patch:
         if fork is not None:
             for stage in range(fork, len(profile.stages)):
                 self._add_fixed(model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK)
+            last = self._attn[-1]
+            if config.share_branches and last.group_norm is None and last.spatial_norm is None:
+                # The processor feeds the layer's input straight to to_q/to_k, so the join can leave the
+                # structure branch out of the attention itself.
+                self._add_fixed(last, JoinAttentionHook(profile.attentions[-1].stage, self.runtime, self._shares[-1]),
+                                JOIN_HOOK)  # fmt: skip
         if config.freeu == "paper":
             if self.freeu_before.enabled:
                 model.disable_freeu()  # the paper's variant replaces a FreeU enabled through diffusers

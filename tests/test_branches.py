@@ -1,0 +1,113 @@
+"""Branch sharing: the stock batch up to the fork, three branches to the join, the stock batch after; exact."""
+
+import pytest
+import torch
+
+import fouriscale
+from conftest import latents_for
+from fouriscale.plan import branch_stages
+from fouriscale.profiles import detect_profile
+
+
+def run(pipe, height=64, width=96, steps=4, **kwargs):
+    kwargs.setdefault("guidance_scale", 7.5)
+    kwargs.setdefault("latents", latents_for(pipe, height, width))
+    return pipe("a red cat", negative_prompt="blurry", height=height, width=width, num_inference_steps=steps,
+                output_type="latent", **kwargs).images  # fmt: skip
+
+
+def _close(a, b):
+    scale = b.abs().max()
+    torch.testing.assert_close(a / scale, b / scale, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("height, width", [(64, 64), (64, 96)])
+@pytest.mark.parametrize("guidance", [7.5, 1.0])
+def test_sharing_on_and_off_give_the_same_latents(request, clean, family, height, width, guidance):
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    clean(pipe)
+    fouriscale.apply_fouriscale(pipe, share_branches=False, amp_guidance=True)
+    unshared = run(pipe, height, width, guidance_scale=guidance)
+    fouriscale.apply_fouriscale(pipe, amp_guidance=True)
+    shared = run(pipe, height, width, guidance_scale=guidance)
+    _close(shared, unshared)
+    fouriscale.remove_fouriscale(pipe)
+    assert not torch.allclose(run(pipe, height, width, guidance_scale=guidance), shared, atol=1e-3)  # not a no-op
+
+
+def _stages(pipe, **config):
+    profile = detect_profile(pipe.unet, pipe.vae_scale_factor, config.get("layers"))
+    fork, join = branch_stages(profile, fouriscale.FouriScaleConfig(**config))
+    return tuple(profile.stages[s] if s is not None else None for s in (fork, join))
+
+
+def test_fork_and_join_follow_the_plan(sd_pipe, sdxl_pipe):
+    # The first patched conv is in down_blocks.2; the last self-attention in the last up block with attention.
+    assert _stages(sd_pipe) == ("down_blocks.2", "up_blocks.3")
+    assert _stages(sdxl_pipe) == ("down_blocks.2", "up_blocks.1")
+    assert _stages(sd_pipe, share_branches=False) == ("conv_in", "conv_out")
+    assert _stages(sd_pipe, layers=("up_blocks.1.resnets.*.conv1",)) == ("up_blocks.1", "up_blocks.3")
+    # SD without the low-pass filter: structure and detail never differ, so no third branch at all; SDXL's
+    # detail branch still dilates by its own rule.
+    assert _stages(sd_pipe, low_pass=False) == (None, None)
+    assert _stages(sdxl_pipe, low_pass=False) == ("down_blocks.2", "up_blocks.1")
+    assert _stages(sd_pipe, attention_guidance=False) == (None, None)
+    text = str(fouriscale.get_plan(sd_pipe, 64, 96, 10))
+    assert "3 branches (uncond, structure, detail) for down_blocks.2..up_blocks.3; stock batch before down_blocks.2" in text
+
+
+def _rows_seen(pipe, names):
+    """Rows of the batch entering each named module at every call."""
+    seen = {name: [] for name in names}
+    handles = [
+        pipe.unet.get_submodule(name).register_forward_pre_hook(
+            lambda m, a, kw, name=name: seen[name].append((a[0] if a else kw["hidden_states"]).shape[0]),
+            with_kwargs=True,
+        )
+        for name in names
+    ]
+    return seen, handles
+
+
+@pytest.mark.parametrize("family, join_inside", [("sd1", "up_blocks.3.resnets.2"), ("sdxl", "up_blocks.1.resnets.2")])
+def test_the_batch_forks_and_joins_where_planned(request, clean, family, join_inside):
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    clean(pipe)
+    fouriscale.apply_fouriscale(pipe, start_step=1, stop_step=1, sequential_uncond=False)
+    names = ["conv_in", "down_blocks.1", "down_blocks.2.resnets.0", "mid_block.resnets.0", join_inside, "conv_out"]
+    seen, handles = _rows_seen(pipe, names)
+    try:
+        run(pipe, steps=2, num_images_per_prompt=2, latents=None, generator=torch.Generator().manual_seed(0))
+    finally:
+        for h in handles:
+            h.remove()
+    # Step 0 (active): 2 images x [uncond, cond] = 4 rows up to the fork, 6 inside, 4 after; step 1: stock.
+    assert seen == {"conv_in": [4, 4], "down_blocks.1": [4, 4], "down_blocks.2.resnets.0": [6, 4], "mid_block.resnets.0": [6, 4],
+                    join_inside: [6, 4], "conv_out": [4, 4]}  # fmt: skip
+
+
+def test_sd_without_low_pass_never_runs_a_third_branch(sd_pipe, clean):
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe, low_pass=False, share_branches=False)
+    unshared = run(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe, low_pass=False)
+    seen, handles = _rows_seen(sd_pipe, ["mid_block.resnets.0"])
+    try:
+        shared = run(sd_pipe)
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(seen["mid_block.resnets.0"]) == {2}
+    _close(shared, unshared)
+
+
+def test_custom_layers_and_sequential_uncond_with_sharing(sd_pipe, clean):
+    clean(sd_pipe)
+    layers = ("up_blocks.1.resnets.*.conv1", "up_blocks.2.resnets.*.conv2")
+    fouriscale.apply_fouriscale(sd_pipe, layers=layers, share_branches=False, sequential_uncond=False)
+    expected = run(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe, layers=layers, sequential_uncond=True)
+    _close(run(sd_pipe), expected)
+    fouriscale.apply_fouriscale(sd_pipe, layers=layers, sequential_uncond=False)
+    _close(run(sd_pipe), expected)
