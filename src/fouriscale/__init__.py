@@ -8,9 +8,18 @@ fouriscale.remove_fouriscale(pipe)                      # back to the stock pipe
 ```
 """
 
-from .config import PAPER_PRESETS, FouriScaleConfig, Preset
+from .config import OFFICIAL_CONTROLNET, PAPER_PRESETS, FouriScaleConfig, Preset
 from . import patch as _patch
-from .patch import apply_fouriscale, disabled, get_config, get_plan, is_fouriscale_applied, remove_fouriscale
+from .patch import (
+    apply_fouriscale,
+    disabled,
+    get_config,
+    get_plan,
+    is_fouriscale_applied,
+    official_controlnet_kwargs,
+    remove_fouriscale,
+)
+from .two_pass import TwoPassResult, two_pass
 from .plan import Plan
 from .profiles import FAMILIES, Family
 
@@ -27,12 +36,15 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    *_patch.__all__,  # apply_fouriscale, remove_fouriscale, is_fouriscale_applied, get_plan, get_config, disabled
+    *_patch.__all__,  # apply/remove_fouriscale, is_fouriscale_applied, get_plan, get_config, disabled, official_...
     "FAMILIES",
     "Family",
     "FouriScaleConfig",
     "Preset",
     "PAPER_PRESETS",
+    "OFFICIAL_CONTROLNET",
+    "two_pass",
+    "TwoPassResult",
     "Plan",
     "evaluate",
     "__version__",

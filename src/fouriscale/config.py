@@ -6,8 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["FouriScaleConfig", "Preset", "PAPER_PRESETS", "FREEU_MODES", "MAX_DILATION", "MAX_STEPS", "MAX_SIDE",
-           "MAX_PIXELS", "FAR_BEYOND_NATIVE"]
+__all__ = ["FouriScaleConfig", "Preset", "PAPER_PRESETS", "OFFICIAL_CONTROLNET",
+           "FREEU_MODES", "MAX_DILATION", "MAX_STEPS", "MAX_SIDE", "MAX_PIXELS", "FAR_BEYOND_NATIVE"]
 
 FREEU_MODES = ("paper", "diffusers", None)
 
@@ -88,6 +88,10 @@ class FouriScaleConfig:
             images above ``vae_tiling_threshold`` pixels.
         vae_tiling_threshold (`int`, defaults to `2048 * 2048`):
             Pixel count above which `vae_tiling=None` tiles the decode.
+        dilated_convs (`bool`, defaults to `True`):
+            Dilate (and low-pass filter) the patched convs. `False` leaves every conv as it is, keeping only
+            FouriScale's conditioning and guidance settings; with ``freeu=None`` this is the official
+            ControlNet script's recipe (its conv patch is commented out), see ``OFFICIAL_CONTROLNET``.
         size_limit (`bool`, defaults to `True`):
             Refuse sizes above ``MAX_SIDE`` (16384) pixels per side or ``MAX_PIXELS`` (8192 x 8192) in total before
             any work starts; `False` lifts the limit.
@@ -117,6 +121,7 @@ class FouriScaleConfig:
     vae_tiling: bool | None = None
     vae_tiling_threshold: int = 2048 * 2048
     share_branches: bool = True
+    dilated_convs: bool = True
     size_limit: bool = True
 
     def __post_init__(self) -> None:
@@ -124,7 +129,7 @@ class FouriScaleConfig:
             raise ValueError(f"FouriScaleConfig.{name}: {problem}")
 
         for name in ("progressive", "low_pass", "attention_guidance", "pad_then_crop", "amp_guidance",
-                     "base_size_conditioning", "share_branches", "size_limit"):  # fmt: skip
+                     "base_size_conditioning", "share_branches", "dilated_convs", "size_limit"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"expected True or False, got {getattr(self, name)!r}")
         for name in ("start_step", "stop_step"):
@@ -231,3 +236,9 @@ def _paper_presets() -> dict[str, Preset]:
 
 #: The paper's settings by name, e.g. ``PAPER_PRESETS["sdxl-4096x4096"]`` (names are ``FAMILY-WIDTHxHEIGHT``).
 PAPER_PRESETS: dict[str, Preset] = _paper_presets()
+
+#: The official SDXL ControlNet script's recipe (``text2image_xl_controlnet.py``): its conv patch is commented out,
+#: so its three branches get identical inputs and the Q/K copy changes nothing; what remains is plain ControlNet
+#: inference with the micro-conditions at the base bucket, no FreeU, optional ``amp_guidance=True``, and a
+#: conditioning scale of 0.5 (the call arguments come from :func:`fouriscale.official_controlnet_kwargs`).
+OFFICIAL_CONTROLNET = FouriScaleConfig(dilated_convs=False, freeu=None)

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .attention import JOIN_HOOK, QK_HOOK, JoinAttentionHook, QKShare, QKShareHook
 from .branches import LAYOUT_HOOK, UNET_HOOK, LayoutHook, UNetHook
-from .config import FouriScaleConfig
+from .config import OFFICIAL_CONTROLNET, FouriScaleConfig
 from .conv import CONV_HOOK, ConvHook
 from .freeu import FREEU_HOOK, FreeUSnapshot, PaperFreeUHook, enable_diffusers_freeu, freeu_stage
 from .hooks import add_hook, get_hook, remove_hook
@@ -45,6 +45,7 @@ __all__ = [
     "get_plan",
     "get_config",
     "disabled",
+    "official_controlnet_kwargs",
 ]
 
 logger = logging.getLogger("fouriscale")
@@ -68,8 +69,10 @@ class Patch:
         self._signature: list | None = None
         self.restorers: list = []
         self.freeu_before = FreeUSnapshot(model)  # the user's own FreeU state, for removal and `disabled`
-        self._conv_slots = [self._slot(spec.name) for spec in profile.layers]
-        self._attn = [model.get_submodule(a.name) for a in profile.attentions] if config.attention_guidance else []
+        self.fork, self.join = branch_stages(profile, config)
+        # Convs are hooked when they dilate; Q/K projections when a structure branch ever runs.
+        self._conv_slots = [self._slot(spec.name) for spec in profile.layers] if config.dilated_convs else []
+        self._attn = [model.get_submodule(a.name) for a in profile.attentions] if self.fork is not None else []
         self._shares = [QKShare() for _ in self._attn]
 
     def _slot(self, path: str) -> tuple[nn.Module, str]:
@@ -151,9 +154,8 @@ class Patch:
     def install(self, pipe) -> None:
         model, profile, config = self.model, self.profile, self.config
         self.sync()
-        fork, _ = branch_stages(profile, config)
-        if fork is not None:
-            for stage in range(fork, len(profile.stages)):
+        if self.fork is not None:
+            for stage in range(self.fork, len(profile.stages)):
                 self._add_fixed(model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK)
             last = self._attn[-1]
             if config.share_branches and last.group_norm is None and last.spatial_norm is None:
@@ -344,3 +346,15 @@ def get_plan(
     config = _resolve_config(config, overrides)
     profile = detect_profile(_structure(unet), factor, config.layers)
     return make_plan(profile, height, width, num_inference_steps, config)
+
+
+def official_controlnet_kwargs(pipe, height: int, width: int) -> dict:
+    """Pipeline call arguments of the official SDXL ControlNet recipe (with ``config=OFFICIAL_CONTROLNET``):
+    conditioning scale 0.5, and the ``original_size``/``target_size`` micro-conditions of both the UNet and the
+    ControlNet at the base bucket of ``height`` x ``width``."""
+    plan = get_plan(pipe, height, width, 1, OFFICIAL_CONTROLNET)
+    bucket = (int(plan.base_size[0]), int(plan.base_size[1]))
+    kwargs = {"controlnet_conditioning_scale": 0.5}
+    if plan.profile.family.bucketed:
+        kwargs.update(original_size=bucket, target_size=bucket)
+    return kwargs

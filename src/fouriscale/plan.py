@@ -141,9 +141,10 @@ class Plan:
             f"  {label:<18} {_num(bw)}x{_num(bh)}",
             f"  dilation d         {self.dilation}"
             + (" (more than 8x the reference size per side: expect broken structure)" if self.far_beyond_native else ""),
-            f"  schedule           full dilation for steps < {self.start}, "
-            + (f"progressive for {self.start} <= i < {self.stop}, " if c.progressive else "")
-            + f"plain convs from step {self.stop}",
+            (f"  schedule           full dilation for steps < {self.start}, "
+             + (f"progressive for {self.start} <= i < {self.stop}, " if c.progressive else "")
+             + f"plain convs from step {self.stop}")
+            if c.dilated_convs else "  schedule           convs not dilated (dilated_convs=False)",
             f"  masks              floor v={self.mask_floor:g}; low-pass {'on' if c.low_pass else 'off'}; "
             f"pad-then-crop {'on' if c.pad_then_crop else 'off'}",
             f"  guidance           {branches}"
@@ -212,7 +213,7 @@ def _input_size(spec: LayerSpec, latent: tuple[int, int]) -> tuple[int, int]:
 
 def layer_differs(spec: LayerSpec, config: FouriScaleConfig, detail_divisor: float) -> bool:
     """The structure and detail branches compute ``spec`` differently (weak vs strong mask, or their own dilation)."""
-    return (config.low_pass and spec.filtered) or detail_divisor != 1
+    return config.dilated_convs and ((config.low_pass and spec.filtered) or detail_divisor != 1)
 
 
 def branch_stages(profile: ModelProfile, config: FouriScaleConfig) -> tuple[int | None, int | None]:
@@ -290,7 +291,7 @@ def make_plan(
     divisor = config.detail_dilation_divisor or fam.detail_dilation_divisor
     steps = []
     for i in range(num_steps):
-        d_i = step_dilation(i, d, start, stop, config.progressive)
+        d_i = step_dilation(i, d, start, stop, config.progressive) if config.dilated_convs else None
         amp = config.amp_guidance and i < start
         if d_i is None:
             steps.append(StepSetting(i, None, 1, 1, amp))
@@ -301,7 +302,7 @@ def make_plan(
     layers = []
     for spec in profile.layers:
         size = _input_size(spec, latent)
-        filtered = spec.filtered and config.low_pass
+        filtered = spec.filtered and config.low_pass and config.dilated_convs
         base_hw = padded = None
         if filtered:
             padded = size
