@@ -314,15 +314,26 @@ def test_lora_load_set_adapters_fuse_and_unload_while_applied(tiny_dirs, tmp_pat
     assert lora.endswith("lora.safetensors")
 
 
-def test_a_timestep_outside_the_schedule_runs_the_unet_unchanged_and_warns_once(sd_pipe, clean, caplog):
+def test_unet_calls_outside_a_pipeline_or_its_schedule_run_unchanged_and_warn_once(sd_pipe, clean, caplog):
     clean(sd_pipe)
     sd_pipe.scheduler.set_timesteps(5)
     sample = latents_for(sd_pipe, 64, 64)
     embeds = torch.randn(1, 77, sd_pipe.unet.config.cross_attention_dim)
-    stock = sd_pipe.unet(sample, 5000, encoder_hidden_states=embeds).sample
+    t = sd_pipe.scheduler.timesteps[0]
+    stock = sd_pipe.unet(sample, t, encoder_hidden_states=embeds).sample
+    bogus = sd_pipe.unet(sample, 5000, encoder_hidden_states=embeds).sample
     fouriscale.apply_fouriscale(sd_pipe)
+
+    def custom_sampler(self, timestep):  # a pipeline method driving the UNet with a timestep of its own
+        return self.unet(sample, timestep, encoder_hidden_states=embeds).sample
+
     with caplog.at_level(logging.WARNING, logger="fouriscale"):
-        first = sd_pipe.unet(sample, 5000, encoder_hidden_states=embeds).sample
-        again = sd_pipe.unet(sample, 4999, encoder_hidden_states=embeds).sample
-    assert torch.equal(first, stock) and again.shape == stock.shape
-    assert sum("not in the scheduler's table" in r.getMessage() for r in caplog.records) == 1
+        # A direct call (no pipeline on the stack): the guidance layout is unknown, so the stock UNet runs.
+        assert torch.equal(sd_pipe.unet(sample, t, encoder_hidden_states=embeds).sample, stock)
+        assert torch.equal(sd_pipe.unet(sample, t, encoder_hidden_states=embeds).sample, stock)
+        # From a pipeline, with a timestep that is not in its scheduler's table: no nearest-step guess.
+        assert torch.equal(custom_sampler(sd_pipe, 5000), bogus)
+        custom_sampler(sd_pipe, 4999)
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("outside a diffusers pipeline" in m for m in messages) == 1
+    assert sum("not in the scheduler's table" in m for m in messages) == 1

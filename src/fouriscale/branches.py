@@ -101,10 +101,11 @@ class LayoutHook(ModelHook):
 
 
 def calling_pipeline(unet, max_depth: int = 64):
-    """The diffusers pipeline whose ``__call__`` is running ``unet`` (found on the call stack), or ``None``.
+    """The diffusers pipeline running ``unet`` (the nearest caller on the stack that is a pipeline holding this
+    UNet), or ``None``.
 
-    This is how pipelines made with ``from_pipe``, or any other pipeline given this UNet, run FouriScale
-    with their own scheduler and guidance settings..
+    FouriScale reads the scheduler and the guidance setting of that pipeline, so pipelines made with
+    ``from_pipe``, or any other pipeline given this UNet, run FouriScale with their own settings.
     """
     from diffusers import DiffusionPipeline
 
@@ -113,7 +114,7 @@ def calling_pipeline(unet, max_depth: int = 64):
         if frame is None:
             return None
         code = frame.f_code
-        if code.co_name == "__call__" and code.co_argcount and code.co_varnames[0] == "self":
+        if code.co_argcount and code.co_varnames[0] == "self":
             obj = frame.f_locals.get("self")
             if isinstance(obj, DiffusionPipeline):
                 owner = getattr(obj, "unet", None)
@@ -188,8 +189,15 @@ class UNetHook(ModelHook):
         sample, timestep = inputs.get("sample"), inputs.get("timestep")
         if not isinstance(sample, torch.Tensor) or sample.dim() != 4 or timestep is None:
             return None
-        pipe = calling_pipeline(module) or patch.pipeline()
-        located = locate_step(pipe.scheduler, timestep) if pipe is not None else None
+        pipe = calling_pipeline(module)
+        if pipe is None:
+            patch.warn_once(
+                "pipeline",
+                "FouriScale: the UNet was called outside a diffusers pipeline (its scheduler and guidance are unknown); "
+                "running it unchanged.",
+            )
+            return None
+        located = locate_step(pipe.scheduler, timestep)
         if located is None:
             patch.warn_once(
                 "step",

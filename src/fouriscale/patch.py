@@ -22,7 +22,6 @@ so the pipeline's output is bit-identical to one that was never patched. Applyin
 from __future__ import annotations
 
 import logging
-import weakref
 from contextlib import contextmanager
 
 import torch.nn as nn
@@ -56,12 +55,11 @@ _MAX_PLANS = 16
 class Patch:
     """Everything one :func:`apply_fouriscale` installed on a UNet (and its VAE), and what it shares at run time."""
 
-    def __init__(self, pipe, model: nn.Module, profile: ModelProfile, config: FouriScaleConfig) -> None:
+    def __init__(self, model: nn.Module, profile: ModelProfile, config: FouriScaleConfig) -> None:
         self.model = model
         self.profile = profile
         self.config = config
         self.runtime = Runtime()
-        self._pipe = weakref.ref(pipe)
         self._plans: dict[tuple[int, int, int], Plan] = {}
         self._told: set = set()
         self._fixed: list[tuple[nn.Module, str]] = []  # hooks that stay for the patch's life
@@ -80,13 +78,6 @@ class Patch:
         return self.model.get_submodule(parent), attr
 
     # -- run time -------------------------------------------------------------------------------------------
-    def pipeline(self):
-        """The pipeline the patch was applied to (``None`` once it is gone)."""
-        return self._pipe()
-
-    def bind(self, pipe) -> None:
-        self._pipe = weakref.ref(pipe)
-
     def plan(self, height: int, width: int, num_steps: int) -> Plan:
         """The (cached) plan for an image size in pixels and a number of denoising steps."""
         key = (height, width, num_steps)
@@ -267,12 +258,11 @@ def apply_fouriscale(pipe, config: FouriScaleConfig | None = None, **overrides):
     existing = patch_of(pipe)
     if existing is not None:
         if existing.config == config:
-            existing.bind(pipe)
             return pipe
         remove_fouriscale(pipe)
     model = _structure(unet)
     profile = detect_profile(model, _vae_scale_factor(pipe), config.layers)
-    patch = Patch(pipe, model, profile, config)
+    patch = Patch(model, profile, config)
     try:
         patch.install(pipe)
     except BaseException:
