@@ -215,11 +215,6 @@ def _warn_far(plan) -> None:
 
 def _no_progress(args, pipe) -> None:
     if args.no_progress:
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
         pipe.set_progress_bar_config(disable=True)
     else:
         pipe.set_progress_bar_config(leave=False, desc="steps", position=1)
@@ -228,6 +223,12 @@ def _no_progress(args, pipe) -> None:
 def _load(args, loras=(), device: str | None = None):
     from .loading import load_pipeline
 
+    if args.no_progress:
+        from diffusers.utils import logging as dlog
+        from transformers.utils import logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
     return load_pipeline(
         args.model,
         dtype=args.dtype,

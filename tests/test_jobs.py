@@ -1,0 +1,262 @@
+"""Batches (frontend/jobs.py): seeds, resume after a kill, sharding across processes, and runs that share an
+output folder: equal settings split the work, different settings stop the later run before it renders."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+import fouriscale
+from fouriscale.frontend.errors import UserError
+from fouriscale.frontend.jobs import Job, Recipe, make_jobs, output_name, parse_seeds, render, run_batch, save_image
+from fouriscale.frontend.outputs import Manifest, OutputFolder, read_settings
+from fouriscale.testing import tiny_pipeline
+from frontend_helpers import env, pixels, run_cli, start_cli
+
+GEN = ["generate", "--model", "tiny:sd1", "--size", "64x64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = tiny_pipeline("sd1")
+    p.set_progress_bar_config(disable=True)
+    return fouriscale.apply_fouriscale(p)
+
+
+def recipe(**changes):
+    base = dict(
+        model="tiny:sd1",
+        height=64,
+        width=64,
+        steps=2,
+        guidance_scale=7.5,
+        negative_prompt=None,
+        scheduler="ddim",
+        eta=1.0,
+        dtype="float32",
+        config=fouriscale.FouriScaleConfig(),
+    )
+    return Recipe(**dict(base, **changes))
+
+
+def files_match_manifest(out):
+    """The manifest describes exactly the PNGs on disk: one line each, with the key embedded in the file."""
+    entries = Manifest(out).entries()
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert sorted(e["file"] for e in entries) == names and len(entries) == len({e["file"] for e in entries})
+    for entry in entries:
+        assert read_settings(out / entry["file"])["key"] == entry["key"]
+    return names
+
+
+def leftovers(out):
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".fouriscale.lock")
+
+
+def test_parse_seeds():
+    assert parse_seeds("23") == [23] and parse_seeds("1,5-7") == [1, 5, 6, 7]
+    assert parse_seeds(str(2**64 - 1)) == [2**64 - 1]
+    for text, message in (
+        ("2**64", "expected a seed"),
+        (str(2**64), "largest seed"),
+        ("0-100000", "too long"),
+        ("5-1", "backwards"),
+        ("-3", "expected a seed"),
+        ("", "expected a seed"),
+    ):
+        with pytest.raises(UserError, match=message):
+            parse_seeds(text)
+    assert [(j.index, j.prompt, j.seed) for j in make_jobs(["a", "b"], [1, 2])] == [
+        (0, "a", 1),
+        (1, "a", 2),
+        (2, "b", 1),
+        (3, "b", 2),
+    ]
+
+
+def test_largest_seed_renders(pipe, tmp_path):
+    job = Job(0, "a cat", 2**64 - 1)
+    image = render(pipe, recipe(), job)
+    assert image.size == (64, 64)
+
+
+def test_batch_resumes_and_repairs_a_lost_manifest_line(pipe, tmp_path):
+    jobs = make_jobs(["a cat"], [1, 2])
+    first = run_batch(pipe, recipe(), jobs[:1], tmp_path, progress=False)
+    assert first.written == ["00000-1-a-cat.png"]
+    (tmp_path / "manifest.jsonl").unlink()  # a crash between the rename and the manifest line
+    second = run_batch(pipe, recipe(), jobs, tmp_path, progress=False)
+    assert second.skipped == ["00000-1-a-cat.png"] and second.written == ["00001-2-a-cat.png"]
+    assert files_match_manifest(tmp_path) == ["00000-1-a-cat.png", "00001-2-a-cat.png"]
+    assert leftovers(tmp_path) == []
+
+
+def test_waits_for_a_job_another_run_holds(pipe, tmp_path):
+    """A job claimed by a live run is left to it; once it is there the batch counts it as made by another run."""
+    from fouriscale.frontend.jobs import finished_settings
+
+    jobs = make_jobs(["a cat"], [1, 2])
+    folder = OutputFolder(tmp_path).prepare()
+    plan = fouriscale.get_plan(pipe, 64, 64, 2)
+    settings = finished_settings(recipe(), jobs[0], "fouriscale", output_name(jobs[0], "fouriscale"), plan)
+    image = render(pipe, recipe(), jobs[0])  # what the other run makes (one pipeline is not for two threads)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        claim = tmp_path / f".{output_name(jobs[0], 'fouriscale')}.claim"
+        claim.write_text(json.dumps({"pid": other.pid, "host": os.uname()[1], "start": "", "token": "x"}))
+
+        def the_other_run_finishes():
+            time.sleep(1.0)
+            save_image(image, tmp_path, settings, rank=7, folder=folder)
+            with folder.lock:
+                claim.unlink()
+
+        thread = threading.Thread(target=the_other_run_finishes)
+        thread.start()
+        result = run_batch(pipe, recipe(), jobs, tmp_path, progress=False)
+        thread.join()
+    finally:
+        other.kill()
+        other.wait()
+    assert result.written == ["00001-2-a-cat.png"] and result.by_others == ["00000-1-a-cat.png"]
+    assert sorted(e["rank"] for e in Manifest(tmp_path).entries()) == [0, 7]
+    files_match_manifest(tmp_path)
+
+
+def test_a_live_run_with_other_settings_stops_this_one_before_it_renders(pipe, tmp_path, monkeypatch):
+    jobs = make_jobs(["a cat"], [1])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from fouriscale.frontend.jobs import _recipe_settings, finished_settings
+
+        theirs = finished_settings(recipe(steps=20), jobs[0], "fouriscale", "00000-1-a-cat.png")
+        registration = {
+            "pid": other.pid,
+            "host": os.uname()[1],
+            "start": "",
+            "token": "y",
+            "recipe": _recipe_settings(theirs),
+            "names": {"00000-1-a-cat.png": [theirs["key"], "a cat", "fouriscale"]},
+        }
+        (tmp_path / ".fouriscale-run.y.json").write_text(json.dumps(registration))
+        import fouriscale.frontend.jobs as jobs_module
+
+        monkeypatch.setattr(jobs_module, "render", lambda *a, **k: pytest.fail("rendered despite the conflict"))
+        pattern = r"00000-1-a-cat.png is being made right now by another run \(pid \d+\) with other settings \("
+        with pytest.raises(UserError, match=pattern + r"steps: 20 there, 2 here\)"):
+            run_batch(pipe, recipe(), jobs, tmp_path, progress=False)
+    finally:
+        other.kill()
+        other.wait()
+    # once that run is gone its registration is stale and removed
+    monkeypatch.undo()
+    assert run_batch(pipe, recipe(), jobs, tmp_path, progress=False).written == ["00000-1-a-cat.png"]
+    assert leftovers(tmp_path) == []
+
+
+def test_resume_after_a_killed_run_removes_stale_temp_files(tmp_path):
+    out = tmp_path / "o"
+    args = [*GEN, "a cat", "--steps", "2", "--seed", "1-8", "--out", out]
+    log = open(tmp_path / "killed.log", "w")
+    proc = start_cli(*args, stdout=log, stderr=log)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("*.png")) and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    log.close()
+    first = sorted(p.name for p in out.glob("*.png"))
+    assert 1 <= len(first) < 8, (first, (tmp_path / "killed.log").read_text()[-2000:])
+    (out / ".00007-8-a-cat.png.k2j3h4x9.tmp").write_bytes(b"half an image")  # what a kill mid-write leaves
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(first)} already done" in done.stdout
+    names = files_match_manifest(out)
+    assert names == [f"0000{i}-{i + 1}-a-cat.png" for i in range(8)]
+    assert leftovers(out) == []  # temp file, claim and run registration of the killed run are gone
+
+
+def _concurrent(tmp_path, second_args):
+    out = tmp_path / "o"
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\na cow\n", encoding="utf-8")
+    common = [*GEN, "--prompts", prompts, "--seed", "1-2", "--out", out]
+    a = start_cli(*common, "--steps", "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    b = start_cli(*common, *second_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = [(p.returncode, *p.communicate(timeout=300)) for p in (a, b)]
+    return out, [(p.returncode, o, e) for p, (_, o, e) in zip((a, b), results)]
+
+
+def test_two_runs_with_equal_settings_split_the_work(tmp_path):
+    out, runs = _concurrent(tmp_path, ["--steps", "2"])
+    for code, stdout, stderr in runs:
+        assert code == 0, stderr[-2000:]
+    written = [int(stdout.split(" image(s) written")[0].split()[-1]) for _, stdout, _ in runs]
+    assert sum(written) == 6  # no image rendered twice
+    assert len(files_match_manifest(out)) == 6  # no duplicate manifest line
+    assert leftovers(out) == []
+
+
+def test_two_runs_with_different_settings_stop_the_later_one(tmp_path):
+    out, runs = _concurrent(tmp_path, ["--steps", "3"])
+    codes = sorted(code for code, _, _ in runs)
+    assert codes == [0, 2], runs
+    loser = next(r for r in runs if r[0] == 2)
+    line = loser[2].strip()
+    assert "\n" not in line and line.startswith("fouriscale: error: ") and "-a-" in line and ".png" in line
+    assert "steps: 2 there, 3 here" in line or "steps: 3 there, 2 here" in line
+    names = files_match_manifest(out)
+    assert len(names) == 6
+    steps = {read_settings(out / n)["steps"] for n in names}
+    assert len(steps) == 1  # every file from the run that went on; nothing overwritten
+    assert leftovers(out) == []
+
+
+def test_two_processes_share_the_work(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(f"prompt {i}" for i in range(4)), encoding="utf-8")
+    out = tmp_path / "o"
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "fouriscale",
+        "generate",
+        "--prompts",
+        str(prompts),
+        "--model",
+        "tiny:sd1",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, env=env(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true"), timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    files_match_manifest(out)
+    entries = Manifest(out).entries()
+    assert len(entries) == 4 and {e["rank"] for e in entries} == {0, 1}
+    first = next(e for e in entries if e["file"].startswith("00000-"))
+    assert pixels(out / first["file"]).shape == (64, 64, 3)
