@@ -194,7 +194,7 @@ def _concurrent(tmp_path, second_args):
 
 def test_two_runs_with_equal_settings_split_the_work(tmp_path):
     out, runs = _concurrent(tmp_path, ["--steps", "2"])
-    for code, stdout, stderr in runs:
+    for code, _, stderr in runs:
         assert code == 0, stderr[-2000:]
     written = [int(stdout.split(" image(s) written")[0].split()[-1]) for _, stdout, _ in runs]
     assert sum(written) == 6  # no image rendered twice

@@ -344,7 +344,7 @@ def cmd_compare(args) -> int:
     from .compare import VARIANTS, check_layout, comparison_grid, render_variants, spectrum_plot
     from .jobs import Job, finished_settings
     from .loading import resolve_device
-    from .outputs import OutputFolder, compare_name, differing_settings, encode_png, read_settings
+    from .outputs import OutputFolder, compare_name, differing_settings, encode_png, read_settings, settings_key
 
     variants = list(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))
     unknown = [v for v in variants if v not in VARIANTS]
@@ -415,8 +415,19 @@ def cmd_compare(args) -> int:
         if name not in done:
             folder.commit(targets[name]["file"], encode_png(image, targets[name]), targets[name])
     grid, spectrum = compare_name(args.seed, args.prompt, "grid"), compare_name(args.seed, args.prompt, "spectrum")
-    folder.commit(grid, encode_png(comparison_grid(images, args.column_width, crop)))
-    folder.commit(spectrum, encode_png(spectrum_plot(images)))
+    for file, picture, extra in (
+        (grid, comparison_grid(images, args.column_width, crop), {"column_width": args.column_width, "crop": crop}),
+        (spectrum, spectrum_plot(images), {}),
+    ):
+        settings = {
+            "prompt": args.prompt,
+            "seed": args.seed,
+            "method": file.rsplit("-", 1)[1][:-4],
+            "variants": {name: targets[name]["key"] for name in variants},
+            **extra,
+        }
+        settings.update(key=settings_key(settings), file=file, version=targets[variants[0]]["version"])
+        folder.commit(file, encode_png(picture, settings), settings)
     rendered = len(images) - len(done)
     print(f"wrote {grid}, {spectrum} and {rendered} image(s) ({len(done)} already there) in {args.out}")
     return 0

@@ -50,7 +50,7 @@ FALLBACK_SIZE = (1024, 1024)
 
 def _for_the_page(message: str) -> str:
     """Library messages without the hints that name CLI options or API arguments the UI does not have."""
-    message = re.sub(r", or set an explicit base size \([^)]*\)\.?", ".", message)
+    message = re.sub(r", or set an explicit base size \(.*\)\.?$", ".", message)
     message = re.sub(r", or lift the limit with size_limit=False \(--no-size-limit\)", "", message)
     return message
 
