@@ -1,0 +1,137 @@
+"""``fouriscale benchmark-quality`` (frontend/quality.py): every method generated through the batch machinery and
+scored against ``--real`` and against direct inference, offline with the small feature network and tiny CLIP of
+test_evaluation; resumable; bad input refused before any image is rendered."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from fouriscale.evaluation import evaluate
+from fouriscale.frontend.outputs import Manifest, read_settings
+from frontend_helpers import cli, error_line, run_cli
+from test_evaluation import smooth_images, tiny_clip  # noqa: F401 - tiny_clip is a fixture
+
+HOOK = ["--feature-extractor", "test_evaluation:tiny_feature_net"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench-in")
+    prompts = root / "prompts.txt"
+    prompts.write_text("a red cat\nblue sky\n", encoding="utf-8")
+    real = root / "real"
+    real.mkdir()
+    for i, array in enumerate(smooth_images(3, 64, seed=4)):
+        Image.fromarray(array).save(real / f"{i}.png")
+    return {"prompts": prompts, "real": real}
+
+
+def _args(inputs, out, *extra):
+    return [
+        "benchmark-quality",
+        "--prompts",
+        inputs["prompts"],
+        "--model",
+        "tiny:sd1",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "--n",
+        "2",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--no-progress",
+        *HOOK,
+        *extra,
+    ]
+
+
+def test_smoke_end_to_end_and_resume(inputs, tmp_path, capsys):
+    out = tmp_path / "bench"
+    args = _args(
+        inputs,
+        out,
+        "--methods",
+        "fouriscale,no-low-pass",
+        "--real",
+        inputs["real"],
+        "--metrics",
+        "fid,kid,is",
+        "--crops",
+        "1",
+    )
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == {
+        "direct",
+        "fouriscale",
+        "no-low-pass",
+        "benchmark.txt",
+        "benchmark.json",
+        "benchmark.png",
+    }
+    for method in ("direct", "fouriscale", "no-low-pass"):
+        names = sorted(p.name for p in (out / method).glob("*.png"))
+        assert len(names) == 2 and sorted(e["file"] for e in Manifest(out / method).entries()) == names
+        settings = read_settings(out / method / names[0])
+        assert settings["method"] == ("direct" if method == "direct" else "fouriscale")
+        if method == "no-low-pass":
+            assert settings["fouriscale"]["low_pass"] is False
+    data = json.loads((out / "benchmark.json").read_text())  # strict JSON
+    results = data["results"]
+    assert list(results) == ["direct", "fouriscale", "no-low-pass"]
+    assert set(results["fouriscale"]) == {"vs_real", "own", "vs_direct"} and "vs_direct" not in results["direct"]
+    assert set(results["fouriscale"]["vs_real"]) == {"fid", "kid_mean", "kid_std", "fid_c", "kid_c_mean", "kid_c_std"}
+    # the numbers are those of the evaluation API on the same folders
+    from test_evaluation import TinyFeatureNet
+
+    expected = evaluate(
+        out / "direct",
+        out / "fouriscale",
+        feature_extractor=TinyFeatureNet(),
+        metrics=["fid", "kid"],
+        crops=1,
+        crop_size=32,
+        seed=23,
+    )
+    for name, value in expected.items():
+        assert results["fouriscale"]["vs_direct"][name] == pytest.approx(value, rel=1e-5), name
+    assert data["settings"]["crop_size"] == 32 and data["reports"]["fouriscale"]["vs_real"]["feature_extractor"]
+    table = (out / "benchmark.txt").read_text()
+    assert "fid (vs real)" in table and "fid (vs direct)" in table and "no-low-pass" in table
+    assert Image.open(out / "benchmark.png").size[0] > 300
+    assert cli(*args) == 0  # resumable (in this process): nothing rendered, same numbers
+    assert capsys.readouterr().err.count("0 written, 2 already done") == 3
+    assert json.loads((out / "benchmark.json").read_text())["results"] == results
+
+
+def test_without_real_images_direct_is_the_reference_and_clip_is_scored(inputs, tmp_path, tiny_clip, capsys):  # noqa: F811
+    out = tmp_path / "bench"
+    assert cli(*_args(inputs, out, "--metrics", "fid,clip", "--clip-model", tiny_clip)) == 0
+    results = json.loads((out / "benchmark.json").read_text())["results"]
+    assert set(results["direct"]) == {"own"} and set(results["direct"]["own"]) == {"clip_score"}
+    assert set(results["fouriscale"]) == {"own", "vs_direct"} and set(results["fouriscale"]["vs_direct"]) == {"fid"}
+    assert "clip_score" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--n", "1"], "at least 2 images per method"),
+        (["--methods", "direct,sharper"], "unknown sharper"),
+        (["--metrics", "fid,psnr"], "unknown psnr"),
+        (["--real", "/no/such/folder"], "does not exist"),
+        (["--size", "0x0"], "positive multiple"),
+        (["--guidance", "nan"], "finite number"),
+    ],
+)
+def test_bad_input_is_refused_before_rendering(inputs, tmp_path, capsys, monkeypatch, extra, message):
+    import fouriscale.frontend.jobs as jobs
+
+    monkeypatch.setattr(jobs, "render", lambda *a, **k: pytest.fail("rendered before refusing"))
+    assert cli(*_args(inputs, tmp_path / "bench", *extra)) == 2
+    assert message in error_line(capsys)
