@@ -109,7 +109,7 @@ def test_smoke_end_to_end_and_resume(inputs, tmp_path, capsys):
     assert json.loads((out / "benchmark.json").read_text())["results"] == results
 
 
-def test_without_real_images_direct_is_the_reference_and_clip_is_scored(inputs, tmp_path, tiny_clip, capsys):  # noqa: F811
+def test_without_real_images_direct_is_the_reference(inputs, tmp_path, tiny_clip, capsys):  # noqa: F811
     out = tmp_path / "bench"
     assert cli(*_args(inputs, out, "--metrics", "fid,clip", "--clip-model", tiny_clip)) == 0
     results = json.loads((out / "benchmark.json").read_text())["results"]
