@@ -76,6 +76,18 @@ def check_fouriscale_and_removal(pipe, **kwargs):
     return stock, ours
 
 
+def sharing_is_exact(pipe, **args):
+    """FouriScale with branch sharing equals it without (every input in its stage's row layout); returns
+    ``(shared result, its scale)``."""
+    fouriscale.apply_fouriscale(pipe, share_branches=False)
+    unshared = call(pipe, **args)
+    fouriscale.apply_fouriscale(pipe)
+    shared = call(pipe, **args)
+    scale = unshared.abs().max()
+    torch.testing.assert_close(shared / scale, unshared / scale, rtol=0, atol=1e-5)
+    return shared, scale
+
+
 def record_steps(pipe):
     """The denoising step of every FouriScale UNet pass (read off the runtime the hooks share)."""
     seen = []
@@ -189,12 +201,7 @@ def test_multi_controlnet_guess_mode_and_guidance_window(request, clean, control
     args = dict(height=64, width=96, latents=latents_for(base, 64, 96), output_type="latent", image=images,
                 controlnet_conditioning_scale=[1.0, 0.5])  # fmt: skip
     for extra in ({}, {"guess_mode": True}, {"control_guidance_start": [0.0, 0.3], "control_guidance_end": [0.6, 1.0]}):
-        fouriscale.apply_fouriscale(pipe, share_branches=False)
-        unshared = call(pipe, **args, **extra)
-        fouriscale.apply_fouriscale(pipe)
-        shared = call(pipe, **args, **extra)
-        scale = unshared.abs().max()
-        torch.testing.assert_close(shared / scale, unshared / scale, rtol=0, atol=1e-5)
+        shared, scale = sharing_is_exact(pipe, **args, **extra)
         fouriscale.remove_fouriscale(pipe)
         assert (call(pipe, **args, **extra) - shared).abs().max() / scale > 1e-3
 
@@ -223,12 +230,7 @@ def test_t2i_adapter(sd_pipe, clean):
     clean(pipe)
     args = dict(height=64, width=96, latents=latents_for(sd_pipe, 64, 96), output_type="latent",
                 image=picture(64, 96, seed=7))  # fmt: skip
-    fouriscale.apply_fouriscale(pipe, share_branches=False)
-    unshared = call(pipe, **args)
-    fouriscale.apply_fouriscale(pipe)
-    shared = call(pipe, **args)
-    scale = unshared.abs().max()
-    torch.testing.assert_close(shared / scale, unshared / scale, rtol=0, atol=1e-5)
+    shared, scale = sharing_is_exact(pipe, **args)
     no_adapter = call(pipe, **dict(args, adapter_conditioning_scale=0.0))
     assert (shared - no_adapter).abs().max() / scale > 1e-3  # the adapter's residuals act inside the branches
     fouriscale.remove_fouriscale(pipe)
@@ -260,12 +262,7 @@ def test_ip_adapter_embeddings_reach_every_branch(tiny_dirs):
     embeds = [torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(8))]  # [negative, positive]
     args = dict(height=64, width=96, latents=latents_for(pipe, 64, 96), output_type="latent",
                 ip_adapter_image_embeds=embeds)  # fmt: skip
-    fouriscale.apply_fouriscale(pipe, share_branches=False)
-    unshared = call(pipe, **args)
-    fouriscale.apply_fouriscale(pipe)
-    shared = call(pipe, **args)
-    scale = unshared.abs().max()
-    torch.testing.assert_close(shared / scale, unshared / scale, rtol=0, atol=1e-5)
+    shared, scale = sharing_is_exact(pipe, **args)
     other = [torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(9))]  # (a scaled one: the same after norm)
     assert (shared - call(pipe, **dict(args, ip_adapter_image_embeds=other))).abs().max() / scale > 1e-3
     fouriscale.remove_fouriscale(pipe)
