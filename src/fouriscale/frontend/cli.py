@@ -341,7 +341,7 @@ def _parse_crop(text: str | None):
 
 
 def cmd_compare(args) -> int:
-    from .compare import VARIANTS, check_layout, comparison_grid, render_variants, spectrum_plot
+    from .compare import VARIANTS, check_layout, comparison_grid, render_variants, require_matplotlib, spectrum_plot
     from .jobs import Job, finished_settings
     from .loading import resolve_device
     from .outputs import OutputFolder, compare_name, differing_settings, encode_png, read_settings, settings_key
@@ -353,6 +353,7 @@ def cmd_compare(args) -> int:
             f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}"
         )
     crop = _parse_crop(args.crop)
+    require_matplotlib("fouriscale compare")
     resolve_device(args.device)
     folder = OutputFolder(args.out).prepare()
 

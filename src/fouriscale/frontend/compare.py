@@ -24,6 +24,7 @@ __all__ = [
     "spectrum_plot",
     "default_crop",
     "check_layout",
+    "require_matplotlib",
 ]
 
 # Variant name -> FouriScaleConfig changes ("direct" is the stock pipeline).
@@ -185,6 +186,16 @@ def comparison_grid(
     corners += [PAD + box[2] * column_width / w, PAD + LABEL_H + box[3] * thumb_h / h]
     draw.rectangle(corners, outline="red", width=2)  # where the crop comes from, on the first thumbnail
     return grid
+
+
+def require_matplotlib(what: str = "this command") -> None:
+    """``UserError`` naming the extra to install when matplotlib (plots and charts) is missing."""
+    import importlib.util
+
+    from .errors import UserError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError(f"{what} draws its plots with matplotlib: pip install 'fouriscale[ui]'")
 
 
 def spectrum_plot(images: dict[str, Image.Image], size: tuple[int, int] = (800, 500)) -> Image.Image:

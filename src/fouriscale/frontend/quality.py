@@ -327,11 +327,12 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     (when given) and against direct inference, write ``benchmark.txt``, ``benchmark.json`` and ``benchmark.png``."""
     from ..evaluation import find_images
     from .cli import _check_model_and_size, _guidance, _load, _loaded_plan, _no_progress, _read_prompts, _warn_far
-    from .compare import VARIANTS
+    from .compare import VARIANTS, require_matplotlib
     from .jobs import Job, Recipe, run_batch
     from .outputs import OutputFolder
 
     args.prompt = None
+    require_matplotlib("fouriscale benchmark-quality")
     prompts = _read_prompts(args)
     methods = _methods(args.methods)
     groups = _groups(args.metrics)
