@@ -7,7 +7,7 @@ import fouriscale
 from conftest import latents_for
 from reference import reference_latents
 
-STEPS = 10
+STEPS = 6  # full dilation, the progressive phase and plain convs all occur
 
 
 def _sd_base(name):
@@ -38,7 +38,7 @@ def _ours(pipe, height, width, latents, **config):
 @pytest.mark.parametrize("amp", [False, True])
 def test_sd_matches_reference(sd_pipe, height, width, d, amp):
     latents = latents_for(sd_pipe, height, width)
-    start, stop = 2, 6  # the paper's 10/30 of 50 (d <= 3) scaled to 10 steps
+    start, stop = 1, 4  # the paper's 10/30 of 50 (d <= 3) scaled to 6 steps
     freeu = (1.2, 1.4, 0.9, 0.2)
     ours = _ours(sd_pipe, height, width, latents, amp_guidance=amp)
     ref = reference_latents(sd_pipe, "a red cat", "blurry", height, width, STEPS, 7.5, latents, d=d, base=_sd_base,
@@ -54,7 +54,7 @@ def test_sd_matches_reference(sd_pipe, height, width, d, amp):
 @pytest.mark.parametrize("amp", [False, True])
 def test_sdxl_matches_reference(sdxl_pipe, height, width, d, bucket, amp):
     latents = latents_for(sdxl_pipe, height, width)
-    start, stop = 4, 7  # the paper's 20/35 of 50 scaled to 10 steps
+    start, stop = 2, 4  # the paper's 20/35 of 50 scaled to 6 steps
     ours = _ours(sdxl_pipe, height, width, latents, amp_guidance=amp)
     ref = reference_latents(sdxl_pipe, "a red cat", "blurry", height, width, STEPS, 7.5, latents, d=d, base=bucket,
                             start=start, stop=stop, amp=amp, freeu=(1.1, 1.2, 0.6, 0.4))  # fmt: skip
