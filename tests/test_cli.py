@@ -406,7 +406,7 @@ def test_library_warnings_are_filtered_by_category_and_module(capsys):
             warnings.warn("still shown", UserWarning, stacklevel=1)  # other code's warnings are not silenced
 
 
-def test_eval_is_registered(tmp_path, capsys):
+def test_smoke_eval(tmp_path):
     import numpy as np
 
     for name in ("real", "fake"):
@@ -415,37 +415,21 @@ def test_eval_is_registered(tmp_path, capsys):
             rng = np.random.default_rng(i + (10 if name == "fake" else 0))
             Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)).save(tmp_path / name / f"{i}.png")
     report = tmp_path / "scores.json"
-    assert (
-        cli(
-            "eval",
-            "--real",
-            tmp_path / "real",
-            "--fake",
-            tmp_path / "fake",
-            "--metrics",
-            "fid,kid",
-            "--feature-extractor",
-            "test_evaluation:tiny_feature_net",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--json",
-            report,
-        )
-        == 0
+    hook = ["--feature-extractor", "test_evaluation:tiny_feature_net", "--device", "cpu", "--no-progress"]
+    done = run_cli(
+        "eval",
+        "--real",
+        tmp_path / "real",
+        "--fake",
+        tmp_path / "fake",
+        "--metrics",
+        "fid,kid",
+        "--json",
+        report,
+        *hook,
     )
+    assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(report.read_text())
-    assert set(data["metrics"]) == {"fid", "kid_mean", "kid_std"} and "fid" in capsys.readouterr().out
-    assert (
-        cli(
-            "eval",
-            "--real",
-            tmp_path / "nope",
-            "--fake",
-            tmp_path / "fake",
-            "--feature-extractor",
-            "test_evaluation:tiny_feature_net",
-        )
-        == 2
-    )
-    assert "does not exist" in error_line(capsys)
+    assert set(data["metrics"]) == {"fid", "kid_mean", "kid_std"} and f"{data['metrics']['fid']:.6g}" in done.stdout
+    missing = run_cli("eval", "--real", tmp_path / "nope", "--fake", tmp_path / "fake", *hook)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and len(missing.stderr.splitlines()) == 1
