@@ -81,7 +81,7 @@ def test_truncated_weights_are_named_as_such(tiny_dirs, tmp_path, capsys):
     garbage = tmp_path / "model.safetensors"
     garbage.write_bytes(b"\x00" * 64)
     assert cli("generate", "a cat", "--model", garbage, "--out", tmp_path / "o", *FAST) == 2
-    assert "not a readable .safetensors checkpoint: truncated or corrupt" in error_line(capsys)
+    assert "not a readable .safetensors checkpoint: it is truncated or corrupt" in error_line(capsys)
 
 
 def test_pickle_files_are_refused(tiny_dirs, tmp_path, capsys):

@@ -253,6 +253,28 @@ def _loaded_plan(args, loaded):
     return height, width, steps, config, plan
 
 
+def prepare(args, loras=(), device: str | None = None, check=None, state=None):
+    """The shared start of every rendering command, in the order that fails fastest: size, steps and plan from
+    the model's config without weights (folders, hub ids, tiny models), ``check(height, width)`` (e.g. the
+    compare layout), the far-beyond-native warning, then the model with its LoRAs, the plan again on the
+    loaded pipeline and FouriScale applied. Returns ``(loaded, recipe, plan)``."""
+    early = _check_model_and_size(args)
+    if early is not None:
+        if check is not None:
+            check(early[0], early[1])
+        _warn_far(early[4])
+    if state is not None and device != "cpu":
+        device = str(state.device)
+    loaded = _load(args, loras, device)
+    _no_progress(args, loaded.pipe)
+    height, width, steps, config, plan = _loaded_plan(args, loaded)
+    if early is None:
+        if check is not None:
+            check(height, width)
+        _warn_far(plan)
+    return loaded, _recipe(args, loaded, height, width, steps, config, loras), plan
+
+
 def _guidance(args, family: str) -> float:
     from ..config import PAPER_PRESETS
     from .params import default_guidance
@@ -262,7 +284,7 @@ def _guidance(args, family: str) -> float:
     return PAPER_PRESETS[args.preset].guidance_scale if args.preset else default_guidance(family)
 
 
-def _recipe(args, loaded, height, width, steps, config, loras=(), compare=False):
+def _recipe(args, loaded, height, width, steps, config, loras=()):
     from .jobs import Recipe
 
     return Recipe(
@@ -277,7 +299,7 @@ def _recipe(args, loaded, height, width, steps, config, loras=(), compare=False)
         dtype=str(loaded.pipe.unet.dtype).replace("torch.", ""),
         config=config,
         loras=tuple(loras),
-        compare=compare,
+        compare=getattr(args, "compare", False) is True,
     )
 
 
@@ -296,18 +318,8 @@ def cmd_generate(args) -> int:
     loras = tuple(parse_lora(spec) for spec in args.lora)
     check_lora_files(list(loras), args.allow_pickle)
     OutputFolder(args.out).prepare()
-    early = _check_model_and_size(args)
-    if early is not None:
-        _warn_far(early[4])
     state = _distributed_state(device)
-    if state is not None and device != "cpu":
-        device = str(state.device)
-    loaded = _load(args, loras, device)
-    _no_progress(args, loaded.pipe)
-    height, width, steps, config, plan = _loaded_plan(args, loaded)
-    if early is None:
-        _warn_far(plan)
-    recipe = _recipe(args, loaded, height, width, steps, config, loras, compare=args.compare)
+    loaded, recipe, _ = prepare(args, loras, device, state=state)
     result = run_batch(
         loaded.pipe, recipe, make_jobs(prompts, seeds), args.out, state=state, progress=not args.no_progress
     )
@@ -361,18 +373,9 @@ def cmd_compare(args) -> int:
         with user_errors("--crop/--column-width: " if crop else "--column-width: "):
             check_layout((width, height), len(variants), args.column_width, crop)
 
-    early = _check_model_and_size(args)
-    if early is not None:
-        layout(early[0], early[1])
-        _warn_far(early[4])
-    loaded = _load(args)
-    pipe = loaded.pipe
-    _no_progress(args, pipe)
-    height, width, steps, config, plan = _loaded_plan(args, loaded)
-    layout(height, width)
-    if early is None:
-        _warn_far(plan)
-    recipe = _recipe(args, loaded, height, width, steps, config)
+    loaded, recipe, plan = prepare(args, check=layout)
+    pipe, config = loaded.pipe, recipe.config
+    height, width, steps = recipe.height, recipe.width, recipe.steps
     job = Job(0, args.prompt, args.seed)
     targets, done = {}, {}
     for name in variants:

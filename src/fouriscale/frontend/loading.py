@@ -140,17 +140,21 @@ def _family_of_pipeline(pipe) -> str:
         raise UserError(str(exc)) from None
 
 
+def safetensors_keys(path: Path, what: str) -> list[str]:
+    """The tensor names of a ``.safetensors`` file; a truncated or corrupt file (the header's offsets must
+    cover the file) is a ``UserError`` starting with ``what`` (e.g. the path)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return list(fh.keys())
+    except Exception as exc:  # safetensors raises its own error types
+        raise UserError(f"{what} is truncated or corrupt ({one_line(exc, 160)})") from None
+
+
 def _checkpoint_keys(path: Path, allow_pickle: bool) -> list[str]:
     if path.suffix.lower() == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                return list(fh.keys())
-        except Exception as exc:  # safetensors raises its own error types
-            raise UserError(
-                f"{path} is not a readable .safetensors checkpoint: truncated or corrupt ({one_line(exc, 160)})"
-            ) from None
+        return safetensors_keys(path, f"{path} is not a readable .safetensors checkpoint: it")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise UserError(
@@ -233,13 +237,7 @@ def _check_folder(path: Path, allow_pickle: bool) -> None:
             continue
         weights = sorted(folder.glob("*.safetensors"))
         for file in weights:
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(file), framework="pt"):
-                    pass
-            except Exception as exc:
-                raise UserError(f"{file} is truncated or corrupt ({one_line(exc, 160)})") from None
+            safetensors_keys(file, str(file))
         if not weights and not allow_pickle and any(folder.glob(f"*{suffix}") for suffix in PICKLE_SUFFIXES):
             raise UserError(
                 f"{folder} holds only pickle weights, which can run code when loaded; pass --allow-pickle if you "
@@ -312,15 +310,7 @@ def check_lora_files(loras: list[tuple[str, float]], allow_pickle: bool = False)
                         f"--lora {path}: pickle LoRA files need --allow-pickle; .safetensors is safe to load"
                     )
                 continue
-            from safetensors import safe_open
-
-            try:
-                with safe_open(str(file), framework="pt"):
-                    pass
-            except Exception as exc:
-                raise UserError(
-                    f"--lora {path}: not a readable .safetensors file, truncated or corrupt ({one_line(exc, 120)})"
-                ) from None
+            safetensors_keys(file, f"--lora {path}: not a readable .safetensors file, it")
 
 
 def _lora_problem(exc: BaseException, logs: list[str]) -> str:

@@ -326,9 +326,9 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     """Generate ``--n`` images per method into ``--out/METHOD`` (resumable), score each method against ``--real``
     (when given) and against direct inference, write ``benchmark.txt``, ``benchmark.json`` and ``benchmark.png``."""
     from ..evaluation import find_images
-    from .cli import _check_model_and_size, _guidance, _load, _loaded_plan, _no_progress, _read_prompts, _warn_far
+    from .cli import _distributed_state, _read_prompts, prepare
     from .compare import VARIANTS, require_matplotlib
-    from .jobs import Job, Recipe, run_batch
+    from .jobs import Job, run_batch
     from .outputs import OutputFolder
 
     args.prompt = None
@@ -356,25 +356,10 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
             _check_inception_package()
         except MetricUnavailableError as exc:
             raise UserError(str(exc)) from None
-    early = _check_model_and_size(args)
-    if early is not None:
-        _warn_far(early[4])
-    loaded = _load(args, device=device)
-    _no_progress(args, loaded.pipe)
-    height, width, steps, config, plan = _loaded_plan(args, loaded)
+    state = _distributed_state(device)
+    loaded, recipe, plan = prepare(args, device=device, state=state)
+    height, width, steps, config = recipe.height, recipe.width, recipe.steps, recipe.config
     crop_size = args.crop_size or (min(plan.profile.native_size) if args.crops else None)
-    recipe = Recipe(
-        model=args.model,
-        height=height,
-        width=width,
-        steps=steps,
-        guidance_scale=_guidance(args, loaded.family),
-        negative_prompt=args.negative or None,
-        scheduler=args.scheduler,
-        eta=args.eta,
-        dtype=str(loaded.pipe.unet.dtype).replace("torch.", ""),
-        config=config,
-    )
     jobs = [Job(i, prompts[i % len(prompts)], args.seed + i) for i in range(n)]
     folders = {}
     for method in methods:
@@ -389,9 +374,14 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
             jobs,
             folder,
             progress=not args.no_progress,
+            state=state,
             methods=("direct",) if changes is None else ("fouriscale",),
         )
         print(f"{method}: {len(result.written)} written, {len(result.skipped)} already done", file=sys.stderr)
+    if state is not None and state.num_processes > 1:  # sharded: every share is done, one process scores
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return 0
 
     common = dict(
         crops=args.crops,
