@@ -9,8 +9,8 @@ or scaled-down layouts with the same block types for CPUs (``sd1-small``, ``sdxl
 are random tensors, so no text encoder is needed. All methods run in one process, one after the other, so
 their time ratios are measured side by side. Printed per method: seconds per image, seconds per denoising
 step in each phase (before start, progressive, after stop), the ratio to direct inference and peak memory.
-Peak memory comes from a fresh process per method (``--no-memory`` skips it): on a GPU
-``torch.cuda.max_memory_allocated``, on a CPU the resident set sampled during the run. The low-pass filter's
+Peak memory comes from a fresh process per method, over ``--memory-steps`` steps (``--no-memory`` skips
+it): on a GPU ``torch.cuda.max_memory_allocated``, on a CPU the resident set sampled during the run. The low-pass filter's
 share of FouriScale's time is read from ``torch.profiler`` (the conv hook marks it as ``fouriscale.lowpass``).
 
 ``official`` is ``tests/reference.py`` from the repository checkout (the plain re-statement of the official
@@ -227,8 +227,8 @@ def _load_reference():
 
 def _peak_memory_in_fresh_process(args, method: str) -> float:
     """Peak memory (MiB) of ``method`` alone, in a new process: no allocator state carried over from other runs."""
-    cmd = [sys.executable, __file__, "--layout", args.layout, "--steps", str(args.steps), "--device", args.device,
-           "--only", method]  # fmt: skip
+    cmd = [sys.executable, __file__, "--layout", args.layout, "--steps", str(args.memory_steps), "--device",
+           args.device, "--only", method]  # fmt: skip
     if args.size:
         cmd += ["--size", args.size]
     if args.dtype:
@@ -247,6 +247,8 @@ def main(argv=None):
     p.add_argument("--methods", default="direct,fouriscale,unshared", help=f"from {', '.join(METHODS)}")
     p.add_argument("--official", action="store_true", help="also time the official-style implementation")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method peak memory runs")
+    p.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run (default 3: the window "
+                   "scaled to 3 steps still has a full-dilation, a progressive and a plain step)")  # fmt: skip
     p.add_argument("--no-filter-share", action="store_true", help="skip the profiled run for the filter's share")
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)  # internal: one method, print peak MiB
