@@ -145,17 +145,11 @@ def run_evaluation(real, fake, **kwargs):
         raise UserError(str(exc)) from None
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Run the evaluation described by ``args``; prints the table (and notes) on stdout; returns 0."""
-    from ..evaluation import format_table, write_json
-
-    extractor = load_feature_extractor(args.feature_extractor) if args.feature_extractor else None
-    device = resolve_device(args.device)
-    metrics, report = run_evaluation(
-        args.real,
-        args.fake,
+def metric_options(args: argparse.Namespace, extractor, device: str, crop_size: int | None) -> dict:
+    """The evaluation keywords the metric options of ``eval`` and ``benchmark-quality`` stand for."""
+    return dict(
         crops=args.crops,
-        crop_size=args.crop_size,
+        crop_size=crop_size,
         seed=args.seed,
         feature_extractor=extractor,
         clip_model=args.clip_model,
@@ -163,8 +157,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         device=device,
         kid_subset_size=args.kid_subset_size,
         progress=not args.no_progress,
-        metrics=args.metrics,
     )
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation described by ``args``; prints the table (and notes) on stdout; returns 0."""
+    from ..evaluation import format_table, write_json
+
+    extractor = load_feature_extractor(args.feature_extractor) if args.feature_extractor else None
+    device = resolve_device(args.device)
+    options = metric_options(args, extractor, device, args.crop_size)
+    metrics, report = run_evaluation(args.real, args.fake, metrics=args.metrics, **options)
     print(format_table(metrics))
     print(
         f"{report['images_real']} real, {report['images_fake']} fake images; "
@@ -383,17 +386,7 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
         if not state.is_main_process:
             return 0
 
-    common = dict(
-        crops=args.crops,
-        crop_size=crop_size,
-        seed=args.seed,
-        feature_extractor=extractor,
-        clip_model=args.clip_model,
-        batch_size=args.batch_size,
-        device=device,
-        kid_subset_size=args.kid_subset_size,
-        progress=not args.no_progress,
-    )
+    common = metric_options(args, extractor, device, crop_size)
     pair = [g for g in groups if g in ("fid", "kid")]
     own = [g for g in groups if g in ("is", "clip")]
     results: dict[str, dict[str, dict[str, float]]] = {}

@@ -250,43 +250,9 @@ def build_app(studio: Studio):
     """The Gradio Blocks of the app (not launched)."""
     import gradio as gr
 
-    def on_generate(
-        prompt,
-        negative,
-        model,
-        width,
-        height,
-        steps,
-        guidance,
-        seed,
-        freeu,
-        amp,
-        low_pass,
-        attention_guidance,
-        pad_then_crop,
-        progressive,
-        compare,
-        progress=gr.Progress(),
-    ):
+    def on_generate(*values, progress=gr.Progress()):
         try:
-            result = studio.generate(
-                prompt,
-                negative,
-                model,
-                width,
-                height,
-                steps,
-                guidance,
-                seed,
-                freeu,
-                amp,
-                low_pass,
-                attention_guidance,
-                pad_then_crop,
-                progressive,
-                compare,
-                progress=progress,
-            )
+            result = studio.generate(*values, progress=progress)
         except UserError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
         except Exception as exc:  # never a crash: show it in the page
@@ -352,6 +318,8 @@ def build_app(studio: Studio):
                 )
                 info = gr.Markdown(elem_id="info")
                 download = gr.File(label="Download (PNG with settings)", elem_id="download")
+        texts, numbers = [prompt, negative, model], [width, height, steps, guidance, seed]
+        switches = [freeu, amp, low_pass, attention_guidance, pad_then_crop, progressive, compare]
         dice.click(lambda: random.randint(0, 2**32 - 1), outputs=seed)
         size.change(on_size, inputs=[size, model], outputs=[width, height])
         model.blur(on_size, inputs=[size, model], outputs=[width, height])
@@ -359,23 +327,7 @@ def build_app(studio: Studio):
         height.input(lambda: CUSTOM, outputs=size)
         run.click(
             on_generate,
-            inputs=[
-                prompt,
-                negative,
-                model,
-                width,
-                height,
-                steps,
-                guidance,
-                seed,
-                freeu,
-                amp,
-                low_pass,
-                attention_guidance,
-                pad_then_crop,
-                progressive,
-                compare,
-            ],
+            inputs=texts + numbers + switches,
             outputs=[result, slider, download, info],
             concurrency_limit=1,
             preprocess=False,
