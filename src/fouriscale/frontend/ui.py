@@ -242,6 +242,7 @@ class Studio:
             f"{width}x{height}, {steps} steps, seed {seed}, guidance {recipe.guidance_scale:g}: dilation "
             f"{plan.dilation}, base {plan.base_size[1]:g}x{plan.base_size[0]:g}"
             + (" (FouriScale is a no-op at this size)" if plan.noop else "")
+            + (" (more than 8x the native size per side: expect broken structure)" if plan.far_beyond_native else "")
         )
         return {"image": paths["fouriscale"], "direct": paths.get("direct"), "info": info}
 
