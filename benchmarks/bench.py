@@ -10,7 +10,8 @@ are random tensors, so no text encoder is needed. All methods run in one process
 their time ratios are measured side by side. Printed per method: seconds per image, seconds per denoising
 step in each phase (before start, progressive, after stop), the ratio to direct inference and peak memory.
 Peak memory comes from a fresh process per method, over ``--memory-steps`` steps (``--no-memory`` skips
-it): on a GPU ``torch.cuda.max_memory_allocated``, on a CPU the resident set sampled during the run. The low-pass filter's
+it): on a GPU ``torch.cuda.max_memory_allocated``, on a CPU the resident set sampled during the run.
+The low-pass filter's
 share of FouriScale's time is read from ``torch.profiler`` (the conv hook marks it as ``fouriscale.lowpass``).
 
 ``official`` is ``tests/reference.py`` from the repository checkout (the plain re-statement of the official
@@ -42,42 +43,86 @@ LAYOUTS = {
     "sd1": lambda: real_unet_config("sd1"),
     "sdxl": lambda: real_unet_config("sdxl"),
     # SD 1.5's blocks with a quarter of the widths and 64-dim heads, native 256 px: fits a CPU run.
-    "sd1-small": lambda: dict(real_unet_config("sd1"), sample_size=32, block_out_channels=(64, 128, 256, 256),
-                              attention_head_dim=(1, 2, 4, 4), cross_attention_dim=256),  # fmt: skip
+    "sd1-small": lambda: dict(
+        real_unet_config("sd1"),
+        sample_size=32,
+        block_out_channels=(64, 128, 256, 256),
+        attention_head_dim=(1, 2, 4, 4),
+        cross_attention_dim=256,
+    ),
     # SDXL's blocks (transformer depths 1/2/10, text-time conditioning) at a fifth of the widths, native 256 px.
-    "sdxl-small": lambda: dict(real_unet_config("sdxl"), sample_size=32, block_out_channels=(64, 128, 256),
-                               attention_head_dim=(1, 2, 4), cross_attention_dim=256,
-                               projection_class_embeddings_input_dim=256 + 6 * 256),  # fmt: skip
+    "sdxl-small": lambda: dict(
+        real_unet_config("sdxl"),
+        sample_size=32,
+        block_out_channels=(64, 128, 256),
+        attention_head_dim=(1, 2, 4),
+        cross_attention_dim=256,
+        projection_class_embeddings_input_dim=256 + 6 * 256,
+    ),
 }
 METHODS = ("direct", "fouriscale", "unshared", "official")
 
 
 def build_pipeline(layout: str, dtype, device: str):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
-    from diffusers import UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
 
     config = LAYOUTS[layout]()
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**config).to(device=device, dtype=dtype).eval()
     # A 4-level VAE gives the real scale factor 8; its width does not matter for the (latent) timing.
-    vae = AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=8).to(device=device, dtype=dtype)  # fmt: skip
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(8, 8, 8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+    ).to(device=device, dtype=dtype)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     g = torch.Generator().manual_seed(1)
     cross = config["cross_attention_dim"]
     pos, neg = (torch.randn(1, 77, cross, generator=g).to(device, dtype) for _ in range(2))
     if config.get("addition_embed_type") == "text_time":
-        pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=None, text_encoder_2=None, tokenizer=None,
-                                         tokenizer_2=None, unet=unet, scheduler=scheduler)  # fmt: skip
+        pipe = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=None,
+            text_encoder_2=None,
+            tokenizer=None,
+            tokenizer_2=None,
+            unet=unet,
+            scheduler=scheduler,
+        )
         pooled_dim = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
         pooled, neg_pooled = (torch.randn(1, pooled_dim, generator=g).to(device, dtype) for _ in range(2))
-        embeds = dict(prompt_embeds=pos, negative_prompt_embeds=neg, pooled_prompt_embeds=pooled,
-                      negative_pooled_prompt_embeds=neg_pooled)  # fmt: skip
+        embeds = dict(
+            prompt_embeds=pos,
+            negative_prompt_embeds=neg,
+            pooled_prompt_embeds=pooled,
+            negative_pooled_prompt_embeds=neg_pooled,
+        )
         ref_embeds = (pos, neg, pooled, neg_pooled)
     else:
-        pipe = StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet, scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
         embeds = dict(prompt_embeds=pos, negative_prompt_embeds=neg)
         ref_embeds = (pos, neg)
     pipe.set_progress_bar_config(disable=True)
@@ -145,8 +190,15 @@ class Bench:
         self.plan = fouriscale.get_plan(self.pipe, self.height, self.width, args.steps)
 
     def call(self, steps: int, callback=None) -> dict:
-        kwargs = dict(height=self.height, width=self.width, num_inference_steps=steps, guidance_scale=7.5,
-                      latents=self.latents, output_type="latent", **self.embeds)  # fmt: skip
+        kwargs = dict(
+            height=self.height,
+            width=self.width,
+            num_inference_steps=steps,
+            guidance_scale=7.5,
+            latents=self.latents,
+            output_type="latent",
+            **self.embeds,
+        )
         if callback is not None:
             kwargs["callback_on_step_end"] = lambda pipe, i, t, tensors: (callback(), tensors)[1]
         return kwargs
@@ -177,9 +229,22 @@ class Bench:
                 return (nl >> level,) * 2
 
         return reference.reference_latents(
-            pipe, None, None, self.height, self.width, steps, 7.5, self.latents, d=plan.dilation, base=base,
-            start=plan.start, stop=plan.stop, freeu=plan.freeu_params, embeds=self.ref_embeds, callback=callback,
-        )  # fmt: skip
+            pipe,
+            None,
+            None,
+            self.height,
+            self.width,
+            steps,
+            7.5,
+            self.latents,
+            d=plan.dilation,
+            base=base,
+            start=plan.start,
+            stop=plan.stop,
+            freeu=plan.freeu_params,
+            embeds=self.ref_embeds,
+            callback=callback,
+        )
 
     def timed(self, method: str) -> tuple[float, list[float]]:
         """``(seconds, seconds per step)`` of one run of ``method``."""
@@ -227,8 +292,18 @@ def _load_reference():
 
 def _peak_memory_in_fresh_process(args, method: str) -> float:
     """Peak memory (MiB) of ``method`` alone, in a new process: no allocator state carried over from other runs."""
-    cmd = [sys.executable, __file__, "--layout", args.layout, "--steps", str(args.memory_steps), "--device",
-           args.device, "--only", method]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--layout",
+        args.layout,
+        "--steps",
+        str(args.memory_steps),
+        "--device",
+        args.device,
+        "--only",
+        method,
+    ]
     if args.size:
         cmd += ["--size", args.size]
     if args.dtype:
@@ -247,8 +322,13 @@ def main(argv=None):
     p.add_argument("--methods", default="direct,fouriscale,unshared", help=f"from {', '.join(METHODS)}")
     p.add_argument("--official", action="store_true", help="also time the official-style implementation")
     p.add_argument("--no-memory", action="store_true", help="skip the per-method peak memory runs")
-    p.add_argument("--memory-steps", type=int, default=3, help="steps of each memory run (default 3: the window "
-                   "scaled to 3 steps still has a full-dilation, a progressive and a plain step)")  # fmt: skip
+    p.add_argument(
+        "--memory-steps",
+        type=int,
+        default=3,
+        help="steps of each memory run (default 3: the window "
+        "scaled to 3 steps still has a full-dilation, a progressive and a plain step)",
+    )
     p.add_argument("--no-filter-share", action="store_true", help="skip the profiled run for the filter's share")
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)  # internal: one method, print peak MiB
@@ -270,21 +350,35 @@ def main(argv=None):
     peaks = {} if args.no_memory else {m: _peak_memory_in_fresh_process(args, m) for m in methods}
 
     plan, f = bench.plan, bench.pipe.vae_scale_factor
-    phases = {"<start": range(0, plan.start), "progressive": range(plan.start, plan.stop),
-              ">=stop": range(plan.stop, args.steps)}  # fmt: skip
-    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.layout} at {bench.width}x{bench.height} (latent {bench.width // f}x{bench.height // f}), {args.steps} "
-          f"DDIM steps, {str(bench.dtype).replace('torch.', '')}, {machine}; d={plan.dilation}, start {plan.start}, "
-          f"stop {plan.stop}; branches fork at {plan.profile.stages[plan.fork] if plan.fork is not None else '-'}")  # fmt: skip
-    print(f"{'method':<11} {'s/image':>8} " + " ".join(f"{'s/step ' + k:>19}" for k in phases)
-          + f" {'ratio':>6} {'peak MiB':>9}")  # fmt: skip
+    phases = {
+        "<start": range(0, plan.start),
+        "progressive": range(plan.start, plan.stop),
+        ">=stop": range(plan.stop, args.steps),
+    }
+    machine = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"{args.layout} at {bench.width}x{bench.height} (latent {bench.width // f}x{bench.height // f}), {args.steps} "
+        f"DDIM steps, {str(bench.dtype).replace('torch.', '')}, {machine}; d={plan.dilation}, start {plan.start}, "
+        f"stop {plan.stop}; branches fork at {plan.profile.stages[plan.fork] if plan.fork is not None else '-'}"
+    )
+    print(
+        f"{'method':<11} {'s/image':>8} "
+        + " ".join(f"{'s/step ' + k:>19}" for k in phases)
+        + f" {'ratio':>6} {'peak MiB':>9}"
+    )
     direct = results.get("direct", next(iter(results.values())))[0]
     table = {}
     for name, (total, steps) in results.items():
         per_phase = {k: (sum(steps[i] for i in r) / len(r) if len(r) else float("nan")) for k, r in phases.items()}
         peak = peaks.get(name)
-        print(f"{name:<11} {total:>8.2f} " + " ".join(f"{v:>19.3f}" for v in per_phase.values())
-              + f" {total / direct:>6.3f} " + (f"{peak:>9.0f}" if peak is not None else f"{'-':>9}"))  # fmt: skip
+        print(
+            f"{name:<11} {total:>8.2f} "
+            + " ".join(f"{v:>19.3f}" for v in per_phase.values())
+            + f" {total / direct:>6.3f} "
+            + (f"{peak:>9.0f}" if peak is not None else f"{'-':>9}")
+        )
         table[name] = {"seconds": total, "per_step": per_phase, "ratio": total / direct, "peak_mib": peak}
     if "official" in results and "fouriscale" in results:
         print(f"official / fouriscale time: {results['official'][0] / results['fouriscale'][0]:.2f}x")
@@ -292,9 +386,20 @@ def main(argv=None):
         print(f"low-pass filter share of FouriScale's time: {100 * share:.1f}%")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"layout": args.layout, "width": bench.width, "height": bench.height, "steps": args.steps,
-                       "dtype": str(bench.dtype), "device": machine, "results": table, "filter_share": share}, fh,
-                      indent=2)  # fmt: skip
+            json.dump(
+                {
+                    "layout": args.layout,
+                    "width": bench.width,
+                    "height": bench.height,
+                    "steps": args.steps,
+                    "dtype": str(bench.dtype),
+                    "device": machine,
+                    "results": table,
+                    "filter_share": share,
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

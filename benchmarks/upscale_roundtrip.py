@@ -56,8 +56,14 @@ def main(argv=None):
     pixel, latent = [], []
     for seed in range(args.n):
         g = torch.Generator("cpu").manual_seed(seed)
-        z = pipe("a photograph", height=native, width=native, num_inference_steps=args.steps, generator=g,
-                 output_type="latent").images  # fmt: skip
+        z = pipe(
+            "a photograph",
+            height=native,
+            width=native,
+            num_inference_steps=args.steps,
+            generator=g,
+            output_type="latent",
+        ).images
         to_pil = pipe.image_processor.postprocess
         x = to_pil(vae.decode(z / sf, return_dict=False)[0], output_type="pil")[0]
         target = x.resize((native * args.scale,) * 2, Image.LANCZOS)

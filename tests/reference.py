@@ -44,7 +44,9 @@ def ref_mask(P_h, P_w, s_h, s_w, v, weak) -> torch.Tensor:
     return torch.outer(ref_axis(P_h, s_h, v, weak), ref_axis(P_w, s_w, v, weak))
 
 
-def ref_lowpass(x: torch.Tensor, hb: float, wb: float, s_h: float, s_w: float, v: float, n_branches: int) -> torch.Tensor:
+def ref_lowpass(
+    x: torch.Tensor, hb: float, wb: float, s_h: float, s_w: float, v: float, n_branches: int
+) -> torch.Tensor:
     """Pad to the base ratio, complex FFT, per-branch masks (strong..., weak last), real part, crop."""
     dtype = x.dtype
     x = x.float()
@@ -108,9 +110,18 @@ def _ref_up_forward(block, b_s, deepest):
     """An up block's forward with FreeU decided by the incoming hidden state's channel count."""
     b1, b2, s1, s2 = b_s
 
-    def forward(hidden_states, res_hidden_states_tuple, temb=None, encoder_hidden_states=None,
-                cross_attention_kwargs=None, upsample_size=None, attention_mask=None, encoder_attention_mask=None,
-                *args, **kwargs):  # fmt: skip
+    def forward(
+        hidden_states,
+        res_hidden_states_tuple,
+        temb=None,
+        encoder_hidden_states=None,
+        cross_attention_kwargs=None,
+        upsample_size=None,
+        attention_mask=None,
+        encoder_attention_mask=None,
+        *args,
+        **kwargs,
+    ):
         attentions = getattr(block, "attentions", None) or [None] * len(block.resnets)
         for resnet, attn in zip(block.resnets, attentions):
             res = res_hidden_states_tuple[-1]
@@ -125,8 +136,12 @@ def _ref_up_forward(block, b_s, deepest):
                 res = ref_freeu_filter(res, s2)
             hidden_states = resnet(torch.cat([hidden_states, res], dim=1), temb)
             if attn is not None:
-                hidden_states = attn(hidden_states, encoder_hidden_states=encoder_hidden_states,
-                                     cross_attention_kwargs=cross_attention_kwargs, return_dict=False)[0]  # fmt: skip
+                hidden_states = attn(
+                    hidden_states,
+                    encoder_hidden_states=encoder_hidden_states,
+                    cross_attention_kwargs=cross_attention_kwargs,
+                    return_dict=False,
+                )[0]
         if block.upsamplers is not None:
             for up in block.upsamplers:
                 hidden_states = up(hidden_states, upsample_size)
@@ -177,8 +192,25 @@ def _conv_forward(conv, name, d_i, family, base_of, height, v, n_branches):
 
 
 @torch.no_grad()
-def reference_latents(pipe, prompt, negative_prompt, height, width, steps, guidance, latents, *, d, base, start, stop,
-                      amp=False, freeu=None, embeds=None, callback=None):  # fmt: skip
+def reference_latents(
+    pipe,
+    prompt,
+    negative_prompt,
+    height,
+    width,
+    steps,
+    guidance,
+    latents,
+    *,
+    d,
+    base,
+    start,
+    stop,
+    amp=False,
+    freeu=None,
+    embeds=None,
+    callback=None,
+):
     """Final latents of the algorithm for an SD (SD 1.5 block layout) or SDXL pipeline.
 
     ``base``: SD -> callable name -> (hb, wb) native feature size; SDXL -> the bucket (bh, bw) in pixels.
@@ -193,11 +225,17 @@ def reference_latents(pipe, prompt, negative_prompt, height, width, steps, guida
     device = latents.device
     if family == "sdxl":
         if embeds is None:
-            embeds = pipe.encode_prompt(prompt, negative_prompt=negative_prompt, device="cpu", num_images_per_prompt=1,
-                                        do_classifier_free_guidance=True)  # fmt: skip
+            embeds = pipe.encode_prompt(
+                prompt,
+                negative_prompt=negative_prompt,
+                device="cpu",
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=True,
+            )
         pos, neg, pooled, neg_pooled = embeds
-        time_ids = pipe._get_add_time_ids(tuple(base), (0, 0), tuple(base), dtype=pos.dtype,
-                                          text_encoder_projection_dim=pooled.shape[-1]).to(device)  # fmt: skip
+        time_ids = pipe._get_add_time_ids(
+            tuple(base), (0, 0), tuple(base), dtype=pos.dtype, text_encoder_projection_dim=pooled.shape[-1]
+        ).to(device)
         embeds = torch.cat([neg, pos, pos])
         added = {"text_embeds": torch.cat([neg_pooled, pooled, pooled]), "time_ids": time_ids.repeat(3, 1)}
         bucket = base

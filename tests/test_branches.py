@@ -12,8 +12,15 @@ from fouriscale.profiles import detect_profile
 def run(pipe, height=64, width=96, steps=4, **kwargs):
     kwargs.setdefault("guidance_scale", 7.5)
     kwargs.setdefault("latents", latents_for(pipe, height, width))
-    return pipe("a red cat", negative_prompt="blurry", height=height, width=width, num_inference_steps=steps,
-                output_type="latent", **kwargs).images  # fmt: skip
+    return pipe(
+        "a red cat",
+        negative_prompt="blurry",
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        output_type="latent",
+        **kwargs,
+    ).images
 
 
 def _close(a, b):
@@ -54,7 +61,10 @@ def test_fork_and_join_follow_the_plan(sd_pipe, sdxl_pipe):
     assert _stages(sdxl_pipe, low_pass=False) == ("down_blocks.2", "up_blocks.1")
     assert _stages(sd_pipe, attention_guidance=False) == (None, None)
     text = str(fouriscale.get_plan(sd_pipe, 64, 96, 10))
-    assert "3 branches (uncond, structure, detail) for down_blocks.2..up_blocks.3; stock batch before down_blocks.2" in text
+    assert (
+        "3 branches (uncond, structure, detail) for down_blocks.2..up_blocks.3; stock batch before down_blocks.2"
+        in text
+    )
 
 
 def _rows_seen(pipe, names):
@@ -83,8 +93,14 @@ def test_the_batch_forks_and_joins_where_planned(request, clean, family, join_in
         for h in handles:
             h.remove()
     # Step 0 (active): 2 images x [uncond, cond] = 4 rows up to the fork, 6 inside, 4 after; step 1: stock.
-    assert seen == {"conv_in": [4, 4], "down_blocks.1": [4, 4], "down_blocks.2.resnets.0": [6, 4], "mid_block.resnets.0": [6, 4],
-                    join_inside: [6, 4], "conv_out": [4, 4]}  # fmt: skip
+    assert seen == {
+        "conv_in": [4, 4],
+        "down_blocks.1": [4, 4],
+        "down_blocks.2.resnets.0": [6, 4],
+        "mid_block.resnets.0": [6, 4],
+        join_inside: [6, 4],
+        "conv_out": [4, 4],
+    }
 
 
 def test_sd_without_low_pass_never_runs_a_third_branch(sd_pipe, clean):

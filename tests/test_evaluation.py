@@ -378,11 +378,25 @@ def tiny_clip(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("clip")
     tokenizer = tiny_tokenizer(str(root / "tok"))
-    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
-            "pad_token_id": 1}  # fmt: skip
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
-              "image_size": 32, "patch_size": 8}  # fmt: skip
+    text = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "max_position_embeddings": 77,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 1,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "image_size": 32,
+        "patch_size": 8,
+    }
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -525,8 +539,14 @@ def test_report_holds_the_protocol(sets):
     assert "torch-fidelity" in versions
     assert any("kid subset size 20" in n for n in report["notes"])
     assert any("not comparable with Inception IS" in n for n in report["notes"])
-    listed = run([str(p) for p in sorted(sets["real"].iterdir())], sets["blur1"], crops=2, crop_size=48, seed=5,
-                 kid_subset_size=20)  # fmt: skip
+    listed = run(
+        [str(p) for p in sorted(sets["real"].iterdir())],
+        sets["blur1"],
+        crops=2,
+        crop_size=48,
+        seed=5,
+        kid_subset_size=20,
+    )
     assert listed[1]["real"] == f"list of {N_IMAGES} files" and listed[0] == metrics
 
 
@@ -582,17 +602,39 @@ def test_feature_extractor_hook_is_importable():
     assert importlib.import_module("test_evaluation").tiny_feature_net is tiny_feature_net
     assert isinstance(load_feature_extractor("test_evaluation:tiny_feature_net"), TinyFeatureNet)
     assert isinstance(load_feature_extractor("test_evaluation:Recorder"), Recorder)
-    for spec, message in (("nocolon", "MODULE:ATTR"), ("no_such_module_x:f", "cannot import"),
-                          ("test_evaluation:missing", "has no"), ("test_evaluation:N_IMAGES", "not a torch.nn.Module")):  # fmt: skip
+    for spec, message in (
+        ("nocolon", "MODULE:ATTR"),
+        ("no_such_module_x:f", "cannot import"),
+        ("test_evaluation:missing", "has no"),
+        ("test_evaluation:N_IMAGES", "not a torch.nn.Module"),
+    ):
         with pytest.raises(UserError, match=message):
             load_feature_extractor(spec)
 
 
 def test_cli_end_to_end(sets, tmp_path, capsys):
     out = tmp_path / "scores.json"
-    args = parse("--real", sets["real"], "--fake", sets["blur2"], "--crops", 2, "--crop-size", 48, "--seed", 3,
-                 "--json", out, "--feature-extractor", "test_evaluation:tiny_feature_net", "--device", "cpu",
-                 "--no-progress", "--batch-size", 7)  # fmt: skip
+    args = parse(
+        "--real",
+        sets["real"],
+        "--fake",
+        sets["blur2"],
+        "--crops",
+        2,
+        "--crop-size",
+        48,
+        "--seed",
+        3,
+        "--json",
+        out,
+        "--feature-extractor",
+        "test_evaluation:tiny_feature_net",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--batch-size",
+        7,
+    )
     assert args.clip_model == "openai/clip-vit-large-patch14" and args.kid_subset_size is None
     assert cmd_eval(args) == 0
     printed = capsys.readouterr().out
@@ -600,8 +642,11 @@ def test_cli_end_to_end(sets, tmp_path, capsys):
     expected = evaluate(
         sets["real"], sets["blur2"], crops=2, crop_size=48, seed=3, feature_extractor=TinyFeatureNet(), batch_size=7
     )
-    assert list(data["metrics"]) == list(expected) == ["fid", "kid_mean", "kid_std", "fid_c", "kid_c_mean", "kid_c_std",
-                                                       "is_mean", "is_std"]  # fmt: skip
+    assert (
+        list(data["metrics"])
+        == list(expected)
+        == ["fid", "kid_mean", "kid_std", "fid_c", "kid_c_mean", "kid_c_std", "is_mean", "is_std"]
+    )
     for name, value in expected.items():
         assert data["metrics"][name] == pytest.approx(value, rel=1e-6), name
         assert name in printed
@@ -761,5 +806,14 @@ def test_png_text_after_verify_is_readable(tmp_path):
 
 
 def test_metric_names_are_the_documented_ones():
-    assert METRIC_NAMES == ("fid", "kid_mean", "kid_std", "fid_c", "kid_c_mean", "kid_c_std", "is_mean", "is_std",
-                            "clip_score")  # fmt: skip
+    assert METRIC_NAMES == (
+        "fid",
+        "kid_mean",
+        "kid_std",
+        "fid_c",
+        "kid_c_mean",
+        "kid_c_std",
+        "is_mean",
+        "is_std",
+        "clip_score",
+    )

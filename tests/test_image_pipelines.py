@@ -34,7 +34,9 @@ def seeded(module, seed):
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")):
+            if name.startswith(
+                ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+            ):
                 p.normal_(0, 0.3)
     return module.eval()
 
@@ -148,7 +150,9 @@ def test_inpaint(request, clean, family, channels, height, width):
     pipe = cls(**parts)
     pipe.set_progress_bar_config(disable=True)
     clean(pipe)
-    kwargs = dict(height=height, width=width, image=picture(height, width), mask_image=picture(height, width, mask=True))
+    kwargs = dict(
+        height=height, width=width, image=picture(height, width), mask_image=picture(height, width, mask=True)
+    )
     check_fouriscale_and_removal(pipe, strength=1.0, **kwargs)
 
 
@@ -156,8 +160,11 @@ def _controlnet_pipe(base, controlnet, kind="text2img"):
     import diffusers
 
     xl = "XL" if base.unet.config.addition_embed_type == "text_time" else ""
-    name = {"text2img": f"StableDiffusion{xl}ControlNetPipeline", "img2img": f"StableDiffusion{xl}ControlNetImg2ImgPipeline",
-            "inpaint": f"StableDiffusion{xl}ControlNetInpaintPipeline"}[kind]  # fmt: skip
+    name = {
+        "text2img": f"StableDiffusion{xl}ControlNetPipeline",
+        "img2img": f"StableDiffusion{xl}ControlNetImg2ImgPipeline",
+        "inpaint": f"StableDiffusion{xl}ControlNetInpaintPipeline",
+    }[kind]
     parts = {k: v for k, v in components(base).items() if k != "image_encoder" or xl}
     pipe = getattr(diffusers, name)(**parts, controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)
@@ -198,8 +205,14 @@ def test_multi_controlnet_guess_mode_and_guidance_window(request, clean, control
     pipe = _controlnet_pipe(base, MultiControlNetModel(controlnets[family]))
     clean(pipe)
     images = [picture(64, 96, seed=5), picture(64, 96, seed=6)]
-    args = dict(height=64, width=96, latents=latents_for(base, 64, 96), output_type="latent", image=images,
-                controlnet_conditioning_scale=[1.0, 0.5])  # fmt: skip
+    args = dict(
+        height=64,
+        width=96,
+        latents=latents_for(base, 64, 96),
+        output_type="latent",
+        image=images,
+        controlnet_conditioning_scale=[1.0, 0.5],
+    )
     for extra in ({}, {"guess_mode": True}, {"control_guidance_start": [0.0, 0.3], "control_guidance_end": [0.6, 1.0]}):
         shared, scale = sharing_is_exact(pipe, **args, **extra)
         fouriscale.remove_fouriscale(pipe)
@@ -222,14 +235,20 @@ def test_t2i_adapter(sd_pipe, clean):
     from diffusers import StableDiffusionAdapterPipeline, T2IAdapter
 
     torch.manual_seed(4)
-    adapter = T2IAdapter(in_channels=3, channels=list(sd_pipe.unet.config.block_out_channels), num_res_blocks=1,
-                         downscale_factor=sd_pipe.vae_scale_factor, adapter_type="full_adapter").eval()  # fmt: skip
+    adapter = T2IAdapter(
+        in_channels=3,
+        channels=list(sd_pipe.unet.config.block_out_channels),
+        num_res_blocks=1,
+        downscale_factor=sd_pipe.vae_scale_factor,
+        adapter_type="full_adapter",
+    ).eval()
     parts = {k: v for k, v in components(sd_pipe).items() if k not in ("image_encoder",)}
     pipe = StableDiffusionAdapterPipeline(**parts, adapter=adapter)
     pipe.set_progress_bar_config(disable=True)
     clean(pipe)
-    args = dict(height=64, width=96, latents=latents_for(sd_pipe, 64, 96), output_type="latent",
-                image=picture(64, 96, seed=7))  # fmt: skip
+    args = dict(
+        height=64, width=96, latents=latents_for(sd_pipe, 64, 96), output_type="latent", image=picture(64, 96, seed=7)
+    )
     shared, scale = sharing_is_exact(pipe, **args)
     no_adapter = call(pipe, **dict(args, adapter_conditioning_scale=0.0))
     assert (shared - no_adapter).abs().max() / scale > 1e-3  # the adapter's residuals act inside the branches
@@ -241,8 +260,15 @@ def _ip_adapter_state(unet, clip_dim=16, seed=5):
     """A random IP-Adapter (image projection + to_k_ip/to_v_ip of every cross-attention) for ``unet``."""
     torch.manual_seed(seed)
     cross = unet.config.cross_attention_dim
-    state = {"image_proj": {"proj.weight": torch.randn(4 * cross, clip_dim), "proj.bias": torch.zeros(4 * cross),
-                            "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}, "ip_adapter": {}}  # fmt: skip
+    state = {
+        "image_proj": {
+            "proj.weight": torch.randn(4 * cross, clip_dim),
+            "proj.bias": torch.zeros(4 * cross),
+            "norm.weight": torch.ones(cross),
+            "norm.bias": torch.zeros(cross),
+        },
+        "ip_adapter": {},
+    }
     key = 1
     for name, module in unet.named_modules():
         if name.endswith("attn2"):
@@ -260,8 +286,9 @@ def test_ip_adapter_embeddings_reach_every_branch(tiny_dirs):
     pipe.set_progress_bar_config(disable=True)
     pipe.unet._load_ip_adapter_weights([_ip_adapter_state(pipe.unet)])
     embeds = [torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(8))]  # [negative, positive]
-    args = dict(height=64, width=96, latents=latents_for(pipe, 64, 96), output_type="latent",
-                ip_adapter_image_embeds=embeds)  # fmt: skip
+    args = dict(
+        height=64, width=96, latents=latents_for(pipe, 64, 96), output_type="latent", ip_adapter_image_embeds=embeds
+    )
     shared, scale = sharing_is_exact(pipe, **args)
     other = [torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(9))]  # (a scaled one: the same after norm)
     assert (shared - call(pipe, **dict(args, ip_adapter_image_embeds=other))).abs().max() / scale > 1e-3
@@ -297,8 +324,14 @@ def test_official_controlnet_recipe_is_plain_controlnet_at_the_base_bucket(sdxl_
     recipe = fouriscale.official_controlnet_kwargs(pipe, 64, 96)
     # The 832x1152 bucket scaled to the tiny model's 32 px native size: (26, 36).
     assert recipe == {"controlnet_conditioning_scale": 0.5, "original_size": (26, 36), "target_size": (26, 36)}
-    args = dict(height=64, width=96, latents=latents_for(sdxl_pipe, 64, 96), output_type="latent",
-                image=picture(64, 96, seed=5), **recipe)  # fmt: skip
+    args = dict(
+        height=64,
+        width=96,
+        latents=latents_for(sdxl_pipe, 64, 96),
+        output_type="latent",
+        image=picture(64, 96, seed=5),
+        **recipe,
+    )
     fouriscale.apply_fouriscale(pipe, fouriscale.OFFICIAL_CONTROLNET)
     plan = fouriscale.get_plan(pipe, 64, 96, 3)
     assert not any(s.active for s in plan.steps) and plan.fork is None and plan.freeu_params is None

@@ -149,17 +149,21 @@ def test_prompt_embeds_and_callbacks(sd_pipe, clean):
         assert tensors["latents"].shape[0] == 1
         return tensors
 
-    via_embeds = run(sd_pipe, prompt=None, negative_prompt=None, prompt_embeds=embeds, negative_prompt_embeds=negative,
-                     callback_on_step_end=on_step)  # fmt: skip
+    via_embeds = run(
+        sd_pipe,
+        prompt=None,
+        negative_prompt=None,
+        prompt_embeds=embeds,
+        negative_prompt_embeds=negative,
+        callback_on_step_end=on_step,
+    )
     assert steps == list(range(6))
     torch.testing.assert_close(via_embeds, direct, rtol=0, atol=1e-5)
     rescaled = run(sd_pipe, guidance_rescale=0.7)
     assert torch.isfinite(rescaled).all() and not torch.equal(rescaled, direct)
 
 
-@pytest.mark.parametrize(
-    "scheduler_cls", [EulerDiscreteScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler]
-)
+@pytest.mark.parametrize("scheduler_cls", [EulerDiscreteScheduler, DPMSolverMultistepScheduler, HeunDiscreteScheduler])
 def test_any_scheduler_and_steps_counted_not_calls(sd_pipe, clean, scheduler_cls):
     clean(sd_pipe)
     original = sd_pipe.scheduler
@@ -214,7 +218,10 @@ def test_plan_is_printable_and_follows_the_size(sd_pipe):
     assert "down_blocks.2.downsamplers.0.conv" in text and "dilation d         3" in text
     assert fouriscale.get_plan(sd_pipe, 32, 32, 50).noop
     assert fouriscale.get_plan(sd_pipe, 128, 128, 50).dilation == 4
-    assert (fouriscale.get_plan(sd_pipe, 128, 128, 50).start, fouriscale.get_plan(sd_pipe, 128, 128, 50).stop) == (20, 35)
+    assert (fouriscale.get_plan(sd_pipe, 128, 128, 50).start, fouriscale.get_plan(sd_pipe, 128, 128, 50).stop) == (
+        20,
+        35,
+    )
 
 
 def test_plan_of_a_patched_pipeline_is_the_same(sd_pipe, clean):

@@ -22,8 +22,16 @@ from fouriscale.testing import tiny_unet_config
 
 
 def args_for(pipe, steps=3, height=64, width=64, **extra):
-    return dict(prompt="a cat", negative_prompt="blurry", height=height, width=width, num_inference_steps=steps,
-                latents=latents_for(pipe, height, width), output_type="latent", **extra)  # fmt: skip
+    return dict(
+        prompt="a cat",
+        negative_prompt="blurry",
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        latents=latents_for(pipe, height, width),
+        output_type="latent",
+        **extra,
+    )
 
 
 def _profile(family):
@@ -178,7 +186,9 @@ def test_qk_sharing_matches_the_formula_on_one_attention_layer():
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(out[4:], out[2:4])  # its own values
     # A stage outside fork..join is not shared.
-    runtime.call = CallState(plan=plan, step=plan.steps[0], rows=2, stock=(UNCOND, DETAIL), forked=(UNCOND, STRUCTURE, DETAIL))
+    runtime.call = CallState(
+        plan=plan, step=plan.steps[0], rows=2, stock=(UNCOND, DETAIL), forked=(UNCOND, STRUCTURE, DETAIL)
+    )
     hook = get_hook(attn.to_q, QK_HOOK)
     hook.stage = 0
     get_hook(attn.to_k, QK_HOOK).stage = 0
@@ -267,8 +277,10 @@ def test_lora_on_convs_is_dilated_with_its_base(sd_pipe, clean):
 
     clean(sd_pipe)
     args = args_for(sd_pipe, steps=3)
-    sd_pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
-                                        target_modules=["conv1", "conv2", "to_q", "to_v"]), adapter_name="t")  # fmt: skip
+    sd_pipe.unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["conv1", "conv2", "to_q", "to_v"]),
+        adapter_name="t",
+    )
     try:
         with_lora = sd_pipe(**args).images
         fouriscale.apply_fouriscale(sd_pipe)

@@ -31,8 +31,14 @@ def test_real_sd15_layers_are_the_papers(real_unets):
     assert profile.layer("down_blocks.2.downsamplers.0.conv").stride == (2, 2)
     # The level of each layer gives the official base sizes (SD 1.5: 16 for down_blocks.2, 32 for up_blocks.2).
     levels = {s.name.rsplit(".resnets", 1)[0]: s.level for s in profile.layers if s.kind == "conv"}
-    assert levels == {"down_blocks.2": 2, "down_blocks.3": 3, "mid_block": 3, "up_blocks.0": 3, "up_blocks.1": 2,
-                      "up_blocks.2": 1}  # fmt: skip
+    assert levels == {
+        "down_blocks.2": 2,
+        "down_blocks.3": 3,
+        "mid_block": 3,
+        "up_blocks.0": 3,
+        "up_blocks.1": 2,
+        "up_blocks.2": 1,
+    }
 
 
 def test_real_sd21_uses_the_same_layers_and_its_own_values(real_unets):
@@ -55,12 +61,20 @@ def test_stages_attentions_and_skip_tensors_follow_the_forward(family, real_unet
     profile = detect_profile(real_unets[family], 8)
     unet = real_unets[family]
     n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
-    assert profile.stages == ("conv_in", *[f"down_blocks.{i}" for i in range(n_down)], "mid_block",
-                              *[f"up_blocks.{i}" for i in range(n_up)], "conv_out")  # fmt: skip
+    assert profile.stages == (
+        "conv_in",
+        *[f"down_blocks.{i}" for i in range(n_down)],
+        "mid_block",
+        *[f"up_blocks.{i}" for i in range(n_up)],
+        "conv_out",
+    )
     # Every patched layer knows its stage: the first patched conv of both families is in down_blocks.2.
     assert profile.stages[profile.layers[0].stage] == "down_blocks.2"
-    assert all(profile.stages[s.stage] == s.name.rsplit(".resnets", 1)[0].rsplit(".downsamplers", 1)[0]
-               .rsplit(".upsamplers", 1)[0] for s in profile.layers)  # fmt: skip
+    assert all(
+        profile.stages[s.stage]
+        == s.name.rsplit(".resnets", 1)[0].rsplit(".downsamplers", 1)[0].rsplit(".upsamplers", 1)[0]
+        for s in profile.layers
+    )
     # Self-attentions in forward order; the last one is in the last up block with attention.
     names = [a.name for a in profile.attentions]
     real = [n for n, m in unet.named_modules() if n.endswith("attn1")]
@@ -114,8 +128,10 @@ def test_paper_freeu_on_sdxl(real_unets):
         [f"up_blocks.0.resnets.{r}" for r in (0, 1, 2)] + ["up_blocks.1.resnets.0"]
     )
     assert sorted(n for n, st in stages.items() if st == 2) == [
-        "up_blocks.1.resnets.1", "up_blocks.1.resnets.2", "up_blocks.2.resnets.0"
-    ]  # fmt: skip
+        "up_blocks.1.resnets.1",
+        "up_blocks.1.resnets.2",
+        "up_blocks.2.resnets.0",
+    ]
 
 
 def test_user_layers_by_name_and_pattern(real_unets):
@@ -133,8 +149,13 @@ def test_user_layers_by_name_and_pattern(real_unets):
 
 def test_unknown_layouts_are_rejected():
     with torch.device("meta"):
-        plain = UNet2DModel(sample_size=16, block_out_channels=(32, 32, 64), layers_per_block=1,
-                            down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3)  # fmt: skip
+        plain = UNet2DModel(
+            sample_size=16,
+            block_out_channels=(32, 32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D",) * 3,
+            up_block_types=("UpBlock2D",) * 3,
+        )
     with pytest.raises(ValueError, match="unknown UNet layout"):
         detect_profile(plain, 8)
     with pytest.raises(TypeError, match="UNet2DConditionModel"):

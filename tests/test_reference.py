@@ -28,8 +28,16 @@ SDXL_CASES = [(64, 64, 2, (32.0, 32.0)), (64, 96, 3, (26.0, 36.0))]
 def _ours(pipe, height, width, latents, **config):
     fouriscale.apply_fouriscale(pipe, **config)
     try:
-        return pipe("a red cat", negative_prompt="blurry", height=height, width=width, num_inference_steps=STEPS,
-                    guidance_scale=7.5, latents=latents, output_type="latent").images  # fmt: skip
+        return pipe(
+            "a red cat",
+            negative_prompt="blurry",
+            height=height,
+            width=width,
+            num_inference_steps=STEPS,
+            guidance_scale=7.5,
+            latents=latents,
+            output_type="latent",
+        ).images
     finally:
         fouriscale.remove_fouriscale(pipe)
 
@@ -41,8 +49,22 @@ def test_sd_matches_reference(sd_pipe, height, width, d, amp):
     start, stop = 1, 4  # the paper's 10/30 of 50 (d <= 3) scaled to 6 steps
     freeu = (1.2, 1.4, 0.9, 0.2)
     ours = _ours(sd_pipe, height, width, latents, amp_guidance=amp)
-    ref = reference_latents(sd_pipe, "a red cat", "blurry", height, width, STEPS, 7.5, latents, d=d, base=_sd_base,
-                            start=start, stop=stop, amp=amp, freeu=freeu)  # fmt: skip
+    ref = reference_latents(
+        sd_pipe,
+        "a red cat",
+        "blurry",
+        height,
+        width,
+        STEPS,
+        7.5,
+        latents,
+        d=d,
+        base=_sd_base,
+        start=start,
+        stop=stop,
+        amp=amp,
+        freeu=freeu,
+    )
     scale = ref.abs().max()
     torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)
     # The comparison is sharp: moving the window by one step is far outside the tolerance.
@@ -56,8 +78,22 @@ def test_sdxl_matches_reference(sdxl_pipe, height, width, d, bucket, amp):
     latents = latents_for(sdxl_pipe, height, width)
     start, stop = 2, 4  # the paper's 20/35 of 50 scaled to 6 steps
     ours = _ours(sdxl_pipe, height, width, latents, amp_guidance=amp)
-    ref = reference_latents(sdxl_pipe, "a red cat", "blurry", height, width, STEPS, 7.5, latents, d=d, base=bucket,
-                            start=start, stop=stop, amp=amp, freeu=(1.1, 1.2, 0.6, 0.4))  # fmt: skip
+    ref = reference_latents(
+        sdxl_pipe,
+        "a red cat",
+        "blurry",
+        height,
+        width,
+        STEPS,
+        7.5,
+        latents,
+        d=d,
+        base=bucket,
+        start=start,
+        stop=stop,
+        amp=amp,
+        freeu=(1.1, 1.2, 0.6, 0.4),
+    )
     scale = ref.abs().max()
     torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)
     other_floor = _ours(sdxl_pipe, height, width, latents, amp_guidance=amp, mask_floor=0.5)

@@ -8,17 +8,17 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
 from fouriscale.profiles import FAMILIES
-from fouriscale.steps import locate_step
 from fouriscale.schedule import (
     SDXL_BUCKETS,
     choose_bucket,
     conv_dilation,
-    scaled_window,
     detail_conv_dilation,
     mask_scale,
+    scaled_window,
     sd_dilation,
     step_dilation,
 )
+from fouriscale.steps import locate_step
 
 
 def test_sd_dilation_from_latent_sizes():

@@ -19,8 +19,15 @@ def pipe(tiny_dirs):
 
 
 def render(pipe, steps=3, output_type="latent"):
-    return pipe("a cat", negative_prompt="blurry", height=64, width=96, num_inference_steps=steps,
-                latents=latents_for(pipe, 64, 96), output_type=output_type).images  # fmt: skip
+    return pipe(
+        "a cat",
+        negative_prompt="blurry",
+        height=64,
+        width=96,
+        num_inference_steps=steps,
+        latents=latents_for(pipe, 64, 96),
+        output_type=output_type,
+    ).images
 
 
 def _close(a, b):

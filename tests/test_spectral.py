@@ -56,7 +56,12 @@ def test_weak_mask_is_all_ones_when_radius_is_zero():
 
 
 def test_masks_match_elementwise_reference():
-    for P_h, P_w, s_h, s_w, v in [(16, 24, 2.0, 2.0, 0.0), (9, 14, 3.0, 1.5, 0.6), (32, 32, 2.6, 2.6, 0.0), (1, 3, 2, 2, 0)]:
+    for P_h, P_w, s_h, s_w, v in [
+        (16, 24, 2.0, 2.0, 0.0),
+        (9, 14, 3.0, 1.5, 0.6),
+        (32, 32, 2.6, 2.6, 0.0),
+        (1, 3, 2, 2, 0),
+    ]:
         for weak in (False, True):
             ours = lowpass_mask((P_h, P_w), (s_h, s_w), v, weak)
             torch.testing.assert_close(ours, ref_mask(P_h, P_w, s_h, s_w, v, weak), rtol=0, atol=1e-6)
@@ -80,7 +85,9 @@ def test_real_fft_equals_complex_fft_real_part():
         torch.testing.assert_close(filter_real(x, real_filter_mask(mask)), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape, base", [((12, 8), (4.0, 4.0)), ((8, 12), (3.25, 4.5)), ((13, 11), (5.0, 3.0)), ((16, 16), (16.0, 16.0))])
+@pytest.mark.parametrize(
+    "shape, base", [((12, 8), (4.0, 4.0)), ((8, 12), (3.25, 4.5)), ((13, 11), (5.0, 3.0)), ((16, 16), (16.0, 16.0))]
+)
 def test_pad_then_crop_matches_reference_and_keeps_shape(shape, base):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 4, *shape, generator=g)
@@ -118,7 +125,9 @@ def test_filter_runs_in_float32_and_casts_back():
     x = torch.randn(2, 2, 8, 8).to(torch.bfloat16)
     y = lowpass_filter(x, (8, 8), (2.0, 2.0), 0.0, (False, True))
     assert y.dtype == torch.bfloat16
-    torch.testing.assert_close(y.float(), lowpass_filter(x.float(), (8, 8), (2.0, 2.0), 0.0, (False, True)), atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(
+        y.float(), lowpass_filter(x.float(), (8, 8), (2.0, 2.0), 0.0, (False, True)), atol=2e-2, rtol=2e-2
+    )
 
 
 def test_freeu_filter_matches_diffusers_and_reference():

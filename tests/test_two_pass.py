@@ -28,21 +28,35 @@ def test_two_pass_equals_its_steps_done_by_hand(request, clean, family):
     args = dict(num_inference_steps=4, negative_prompt="blurry", guidance_scale=7.5)
     result = fouriscale.two_pass(pipe, "a red cat", 64, 96, strength=0.5, seed=3, **args)
     assert result.image.size == (96, 64) and result.first.size == tuple(reversed(first_pass_size(pipe, 64, 96)))
-    assert result.settings["two_pass"] == {"first_pass": {"height": result.first.height, "width": result.first.width,
-                                           "fouriscale": False}, "upscale": "pixel", "strength": 0.5, "seed": 3,
-                                           "start_step": 2}  # fmt: skip
+    assert result.settings["two_pass"] == {
+        "first_pass": {"height": result.first.height, "width": result.first.width, "fouriscale": False},
+        "upscale": "pixel",
+        "strength": 0.5,
+        "seed": 3,
+        "start_step": 2,
+    }
     # By hand: the stock pipeline at the native size, Lanczos, FouriScale img2img with the same seed.
     fh, fw = first_pass_size(pipe, 64, 96)
     with fouriscale.disabled(pipe):
         first = pipe("a red cat", height=fh, width=fw, generator=torch.Generator().manual_seed(3), **args).images[0]
     assert np.array_equal(np.asarray(first), np.asarray(result.first))
     img2img = AutoPipelineForImage2Image.from_pipe(pipe)
-    second = img2img("a red cat", image=first.resize((96, 64), Image.LANCZOS), strength=0.5,
-                     generator=torch.Generator().manual_seed(3), **args).images[0]  # fmt: skip
+    second = img2img(
+        "a red cat",
+        image=first.resize((96, 64), Image.LANCZOS),
+        strength=0.5,
+        generator=torch.Generator().manual_seed(3),
+        **args,
+    ).images[0]
     assert np.array_equal(np.asarray(second), np.asarray(result.image))
     with fouriscale.disabled(pipe):  # and FouriScale made a difference in the second pass
-        stock = img2img("a red cat", image=first.resize((96, 64), Image.LANCZOS), strength=0.5,
-                        generator=torch.Generator().manual_seed(3), **args).images[0]  # fmt: skip
+        stock = img2img(
+            "a red cat",
+            image=first.resize((96, 64), Image.LANCZOS),
+            strength=0.5,
+            generator=torch.Generator().manual_seed(3),
+            **args,
+        ).images[0]
     assert not np.array_equal(np.asarray(stock), np.asarray(result.image))
 
 
@@ -66,8 +80,9 @@ def test_latent_upscale_and_controlnet(sd_pipe, clean):
     cn.set_progress_bar_config(disable=True)
     control = Image.new("RGB", (64, 64), (200, 30, 30))
     with_cn = fouriscale.two_pass(cn, "a cat", 64, 64, control_image=control, num_inference_steps=3, seed=1)
-    weak = fouriscale.two_pass(cn, "a cat", 64, 64, control_image=control, num_inference_steps=3, seed=1,
-                               controlnet_conditioning_scale=0.0)  # fmt: skip
+    weak = fouriscale.two_pass(
+        cn, "a cat", 64, 64, control_image=control, num_inference_steps=3, seed=1, controlnet_conditioning_scale=0.0
+    )
     assert with_cn.image.size == (64, 64)
     assert not np.array_equal(np.asarray(with_cn.image), np.asarray(weak.image))
 

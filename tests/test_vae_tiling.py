@@ -11,9 +11,14 @@ from fouriscale.vae_tiling import SyncTiledDecode, sync_tiled_decode, tile_grid
 @pytest.fixture(scope="module")
 def vae():
     torch.manual_seed(0)
-    return AutoencoderKL(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
-                         up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8,
-                         layers_per_block=1).eval()  # fmt: skip
+    return AutoencoderKL(
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+    ).eval()
 
 
 def _latent(seed=0):
@@ -51,9 +56,15 @@ def test_tiled_decode_agrees_with_untiled(vae):
 @torch.no_grad()
 def test_without_attention_tiles_are_exact_up_to_borders():
     torch.manual_seed(1)
-    vae = AutoencoderKL(block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8,
-                        layers_per_block=1, mid_block_add_attention=False).eval()  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        mid_block_add_attention=False,
+    ).eval()
     z = vae.post_quant_conv(_latent(1))
     full = vae.decoder(z)
     ours = sync_tiled_decode(vae.decoder, z, tile=24, margin=8)
@@ -69,7 +80,9 @@ def test_installed_decode_tiles_only_large_images_and_is_removable(vae):
     tiler = SyncTiledDecode(vae, threshold=100 * 100, tile=24, margin=4)
     try:
         assert vae.decode(z[..., :16, :16]).sample.shape == (1, 3, 64, 64)  # below the threshold: stock path
-        torch.testing.assert_close(vae.decode(z[..., :16, :16]).sample, vae.__class__.decode(vae, z[..., :16, :16]).sample)
+        torch.testing.assert_close(
+            vae.decode(z[..., :16, :16]).sample, vae.__class__.decode(vae, z[..., :16, :16]).sample
+        )
         tiled = vae.decode(z).sample
         assert not torch.equal(tiled, plain) and tiled.shape == plain.shape
     finally:

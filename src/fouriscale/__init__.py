@@ -9,7 +9,6 @@ fouriscale.remove_fouriscale(pipe)                      # back to the stock pipe
 """
 
 from .config import OFFICIAL_CONTROLNET, PAPER_PRESETS, FouriScaleConfig, Preset
-from . import patch as _patch
 from .patch import (
     apply_fouriscale,
     disabled,
@@ -19,9 +18,9 @@ from .patch import (
     official_controlnet_kwargs,
     remove_fouriscale,
 )
-from .two_pass import TwoPassResult, two_pass
 from .plan import Plan
 from .profiles import FAMILIES, Family
+from .two_pass import TwoPassResult, two_pass
 
 __version__ = "0.1.0"
 
@@ -36,16 +35,25 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    *_patch.__all__,  # apply/remove_fouriscale, is_fouriscale_applied, get_plan, get_config, disabled, official_...
-    "FAMILIES",
-    "Family",
+    # apply and remove (fouriscale.patch)
+    "apply_fouriscale",
+    "remove_fouriscale",
+    "disabled",
+    "get_config",
+    "is_fouriscale_applied",
+    "get_plan",
+    "official_controlnet_kwargs",
+    # recipes and measurement
+    "two_pass",
+    "TwoPassResult",
+    "evaluate",
+    # settings
     "FouriScaleConfig",
     "Preset",
     "PAPER_PRESETS",
     "OFFICIAL_CONTROLNET",
-    "two_pass",
-    "TwoPassResult",
+    "FAMILIES",
+    "Family",
     "Plan",
-    "evaluate",
     "__version__",
 ]

@@ -60,7 +60,8 @@ class QKShareHook(ModelHook):
         roles = call.forked if pending is None else _without_structure(call.forked)
         if output.shape[0] != len(roles) * call.rows:
             raise RuntimeError(
-                f"FouriScale: a self-attention projection saw {output.shape[0]} rows, expected {len(roles) * call.rows}; "
+                f"FouriScale: a self-attention projection saw {output.shape[0]} rows, expected "
+                f"{len(roles) * call.rows}; "
                 "the attention processor in use splits the batch in a way FouriScale guidance cannot follow."
             )
         detail = call.rows_of(roles, DETAIL)

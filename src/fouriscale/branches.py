@@ -63,7 +63,7 @@ def _take(x: torch.Tensor, rows: int, source: tuple[str, ...], target: tuple[str
 
 
 def relayout_rows(obj, rows: int, source: tuple[str, ...], target: tuple[str, ...]):
-    """Every tensor in ``obj`` whose batch is laid out as ``source`` (``rows`` rows a branch) rearranged to ``target``."""
+    """Every tensor in ``obj`` batched as ``source`` (``rows`` rows a branch), laid out as ``target`` instead."""
     if source == target:
         return obj
     total = len(source) * rows
@@ -132,7 +132,7 @@ def _uses_cfg(pipe) -> bool:
 
 
 def _base_time_ids(time_ids: torch.Tensor, height: int, width: int, base: tuple[float, float]) -> torch.Tensor:
-    """SDXL micro-conditions: replace ``original_size``/``target_size`` left at ``(height, width)`` by the base bucket."""
+    """SDXL micro-conditions: ``original_size``/``target_size`` left at ``(height, width)`` become the base bucket."""
     if time_ids.dim() != 2 or time_ids.shape[-1] != 6:
         return time_ids
     ids = time_ids.clone()
@@ -193,7 +193,8 @@ class UNetHook(ModelHook):
         if pipe is None:
             patch.warn_once(
                 "pipeline",
-                "FouriScale: the UNet was called outside a diffusers pipeline (its scheduler and guidance are unknown); "
+                "FouriScale: the UNet was called outside a diffusers pipeline (its scheduler and guidance are "
+                "unknown); "
                 "running it unchanged.",
             )
             return None
@@ -213,7 +214,9 @@ class UNetHook(ModelHook):
         cfg = _uses_cfg(pipe)
         n_stock = 2 if cfg else 1
         if sample.shape[0] % n_stock:
-            raise RuntimeError(f"FouriScale: a UNet batch of {sample.shape[0]} cannot be split into {n_stock} CFG branches.")
+            raise RuntimeError(
+                f"FouriScale: a UNet batch of {sample.shape[0]} cannot be split into {n_stock} CFG branches."
+            )
         return inputs, plan, plan.step(step_index), cfg, sample.shape[0] // n_stock
 
     @torch.compiler.disable
@@ -267,7 +270,9 @@ class UNetHook(ModelHook):
             )
         mid = inputs.get("mid_block_additional_residual")
         if isinstance(mid, torch.Tensor) and "mid_block" in profile.stages:
-            inputs["mid_block_additional_residual"] = relayout(mid, call, call.roles_at(profile.stages.index("mid_block")))
+            inputs["mid_block_additional_residual"] = relayout(
+                mid, call, call.roles_at(profile.stages.index("mid_block"))
+            )
         intra = inputs.get("down_intrablock_additional_residuals")
         if isinstance(intra, (list, tuple)):
             stages = profile.intrablock_stages

@@ -6,8 +6,18 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["FouriScaleConfig", "Preset", "PAPER_PRESETS", "OFFICIAL_CONTROLNET",
-           "FREEU_MODES", "MAX_DILATION", "MAX_STEPS", "MAX_SIDE", "MAX_PIXELS", "FAR_BEYOND_NATIVE"]
+__all__ = [
+    "FouriScaleConfig",
+    "Preset",
+    "PAPER_PRESETS",
+    "OFFICIAL_CONTROLNET",
+    "FREEU_MODES",
+    "MAX_DILATION",
+    "MAX_STEPS",
+    "MAX_SIDE",
+    "MAX_PIXELS",
+    "FAR_BEYOND_NATIVE",
+]
 
 FREEU_MODES = ("paper", "diffusers", None)
 
@@ -128,8 +138,17 @@ class FouriScaleConfig:
         def fail(name: str, problem: str) -> None:
             raise ValueError(f"FouriScaleConfig.{name}: {problem}")
 
-        for name in ("progressive", "low_pass", "attention_guidance", "pad_then_crop", "amp_guidance",
-                     "base_size_conditioning", "share_branches", "dilated_convs", "size_limit"):  # fmt: skip
+        for name in (
+            "progressive",
+            "low_pass",
+            "attention_guidance",
+            "pad_then_crop",
+            "amp_guidance",
+            "base_size_conditioning",
+            "share_branches",
+            "dilated_convs",
+            "size_limit",
+        ):
             if not isinstance(getattr(self, name), bool):
                 fail(name, f"expected True or False, got {getattr(self, name)!r}")
         for name in ("start_step", "stop_step"):
@@ -151,8 +170,15 @@ class FouriScaleConfig:
             fail("dilation", f"expected an integer from 1 to {MAX_DILATION} or None, got {self.dilation!r}")
         if self.base_size is not None:
             size = self.base_size
-            if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(_is_int(s) and 0 < s <= MAX_SIDE for s in size):
-                fail("base_size", f"expected (height, width) in pixels as two integers from 1 to {MAX_SIDE}, got {size!r}")
+            if (
+                not isinstance(size, (tuple, list))
+                or len(size) != 2
+                or not all(_is_int(s) and 0 < s <= MAX_SIDE for s in size)
+            ):
+                fail(
+                    "base_size",
+                    f"expected (height, width) in pixels as two integers from 1 to {MAX_SIDE}, got {size!r}",
+                )
             object.__setattr__(self, "base_size", (int(size[0]), int(size[1])))
         if self.layers is not None:
             layers = (self.layers,) if isinstance(self.layers, str) else self.layers
@@ -229,8 +255,9 @@ def _paper_presets() -> dict[str, Preset]:
             d = choose_bucket(h, w)[1] if fam.bucketed else sd_dilation(h, w, native, native)
             start, stop = fam.window(d, 50)
             key = f"{name}-{w}x{h}"
-            presets[key] = Preset(key, name, h, w, fam.guidance_scale,
-                                  config=FouriScaleConfig(start_step=start, stop_step=stop))  # fmt: skip
+            presets[key] = Preset(
+                key, name, h, w, fam.guidance_scale, config=FouriScaleConfig(start_step=start, stop_step=stop)
+            )
     return presets
 
 

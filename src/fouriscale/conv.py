@@ -22,7 +22,7 @@ CONV_HOOK = "fouriscale.conv"
 
 
 def dilated_conv2d(conv: nn.Conv2d, x: torch.Tensor, k: int) -> torch.Tensor:
-    """``conv`` applied with dilation ``k`` and "same" padding ``k * (kernel - 1) // 2`` (same weights, bias, stride)."""
+    """``conv`` with dilation ``k`` and "same" padding ``k * (kernel - 1) // 2`` (its own weights, bias, stride)."""
     kh, kw = conv.kernel_size
     padding = (k * (kh - 1) // 2, k * (kw - 1) // 2)
     if conv.padding_mode != "zeros":
@@ -64,5 +64,7 @@ class ConvHook(ModelHook):
         k, k_detail = step.conv_dilation, step.detail_conv_dilation
         if k_detail != k and DETAIL in roles:
             detail = call.rows_of(roles, DETAIL)  # the detail branch is the last one
-            return torch.cat([dilated_conv2d(module, x[: detail.start], k), dilated_conv2d(module, x[detail], k_detail)])
+            return torch.cat(
+                [dilated_conv2d(module, x[: detail.start], k), dilated_conv2d(module, x[detail], k_detail)]
+            )
         return dilated_conv2d(module, x, k)

@@ -86,6 +86,7 @@ __all__ = [
     "METRIC_NAMES",
     "PROTOCOL",
     "MetricUnavailableError",
+    "check_inception_available",
     "crop_boxes",
     "default_kid_subset_size",
     "evaluate",
@@ -385,7 +386,9 @@ class _SharedFeatures(torch.nn.Module):
         self._last_input = self._last_output = None
 
 
-def _check_inception_package() -> None:
+def check_inception_available() -> None:
+    """Raise :class:`MetricUnavailableError` (one line saying what to do) when FID's standard Inception network
+    cannot be used here (torch-fidelity missing); front ends call it before rendering anything."""
     from torchmetrics.image import fid as tm_fid
 
     if not tm_fid._TORCH_FIDELITY_AVAILABLE:
@@ -677,7 +680,7 @@ def evaluate_with_report(
     features = is_features = None
     if need_features:
         if feature_extractor is None:
-            _check_inception_package()
+            check_inception_available()
             if want_fid or want_kid:
                 features = _inception("2048", device)
             if want_is:

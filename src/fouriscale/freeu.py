@@ -20,8 +20,14 @@ from .profiles import FreeUSite
 from .spectral import freeu_filter
 from .state import Runtime
 
-__all__ = ["freeu_stage", "PaperFreeUHook", "FREEU_HOOK", "FreeUSnapshot", "enable_diffusers_freeu",
-           "disable_diffusers_freeu"]
+__all__ = [
+    "freeu_stage",
+    "PaperFreeUHook",
+    "FREEU_HOOK",
+    "FreeUSnapshot",
+    "enable_diffusers_freeu",
+    "disable_diffusers_freeu",
+]
 
 FREEU_HOOK = "fouriscale.freeu"
 

@@ -20,7 +20,7 @@ ASPECT_TOLERANCE = 0.01
 
 
 def centre_crop_box(size: tuple[int, int], aspect: float) -> tuple[int, int, int, int]:
-    """The largest centred box ``(left, top, right, bottom)`` of width/height ratio ``aspect`` inside ``size = (w, h)``."""
+    """The largest centred box ``(left, top, right, bottom)`` of width/height ``aspect`` inside ``size = (w, h)``."""
     w, h = size
     if w / h > aspect:  # too wide: crop the sides
         cw, ch = max(1, round(h * aspect)), h

@@ -89,7 +89,7 @@ class Patch:
             self._plans[key] = plan
             if plan.far_beyond_native:
                 self.warn_once(
-                    ("far", height, width),
+                    "far_beyond_native",
                     f"FouriScale: {width}x{height} is {plan.dilation}x the model's reference size per side (more than "
                     "8x); expect broken structure, and a long run.",
                 )
@@ -97,14 +97,18 @@ class Patch:
                 self._told.add((height, width))
                 logger.info(
                     "FouriScale: %dx%d is within the model's reference size %s; FouriScale is a no-op at this size.",
-                    width, height, "x".join(str(int(v)) for v in reversed(plan.base_size)),
-                )  # fmt: skip
+                    width,
+                    height,
+                    "x".join(str(int(v)) for v in reversed(plan.base_size)),
+                )
         return plan
 
     def warn_once(self, key: str, message: str) -> None:
+        """Log ``message`` once per patch; the record carries ``fouriscale_warning=key`` for front ends to tell
+        warnings apart (``"far_beyond_native"``, ``"pipeline"``, ``"step"``)."""
         if key not in self._told:
             self._told.add(key)
-            logger.warning(message)
+            logger.warning(message, extra={"fouriscale_warning": key})
 
     # -- layers that LoRA loading or QKV fusing can replace -----------------------------------------------------
     def _targets(self) -> tuple[list, list]:
@@ -115,7 +119,9 @@ class Patch:
             if isinstance(module, nn.Conv2d):
                 convs.append((index, module))
             elif module is not None:  # a LoRA layer: its base conv and its down-projection
-                convs += [(index, m) for _, m in module.named_modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
+                convs += [
+                    (index, m) for _, m in module.named_modules() if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1
+                ]
         projections = []
         for spec, attn, share in zip(self.profile.attentions, self._attn, self._shares):
             for attr, fused in (("to_q", False), ("to_k", False), ("to_qkv", True)):
@@ -128,8 +134,10 @@ class Patch:
         """(Re-)hook the patched convs and Q/K projections if the modules at their paths changed."""
         convs, projections = self._targets()
         signature = [m for _, m in convs] + [m for _, m, _, _ in projections]
-        if self._signature is not None and len(signature) == len(self._signature) and all(
-            a is b for a, b in zip(signature, self._signature)
+        if (
+            self._signature is not None
+            and len(signature) == len(self._signature)
+            and all(a is b for a, b in zip(signature, self._signature))
         ):
             return
         self._remove(self._layer_hooks)
@@ -147,20 +155,25 @@ class Patch:
         self.sync()
         if self.fork is not None:
             for stage in range(self.fork, len(profile.stages)):
-                self._add_fixed(model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK)
+                self._add_fixed(
+                    model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK
+                )
             last = self._attn[-1]
             if config.share_branches and last.group_norm is None and last.spatial_norm is None:
                 # The processor feeds the layer's input straight to to_q/to_k, so the join can leave the
                 # structure branch out of the attention itself.
-                self._add_fixed(last, JoinAttentionHook(profile.attentions[-1].stage, self.runtime, self._shares[-1]),
-                                JOIN_HOOK)  # fmt: skip
+                self._add_fixed(
+                    last, JoinAttentionHook(profile.attentions[-1].stage, self.runtime, self._shares[-1]), JOIN_HOOK
+                )
         if config.freeu == "paper":
             if self.freeu_before.enabled:
                 model.disable_freeu()  # the paper's variant replaces a FreeU enabled through diffusers
             for site in profile.freeu_sites:
                 stage = freeu_stage(site.backbone_channels, profile.deepest_channels)
                 if stage is not None:
-                    self._add_fixed(model.get_submodule(site.name), PaperFreeUHook(site, stage, self.runtime), FREEU_HOOK)
+                    self._add_fixed(
+                        model.get_submodule(site.name), PaperFreeUHook(site, stage, self.runtime), FREEU_HOOK
+                    )
         elif config.freeu == "diffusers":
             enable_diffusers_freeu(model, config.freeu_params or profile.family.freeu)
         if config.freeu is not None:

@@ -17,8 +17,17 @@ from .profiles import LayerSpec, ModelProfile
 from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
 from .spectral import padded_size
 
-__all__ = ["Plan", "StepSetting", "LayerPlan", "make_plan", "UNCOND", "STRUCTURE", "DETAIL", "COND",
-           "SEQUENTIAL_UNCOND_MIN_LATENT"]
+__all__ = [
+    "Plan",
+    "StepSetting",
+    "LayerPlan",
+    "make_plan",
+    "UNCOND",
+    "STRUCTURE",
+    "DETAIL",
+    "COND",
+    "SEQUENTIAL_UNCOND_MIN_LATENT",
+]
 
 # `sequential_uncond=None` runs the unconditional branch as its own pass from this latent area on
 # (128 x 128 latents: 1024 px for SD, every SDXL size FouriScale acts on), where activations, not
@@ -136,25 +145,36 @@ class Plan:
             stages = p.stages
             shared = f"; stock batch before {stages[self.fork]}" if self.fork > 0 else ""
             tail = f", detail only after {stages[self.join]}" if self.join < len(stages) - 1 else ""
-            branches = f"3 branches (uncond, structure, detail) for {stages[self.fork]}..{stages[self.join]}{shared}{tail}"
+            branches = (
+                f"3 branches (uncond, structure, detail) for {stages[self.fork]}..{stages[self.join]}{shared}{tail}"
+            )
         lines += [
             f"  {label:<18} {_num(bw)}x{_num(bh)}",
             f"  dilation d         {self.dilation}"
-            + (" (more than 8x the reference size per side: expect broken structure)" if self.far_beyond_native else ""),
-            (f"  schedule           full dilation for steps < {self.start}, "
-             + (f"progressive for {self.start} <= i < {self.stop}, " if c.progressive else "")
-             + f"plain convs from step {self.stop}")
-            if c.dilated_convs else "  schedule           convs not dilated (dilated_convs=False)",
+            + (
+                " (more than 8x the reference size per side: expect broken structure)" if self.far_beyond_native else ""
+            ),
+            (
+                f"  schedule           full dilation for steps < {self.start}, "
+                + (f"progressive for {self.start} <= i < {self.stop}, " if c.progressive else "")
+                + f"plain convs from step {self.stop}"
+            )
+            if c.dilated_convs
+            else "  schedule           convs not dilated (dilated_convs=False)",
             f"  masks              floor v={self.mask_floor:g}; low-pass {'on' if c.low_pass else 'off'}; "
             f"pad-then-crop {'on' if c.pad_then_crop else 'off'}",
             f"  guidance           {branches}"
             + (f"; detail dilation ceil(max(d_i/{self.detail_divisor:g}, 1))" if self.detail_divisor != 1 else "")
             + (f"; amp x{c.amp_guidance_factor:g} before step {self.start}" if c.amp_guidance else ""),
             "  FreeU              "
-            + (f"{c.freeu} (b1={self.freeu_params[0]:g}, b2={self.freeu_params[1]:g}, "
-               f"s1={self.freeu_params[2]:g}, s2={self.freeu_params[3]:g})" if self.freeu_params else "off"),
+            + (
+                f"{c.freeu} (b1={self.freeu_params[0]:g}, b2={self.freeu_params[1]:g}, "
+                f"s1={self.freeu_params[2]:g}, s2={self.freeu_params[3]:g})"
+                if self.freeu_params
+                else "off"
+            ),
             f"  patched layers     {len(self.layers)}",
-        ]  # fmt: skip
+        ]
         width = max(len(lp.spec.name) for lp in self.layers)
         for lp in self.layers:
             size = f"{lp.input_size[1]}x{lp.input_size[0]}"
@@ -276,7 +296,8 @@ def make_plan(
         d = config.dilation
     if d > MAX_DILATION:
         raise ValueError(
-            f"{width}x{height} needs dilation {d}, more than FouriScale's {MAX_DILATION} (that many times the reference "
+            f"{width}x{height} needs dilation {d}, more than FouriScale's {MAX_DILATION} (that many times the "
+            "reference "
             f"size {int(base[1])}x{int(base[0])} per side); choose a smaller size"
         )
 
@@ -311,9 +332,10 @@ def make_plan(
                 padded = padded_size(size[0], size[1], base_hw[0], base_hw[1])
         scales = tuple(
             (mask_scale(s.dilation, spec.stride[0]), mask_scale(s.dilation, spec.stride[1]))
-            if filtered and s.active else None
+            if filtered and s.active
+            else None
             for s in steps
-        )  # fmt: skip
+        )
         layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, layer_differs(spec, config, divisor)))
     fork, join = branch_stages(profile, config)
 

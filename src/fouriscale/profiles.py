@@ -82,13 +82,25 @@ _SD_WINDOWS = ((3, (10, 30)), (None, (20, 35)))
 
 #: The per-family table: the only place these values live.
 FAMILIES: dict[str, Family] = {
-    "sd1": Family("sd1", "Stable Diffusion 1.x", 0.0, 1.0, (1.2, 1.4, 0.9, 0.2), _SD_RULE, _SD_WINDOWS, 7.5, 512,
-                  False),
-    "sd2": Family("sd2", "Stable Diffusion 2.x", 0.0, 1.0, (1.1, 1.2, 0.9, 0.2), _SD_RULE, _SD_WINDOWS, 7.5, 512,
-                  False),
-    "sdxl": Family("sdxl", "SDXL", 0.6, 1.5, (1.1, 1.2, 0.6, 0.4), LayerRule(down=2, downsampler=2, up=1, upsampler=2),
-                   ((None, (20, 35)),), 5.0, 1024, True),
-}  # fmt: skip
+    "sd1": Family(
+        "sd1", "Stable Diffusion 1.x", 0.0, 1.0, (1.2, 1.4, 0.9, 0.2), _SD_RULE, _SD_WINDOWS, 7.5, 512, False
+    ),
+    "sd2": Family(
+        "sd2", "Stable Diffusion 2.x", 0.0, 1.0, (1.1, 1.2, 0.9, 0.2), _SD_RULE, _SD_WINDOWS, 7.5, 512, False
+    ),
+    "sdxl": Family(
+        "sdxl",
+        "SDXL",
+        0.6,
+        1.5,
+        (1.1, 1.2, 0.6, 0.4),
+        LayerRule(down=2, downsampler=2, up=1, upsampler=2),
+        ((None, (20, 35)),),
+        5.0,
+        1024,
+        True,
+    ),
+}
 
 
 def family(name: str) -> Family:
@@ -192,7 +204,9 @@ def _candidates(unet: nn.Module, stages: tuple[str, ...]) -> list[LayerSpec]:
         conv = _conv_of(module)
         if conv is None or max(conv.kernel_size) <= 1:
             return
-        specs.append(LayerSpec(f"{prefix}.{name}", kind, level, tuple(int(s) for s in conv.stride), stages.index(prefix)))
+        specs.append(
+            LayerSpec(f"{prefix}.{name}", kind, level, tuple(int(s) for s in conv.stride), stages.index(prefix))
+        )
 
     def add_block(prefix: str, block: nn.Module, level: int, samplers_attr: str | None, kind: str, step: int) -> int:
         for r, resnet in enumerate(getattr(block, "resnets", None) or []):
@@ -271,7 +285,9 @@ def _skip_stages(unet: nn.Module, stages: tuple[str, ...]) -> tuple[tuple[int, .
     intrablock = []
     for i, block in enumerate(unet.down_blocks):
         stage = stages.index(f"down_blocks.{i}")
-        res += [stage] * (len(getattr(block, "resnets", None) or []) + (1 if getattr(block, "downsamplers", None) else 0))
+        res += [stage] * (
+            len(getattr(block, "resnets", None) or []) + (1 if getattr(block, "downsamplers", None) else 0)
+        )
         intrablock.append(stage)
     if "mid_block" in stages:
         intrablock.append(stages.index("mid_block"))
@@ -290,7 +306,9 @@ def native_latent(config) -> tuple[int, int]:
 
 def detect_family(config) -> Family:
     """SDXL (``addition_embed_type="text_time"``), SD 2.x (1024-wide text conditioning) or SD 1.x."""
-    embed = config.get("addition_embed_type") if hasattr(config, "get") else getattr(config, "addition_embed_type", None)
+    embed = (
+        config.get("addition_embed_type") if hasattr(config, "get") else getattr(config, "addition_embed_type", None)
+    )
     if embed == "text_time":
         return FAMILIES["sdxl"]
     cross = getattr(config, "cross_attention_dim", None)

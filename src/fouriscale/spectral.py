@@ -84,7 +84,7 @@ def lowpass_mask(
 
 
 def freeu_skip_mask(shape: tuple[int, int], s: float, device: torch.device | str | None = None) -> torch.Tensor:
-    """FreeU skip-feature mask (fftshifted): ones, with the central 2x2 bins (``c-1..c``, ``c = size // 2``) set to ``s``."""
+    """FreeU skip-feature mask (fftshifted): ones, the central 2x2 bins (``c-1..c``, ``c = size // 2``) set to ``s``."""
     H, W = shape
     mask = torch.ones(H, W, dtype=torch.float32, device=device)
     ch, cw = H // 2, W // 2

@@ -36,18 +36,41 @@ _XL_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
 def real_unet_config(family: str) -> dict:
     """``UNet2DConditionModel`` config of the real SD 1.5, SD 2.1 (768) or SDXL base architecture."""
     if family == "sd1":
-        return dict(sample_size=64, block_out_channels=(320, 640, 1280, 1280), down_block_types=_SD_DOWN,
-                    up_block_types=_SD_UP, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2)  # fmt: skip
+        return dict(
+            sample_size=64,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=_SD_DOWN,
+            up_block_types=_SD_UP,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            layers_per_block=2,
+        )
     if family == "sd2":
-        return dict(sample_size=96, block_out_channels=(320, 640, 1280, 1280), down_block_types=_SD_DOWN,
-                    up_block_types=_SD_UP, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
-                    use_linear_projection=True, layers_per_block=2)  # fmt: skip
+        return dict(
+            sample_size=96,
+            block_out_channels=(320, 640, 1280, 1280),
+            down_block_types=_SD_DOWN,
+            up_block_types=_SD_UP,
+            cross_attention_dim=1024,
+            attention_head_dim=(5, 10, 20, 20),
+            use_linear_projection=True,
+            layers_per_block=2,
+        )
     if family == "sdxl":
-        return dict(sample_size=128, block_out_channels=(320, 640, 1280), down_block_types=_XL_DOWN,
-                    up_block_types=_XL_UP, cross_attention_dim=2048, attention_head_dim=(5, 10, 20),
-                    transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
-                    addition_embed_type="text_time", addition_time_embed_dim=256,
-                    projection_class_embeddings_input_dim=2816, layers_per_block=2)  # fmt: skip
+        return dict(
+            sample_size=128,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=_XL_DOWN,
+            up_block_types=_XL_UP,
+            cross_attention_dim=2048,
+            attention_head_dim=(5, 10, 20),
+            transformer_layers_per_block=(1, 2, 10),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            layers_per_block=2,
+        )
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
 
 
@@ -55,17 +78,33 @@ def tiny_unet_config(family: str, sample_size: int = 16, width: int = 8) -> dict
     """A slim UNet config with the real block layout of ``family`` (same module names)."""
     w = width
     if family in ("sd1", "sd2"):
-        return dict(sample_size=sample_size, block_out_channels=(w, w, 2 * w, 2 * w), down_block_types=_SD_DOWN,
-                    up_block_types=_SD_UP, cross_attention_dim=32 if family == "sd1" else 1024,
-                    attention_head_dim=(2, 2, 4, 4) if family == "sd2" else 2,
-                    use_linear_projection=family == "sd2", layers_per_block=2, norm_num_groups=8)  # fmt: skip
+        return dict(
+            sample_size=sample_size,
+            block_out_channels=(w, w, 2 * w, 2 * w),
+            down_block_types=_SD_DOWN,
+            up_block_types=_SD_UP,
+            cross_attention_dim=32 if family == "sd1" else 1024,
+            attention_head_dim=(2, 2, 4, 4) if family == "sd2" else 2,
+            use_linear_projection=family == "sd2",
+            layers_per_block=2,
+            norm_num_groups=8,
+        )
     if family == "sdxl":
-        return dict(sample_size=sample_size, block_out_channels=(w, 2 * w, 2 * w), down_block_types=_XL_DOWN,
-                    up_block_types=_XL_UP, cross_attention_dim=32 + 64, attention_head_dim=(2, 4, 4),
-                    transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
-                    addition_embed_type="text_time", addition_time_embed_dim=8,
-                    projection_class_embeddings_input_dim=6 * 8 + 32, layers_per_block=2,
-                    norm_num_groups=8)  # fmt: skip
+        return dict(
+            sample_size=sample_size,
+            block_out_channels=(w, 2 * w, 2 * w),
+            down_block_types=_XL_DOWN,
+            up_block_types=_XL_UP,
+            cross_attention_dim=32 + 64,
+            attention_head_dim=(2, 4, 4),
+            transformer_layers_per_block=(1, 1, 2),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=6 * 8 + 32,
+            layers_per_block=2,
+            norm_num_groups=8,
+        )
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
 
 
@@ -92,10 +131,18 @@ def _text_encoder(hidden: int, projection: bool, vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=77, projection_dim=32, bos_token_id=0, eos_token_id=1,
-        pad_token_id=1, hidden_act="gelu",
-    )  # fmt: skip
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=77,
+        projection_dim=32,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_act="gelu",
+    )
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
@@ -105,20 +152,34 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
     Native latent ``sample_size`` x ``sample_size``; the VAE downsamples by 2, so the native image is
     ``2 * sample_size`` pixels square. Deterministic for a given ``seed``.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config(family, sample_size)).eval()
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(
-        block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
         sample_size=2 * sample_size,
-    ).eval()  # fmt: skip
+    ).eval()
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1,
-    )  # fmt: skip
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     tokenizer = tiny_tokenizer()
     vocab_size = len(tokenizer.get_vocab())
     torch.manual_seed(seed + 2)
@@ -127,15 +188,27 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
         text_encoder = _text_encoder(32, False, vocab_size)
         text_encoder_2 = _text_encoder(64, True, vocab_size)
         return StableDiffusionXLPipeline(
-            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-            tokenizer_2=tiny_tokenizer(), unet=unet, scheduler=scheduler, add_watermarker=False,
-        )  # fmt: skip
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tiny_tokenizer(),
+            unet=unet,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
     hidden = 32 if family == "sd1" else 1024
     text_encoder = _text_encoder(hidden, False, vocab_size)
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # fmt: skip
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def save_tiny_pipeline(path: str, family: str = "sd1", seed: int = 0, sample_size: int = 16) -> str:
@@ -148,11 +221,23 @@ def save_tiny_pipeline(path: str, family: str = "sd1", seed: int = 0, sample_siz
 def _unet_to_ldm(state: dict, config) -> dict:
     """Diffusers UNet keys -> the original (LDM / A1111) layout, prefix ``model.diffusion_model.``."""
     L = config.layers_per_block
-    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
-              "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}  # fmt: skip
+    resnet = {
+        "norm1": "in_layers.0",
+        "conv1": "in_layers.2",
+        "time_emb_proj": "emb_layers.1",
+        "norm2": "out_layers.0",
+        "conv2": "out_layers.3",
+        "conv_shortcut": "skip_connection",
+    }
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "add_embedding.linear_1": "label_emb.0.0",
+        "add_embedding.linear_2": "label_emb.0.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
     has_attn = {i: t.startswith("CrossAttn") for i, t in enumerate(config.up_block_types)}
     out = {}
     for key, value in state.items():
@@ -236,8 +321,13 @@ def _open_clip(state: dict, prefix: str) -> dict:
             if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
                 layers.setdefault((i, rest.rsplit(".", 1)[1]), {})[rest.split(".")[1]] = value
                 continue
-            rest = (rest.replace("layer_norm1", "ln_1").replace("layer_norm2", "ln_2").replace("mlp.fc1", "mlp.c_fc")
-                    .replace("mlp.fc2", "mlp.c_proj").replace("self_attn.out_proj", "attn.out_proj"))  # fmt: skip
+            rest = (
+                rest.replace("layer_norm1", "ln_1")
+                .replace("layer_norm2", "ln_2")
+                .replace("mlp.fc1", "mlp.c_fc")
+                .replace("mlp.fc2", "mlp.c_proj")
+                .replace("self_attn.out_proj", "attn.out_proj")
+            )
             out[f"transformer.resblocks.{i}.{rest}"] = value
     for (i, leaf), qkv in layers.items():
         out[f"transformer.resblocks.{i}.attn.in_proj_{leaf}"] = torch.cat([qkv["q_proj"], qkv["k_proj"], qkv["v_proj"]])
@@ -256,7 +346,9 @@ def save_single_file(pipe, path: str) -> str:
         return {(k if k.startswith("text_model.") else "text_model." + k): v for k, v in model.state_dict().items()}
 
     if getattr(pipe, "text_encoder_2", None) is not None:
-        state.update({"conditioner.embedders.0.transformer." + k: v for k, v in text_model_keys(pipe.text_encoder).items()})
+        state.update(
+            {"conditioner.embedders.0.transformer." + k: v for k, v in text_model_keys(pipe.text_encoder).items()}
+        )
         state.update(_open_clip(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
     else:
         state.update({"cond_stage_model.transformer." + k: v for k, v in text_model_keys(pipe.text_encoder).items()})
@@ -273,8 +365,9 @@ def save_tiny_lora(path: str, pipe, rank: int = 4, seed: int = 0, conv: bool = F
     torch.manual_seed(seed)
     unet = pipe.unet
     targets = ["to_q", "to_k", "to_v", "to_out.0"] + (["conv1", "conv2"] if conv else [])
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=targets),
-                     adapter_name="tiny")  # fmt: skip
+    unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=targets), adapter_name="tiny"
+    )
     try:
         layers = get_peft_model_state_dict(unet, adapter_name="tiny")
     finally:

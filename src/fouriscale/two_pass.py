@@ -86,7 +86,7 @@ def two_pass(
     control_image=None,
     **call_kwargs,
 ) -> TwoPassResult:
-    """Render ``prompt`` at the native size, upscale it, and refine it with FouriScale img2img at ``height`` x ``width``.
+    """Render ``prompt`` at the native size, upscale it, refine it with FouriScale img2img at ``height`` x ``width``.
 
     Args:
         pipe: a text-to-image SD 1.x/2.x or SDXL pipeline, with or without ControlNet; FouriScale is applied to it
@@ -131,8 +131,14 @@ def two_pass(
             second_kwargs[name] = value
 
     with disabled(pipe):  # the model's own picture: no FouriScale at its native size
-        out = text2img(prompt, height=fh, width=fw, generator=generator(),
-                       output_type="latent" if upscale == "latent" else "pil", **first_kwargs)  # fmt: skip
+        out = text2img(
+            prompt,
+            height=fh,
+            width=fw,
+            generator=generator(),
+            output_type="latent" if upscale == "latent" else "pil",
+            **first_kwargs,
+        )
     if upscale == "latent":
         latents = out.images
         f = pipe.vae_scale_factor

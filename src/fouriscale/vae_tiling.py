@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["tile_grid", "sync_tiled_decode", "SyncTiledDecode"]
 
@@ -76,7 +75,7 @@ class _SharedStatsGroupNorm(nn.Module):
                 stats.target = norm
             if stats.target is not norm:
                 raise RuntimeError("decoder GroupNorm layers were called in a different order across tiles")
-            t, b, l, r = stats.core
+            top, bottom, left, right = stats.core
             if x.dim() == 3:  # attention's norm sees (B, C, h*w): recover the map from the tile's shape
                 th, tw = stats.shape
                 s = round(math.sqrt(x.shape[-1] / (th * tw)))
@@ -84,7 +83,8 @@ class _SharedStatsGroupNorm(nn.Module):
             else:
                 spatial = x
             H, W = spatial.shape[-2:]
-            core = spatial[..., round(t * H) : round(b * H), round(l * W) : round(r * W)].double().reshape(B, G, -1)
+            core = spatial[..., round(top * H) : round(bottom * H), round(left * W) : round(right * W)]
+            core = core.double().reshape(B, G, -1)
             stats.sums[0] = stats.sums[0] + core.sum(-1)
             stats.sums[1] = stats.sums[1] + (core * core).sum(-1)
             stats.sums[2] += core.shape[-1]
@@ -141,11 +141,13 @@ def sync_tiled_decode(decoder: nn.Module, z: torch.Tensor, tile: int = 128, marg
                 break
             stats.settle()
     out = None
-    for piece, ((r0, r1, c0, c1), (cr0, cr1, cc0, cc1), _) in zip(pieces, tiles):
+    for piece, ((r0, r1, c0, _c1), (cr0, cr1, cc0, cc1), _) in zip(pieces, tiles):
         f = piece.shape[-2] // (r1 - r0)
         if out is None:
             out = piece.new_empty(*piece.shape[:2], H * f, W * f)
-        out[..., cr0 * f : cr1 * f, cc0 * f : cc1 * f] = piece[..., (cr0 - r0) * f : (cr1 - r0) * f, (cc0 - c0) * f : (cc1 - c0) * f]
+        out[..., cr0 * f : cr1 * f, cc0 * f : cc1 * f] = piece[
+            ..., (cr0 - r0) * f : (cr1 - r0) * f, (cc0 - c0) * f : (cc1 - c0) * f
+        ]
     return out
 
 

@@ -495,7 +495,8 @@ class _LibraryLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage().removeprefix("FouriScale: ")
-        if message in self.seen or (self.told_far and "more than 8x" in message):
+        far = getattr(record, "fouriscale_warning", None) == "far_beyond_native"
+        if message in self.seen or (self.told_far and far):
             return
         self.seen.add(message)
         _warn(message)

@@ -353,10 +353,10 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
             raise UserError(f"--real: {exc}") from None
     extractor = load_feature_extractor(args.feature_extractor) if args.feature_extractor else None
     if extractor is None and set(groups) & {"fid", "kid", "is"}:
-        from ..evaluation import MetricUnavailableError, _check_inception_package
+        from ..evaluation import MetricUnavailableError, check_inception_available
 
         try:
-            _check_inception_package()
+            check_inception_available()
         except MetricUnavailableError as exc:
             raise UserError(str(exc)) from None
     state = _distributed_state(device)
