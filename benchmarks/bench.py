@@ -261,24 +261,25 @@ class Bench:
         total = time.perf_counter() - start
         return total, [b - a for a, b in zip([start] + marks[:-1], marks)]
 
-    def filter_share(self) -> float:
-        """Share of FouriScale's run time spent in the low-pass filter, from ``torch.profiler``."""
+    def filter_share(self, fouriscale_seconds: float) -> float:
+        """Share of FouriScale's run time spent in the low-pass filter: ``torch.profiler`` times the filter (the
+        conv hook marks it ``fouriscale.lowpass``) over a short run, per active step, scaled to this run's steps."""
         from torch.profiler import ProfilerActivity, profile
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.startswith("cuda") else [])
-        steps = min(self.args.steps, max(self.plan.stop, 2))
+        cuda = self.device.startswith("cuda")
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        steps = self.args.memory_steps
+        short = fouriscale.get_plan(self.pipe, self.height, self.width, steps)
         with profile(activities=activities) as prof:
-            _sync(self.device)
-            start = time.perf_counter()
             self.run("fouriscale", steps)
             _sync(self.device)
-            wall = time.perf_counter() - start
         spent = sum(
-            (e.device_time_total if self.device.startswith("cuda") else e.cpu_time_total)
+            (e.device_time_total if cuda else e.cpu_time_total)
             for e in prof.key_averages()
             if e.key == "fouriscale.lowpass"
         )
-        return spent / 1e6 / wall
+        per_active_step = spent / 1e6 / max(sum(s.active for s in short.steps), 1)
+        return per_active_step * sum(s.active for s in self.plan.steps) / fouriscale_seconds
 
 
 def _load_reference():
@@ -346,7 +347,9 @@ def main(argv=None):
     for method in methods:  # warm-up (kernels, allocator), every path
         bench.run(method, 2)
     results = {method: bench.timed(method) for method in methods}
-    share = None if args.no_filter_share else bench.filter_share()
+    share = (
+        None if args.no_filter_share or "fouriscale" not in results else bench.filter_share(results["fouriscale"][0])
+    )
     peaks = {} if args.no_memory else {m: _peak_memory_in_fresh_process(args, m) for m in methods}
 
     plan, f = bench.plan, bench.pipe.vae_scale_factor
