@@ -10,7 +10,8 @@ are random tensors, so no text encoder is needed. All methods run in one process
 their time ratios are measured side by side. Printed per method: seconds per image, seconds per denoising
 step in each phase (before start, progressive, after stop), the ratio to direct inference and peak memory.
 Peak memory comes from a fresh process per method, over ``--memory-steps`` steps (``--no-memory`` skips
-it): on a GPU ``torch.cuda.max_memory_allocated``, on a CPU the resident set sampled during the run.
+it): on a GPU ``torch.cuda.max_memory_allocated``, on a CPU the resident set sampled during the run (with
+glibc's mmap threshold fixed at 128 KiB, so freed tensors leave the resident set).
 The low-pass filter's
 share of FouriScale's time is read from ``torch.profiler`` (the conv hook marks it as ``fouriscale.lowpass``).
 
@@ -309,7 +310,10 @@ def _peak_memory_in_fresh_process(args, method: str) -> float:
         cmd += ["--size", args.size]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # A fixed mmap threshold makes glibc hand large freed blocks back at once, so the resident set follows the live
+    # tensors instead of what the allocator keeps around (the same for every method).
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     return float(done.stdout.strip().splitlines()[-1])
 
 
