@@ -35,26 +35,14 @@ _XL_UP = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
 
 def real_unet_config(family: str) -> dict:
     """``UNet2DConditionModel`` config of the real SD 1.5, SD 2.1 (768) or SDXL base architecture."""
+    sd = dict(
+        block_out_channels=(320, 640, 1280, 1280), down_block_types=_SD_DOWN, up_block_types=_SD_UP, layers_per_block=2
+    )
     if family == "sd1":
-        return dict(
-            sample_size=64,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=_SD_DOWN,
-            up_block_types=_SD_UP,
-            cross_attention_dim=768,
-            attention_head_dim=8,
-            layers_per_block=2,
-        )
+        return dict(sd, sample_size=64, cross_attention_dim=768, attention_head_dim=8)
     if family == "sd2":
         return dict(
-            sample_size=96,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=_SD_DOWN,
-            up_block_types=_SD_UP,
-            cross_attention_dim=1024,
-            attention_head_dim=(5, 10, 20, 20),
-            use_linear_projection=True,
-            layers_per_block=2,
+            sd, sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True
         )
     if family == "sdxl":
         return dict(
