@@ -139,7 +139,12 @@ def test_disk_full_names_the_path_and_leaves_nothing(tmp_path, monkeypatch):
 def test_stale_temp_files_and_dead_claims_are_removed(tmp_path):
     folder = OutputFolder(tmp_path)
     keep = ["00000-1-a-cat.png", "notes.tmp", ".hidden-user-file", "manifest.jsonl"]
-    stale = [".00000-1-a-cat.png.k2j3h4x9.tmp", ".manifest.jsonl.a1b2c3d4e5f6.tmp", ".x.png.0123456789ab.tmp"]
+    stale = [
+        ".00000-1-a-cat.png.k2j3h4x9.tmp",
+        ".manifest.jsonl.a1b2c3d4e5f6.tmp",
+        ".x.png.0123456789ab.tmp",
+        "..00001-2-a-cat.png.claim.2d6463b380c0.tmp",
+    ]
     for name in keep + stale:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".00000-2-a-cat.png.claim").write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname()[1]}))

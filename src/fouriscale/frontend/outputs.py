@@ -229,8 +229,9 @@ def _show(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-#: Temporary files of this tool: ``.NAME.RANDOM.tmp`` (earlier versions: ``.NAME.XXXXXXXX.tmp`` from mkstemp).
-TEMP_FILE = re.compile(r"^\..+\.(png|jsonl|json|txt)\.[A-Za-z0-9_]{6,}\.tmp$")
+#: Temporary files of this tool: ``.NAME.RANDOM.tmp`` (earlier versions: ``.NAME.XXXXXXXX.tmp`` from mkstemp),
+#: claims included (``..NAME.png.claim.RANDOM.tmp``, left when a run is killed while claiming).
+TEMP_FILE = re.compile(r"^\..+\.(png|jsonl|json|txt|claim)\.[A-Za-z0-9_]{6,}\.tmp$")
 LOCK_NAME = ".fouriscale.lock"
 CLAIM_SUFFIX = ".claim"
 _LOCKS: dict[str, FileLock] = {}
