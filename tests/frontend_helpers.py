@@ -77,3 +77,38 @@ def api_render(pipe, prompt="a cat", seed=23, height=64, width=64, steps=2, guid
         **call,
     ).images[0]
     return np.asarray(image.convert("RGB"))
+
+
+def write_picture(path, width: int = 32, height: int = 32, seed: int = 0, settings: dict | None = None, **text) -> str:
+    """A smooth seeded test picture saved as PNG at ``path`` (with ``settings`` embedded as this tool does, or other
+    PNG text chunks such as A1111's ``parameters``); returns the path as text."""
+    from PIL import PngImagePlugin
+
+    from fouriscale.frontend.outputs import write_png
+
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray((rng.random((4, 4, 3)) * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
+    if settings is not None:
+        write_png(image, path, settings)
+    else:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value)
+        image.save(path, pnginfo=info)
+    return str(path)
+
+
+def write_mask(path, width: int = 32, height: int = 32) -> str:
+    """A binary mask (white centred rectangle: repaint) saved as PNG."""
+    a = np.zeros((height, width), dtype=np.uint8)
+    a[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 255
+    Image.fromarray(a, "L").save(path)
+    return str(path)
+
+
+def generator(seed: int = 23) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def as_array(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))

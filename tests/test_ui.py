@@ -17,7 +17,7 @@ from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.outputs import Manifest, read_settings
 from fouriscale.frontend.ui import CUSTOM, NATIVE, Studio, check_address
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import api_render, cli, env, error_line
+from frontend_helpers import api_render, as_array, cli, env, error_line, generator, write_mask, write_picture
 
 DEFAULTS = dict(
     negative="",
@@ -126,7 +126,7 @@ def test_size_choices_fill_the_fields(studio):
 def test_bad_input_is_a_message(studio, changes, message, monkeypatch):
     import fouriscale.frontend.ui as ui
 
-    monkeypatch.setattr(ui, "render", lambda *a, **k: pytest.fail("rendered despite bad input"))
+    monkeypatch.setattr(ui, "render_images", lambda *a, **k: pytest.fail("rendered despite bad input"))
     with pytest.raises(UserError, match=message):
         _ask(studio, model=changes.pop("model", "tiny:sd1"), **changes)
 
@@ -182,8 +182,10 @@ def test_the_api_refuses_typed_input_with_a_message(tmp_path, capsys, monkeypatc
         assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"  # analytics off unless asked for
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         good = ["a cat", "", "tiny:sd1", 64, 64, 2, None, 5, True, False, True, True, True, True, False]
-        image, slider, download, info = client.predict(*good, api_name="/generate")
+        good += [None, None, None, "", None, None, False]  # no pictures in, no two-pass
+        image, slider, shown, download, info = client.predict(*good, api_name="/generate")
         assert image["visible"] is True and slider["visible"] is False and "64x64, 2 steps, seed 5" in info
+        assert shown["visible"] is False
         for index, value, message in (
             (3, "64.5", "width must be a whole number"),
             (7, "abc", "seed must be"),
@@ -194,8 +196,17 @@ def test_the_api_refuses_typed_input_with_a_message(tmp_path, capsys, monkeypatc
             args[index] = value
             with pytest.raises(Exception, match=message):
                 client.predict(*args, api_name="/generate")
-        _, slider, _, _ = client.predict(*good[:-1], True, api_name="/generate")
+        comparing = good[:14] + [True] + good[15:]
+        _, slider, _, _, _ = client.predict(*comparing, api_name="/generate")
         assert slider["visible"] is True and len(slider["value"]) == 2  # comparing: one view, the slider
+        from gradio_client import handle_file
+
+        picture = write_picture(tmp_path / "in.png", 32, 32, seed=1)
+        with_picture = comparing[:15] + [handle_file(picture), 0.5] + comparing[17:]
+        _, slider, shown, _, info = client.predict(*with_picture, api_name="/generate")
+        assert slider["visible"] is True and shown["visible"] is True  # input, direct and FouriScale
+        settings = read_settings(next(p for p in (tmp_path / "out").glob("*.png") if p.name.startswith("00002-")))
+        assert settings["inputs"]["strength"] == 0.5 and settings["inputs"]["init_image"]["size"] == [32, 32]
     finally:
         app.close()
 
@@ -298,3 +309,97 @@ def test_app_in_a_headless_browser(tmp_path):
     finally:
         browser.quit()
         app.close()
+
+
+# ------------------------------------------------------------------------------------------------ pictures in
+
+
+def _img2img(pipe, picture, strength, seed=5, steps=2):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from fouriscale.images import fit_image
+
+    img2img = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+    img2img.set_progress_bar_config(disable=True)
+    init = fit_image(Image.open(picture).convert("RGB"), 64, 64)[0]
+    out = img2img(
+        "a red cat",
+        image=init,
+        strength=strength,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        eta=1.0,
+        generator=generator(seed),
+    )
+    return as_array(out.images[0])
+
+
+def test_an_input_picture_is_fitted_said_and_shown(studio, api_pipe, tmp_path):
+    picture = write_picture(tmp_path / "wide.png", 48, 32, seed=1)
+    result = _ask(studio, init_image=picture, strength=0.5)
+    assert (np.asarray(Image.open(result["image"]).convert("RGB")) == _img2img(api_pipe, picture, 0.5)).all()
+    assert result["input"].size == (64, 64) and result["direct"] is None
+    assert "Note: the input picture: centre-cropped from 48x32 to 32x32" in result["info"]
+    settings = read_settings(result["image"])
+    assert settings["inputs"]["strength"] == 0.5 and settings["input_files"]["init_image"] == picture
+    gradio_payload = {"path": picture, "meta": {"_type": "gradio.FileData"}}  # what the page sends
+    assert read_settings(_ask(studio, init_image=gradio_payload, strength=0.5, seed=6)["image"])["inputs"]
+
+
+def test_mask_controlnet_and_two_pass(studio, tmp_path):
+    picture = write_picture(tmp_path / "in.png", 32, 32, seed=2)
+    mask = write_mask(tmp_path / "mask.png", 32, 32)
+    inpainted = _ask(studio, init_image=picture, mask=mask)
+    assert read_settings(inpainted["image"])["inputs"]["strength"] == 1.0  # inpainting's default
+    control = write_picture(tmp_path / "control.png", 64, 64, seed=3)
+    guided = _ask(studio, controlnet="tiny", control_image=control, control_scale=0.5, compare=True)
+    assert guided["direct"] is not None and guided["input"].size == (64, 64)  # input, direct and FouriScale
+    assert read_settings(guided["image"])["inputs"]["controlnets"][0]["scale"] == 0.5
+    assert read_settings(guided["direct"])["method"] == "direct"
+    two = _ask(studio, two_pass=True, steps=3)
+    first = read_settings(two["first"])
+    assert first["method"] == "first-pass" and two["input"].size == (first["width"], first["height"])
+    assert read_settings(two["image"])["two_pass"]["strength"] == 0.6
+
+
+@pytest.fixture(scope="module")
+def ui_pictures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ui-pictures")
+    (root / "notes.txt").write_text("not a picture", encoding="utf-8")
+    return {
+        "picture": write_picture(root / "p.png", 32, 32),
+        "mask": write_mask(root / "m.png", 32, 32),
+        "mask48": write_mask(root / "m48.png", 48, 32),
+        "control": write_picture(root / "c.png", 64, 64),
+        "text": str(root / "notes.txt"),
+    }
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(mask="mask"), "the mask needs the input picture"),
+        (dict(two_pass=True, init_image="picture"), "two-pass makes its own first picture"),
+        (dict(init_image="picture", strength=0), "more than 0 and at most 1"),
+        (dict(init_image="picture", strength="abc"), "strength must be a finite number"),
+        (dict(init_image="picture", strength=0.1), "runs no denoising step"),
+        (dict(strength=0.5), "the strength is for the input picture or two-pass"),
+        (dict(controlnet="tiny"), "the ControlNet model needs the ControlNet picture"),
+        (dict(control_image="control"), "the ControlNet picture needs the ControlNet model"),
+        (dict(controlnet="tiny", control_image="control", control_scale=-1), "from 0 to 10"),
+        (dict(controlnet="/no/such/net", control_image="control"), "the ControlNet /no/such/net: no such file"),
+        (dict(controlnet=5), "the ControlNet model must be text"),
+        (dict(init_image=3), "the input picture must be a picture file"),
+        (dict(init_image="/no/such.png"), "no such file"),
+        (dict(init_image="text"), "not a picture this tool can read"),
+        (dict(init_image="picture", mask="mask48"), "a mask must have the size of its picture"),
+        (dict(two_pass="yes"), "two pass must be true or false"),
+    ],
+)
+def test_bad_pictures_are_a_message(studio, ui_pictures, monkeypatch, changes, message):
+    import fouriscale.frontend.ui as ui
+
+    monkeypatch.setattr(ui, "render_images", lambda *a, **k: pytest.fail("rendered despite bad input"))
+    changes = {k: ui_pictures.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}
+    with pytest.raises(UserError, match=message):
+        _ask(studio, **changes)

@@ -1,5 +1,6 @@
-"""The ``fouriscale`` command: ``generate`` images, show the ``plan`` for a size, ``compare`` variants, start the
-``ui``, score images with ``eval`` and run ``benchmark-quality``.
+"""The ``fouriscale`` command: ``generate`` images (from text, or from pictures: img2img, inpainting, ControlNet,
+two-pass), ``upscale`` pictures, show the ``plan`` for a size, ``compare`` variants, start the ``ui``, score images
+with ``eval`` and run ``benchmark-quality``.
 
 Every user mistake ends in one line on stderr and exit status 2, checked before any rendering where it can be;
 exit status 1 means a bug. ``--debug`` (before or after the sub-command) shows tracebacks and library logs.
@@ -7,6 +8,7 @@ exit status 1 means a bug. ``--debug`` (before or after the sub-command) shows t
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -14,12 +16,13 @@ import warnings
 from pathlib import Path
 
 from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError, one_line, user_errors
-from .options import Parser, config_from, parents, resolve_size, seed_list_type, seed_type
-from .params import DEFAULT_SEED
+from .options import Parser, config_from, parents, resolve_size, scale_type, seed_list_type, seed_type
+from .params import DEFAULT_SEED, DEFAULT_STRENGTH
 
 __all__ = ["main", "build_parser"]
 
 DEFAULT_VARIANTS = "direct,fouriscale,no-low-pass,no-attention-guidance"
+UPSCALE_OUT = "outputs/upscaled"
 
 
 def build_parser() -> Parser:
@@ -33,36 +36,50 @@ def build_parser() -> Parser:
     gen = sub.add_parser(
         "generate",
         help="generate images",
-        parents=parents("common", "model", "size", "sampling", "runtime", "output", "fouriscale"),
-        description="Generate images with FouriScale. Defaults are the official scripts' recipe: DDIM with eta 1.0, "
-        "50 steps, guidance 7.5 (SD) or 5.0 (SDXL), FreeU as the paper applied it, seed 23. Rerun the same "
+        parents=parents("common", "model", "size", "sampling", "runtime", "output", "fouriscale", "pictures"),
+        description="Generate images with FouriScale, from text or from pictures (--init-image, --mask, "
+        "--controlnet), or in two passes (--two-pass). Defaults are the official scripts' recipe: DDIM with eta "
+        "1.0, 50 steps, guidance 7.5 (SD) or 5.0 (SDXL), FreeU as the paper applied it, seed 23. Rerun the same "
         "command to resume; runs into one --out folder share the work.",
     )
     gen.add_argument("prompt", nargs="?", help="the prompt (or use --prompts FILE)")
-    gen.add_argument("--prompts", metavar="FILE", help="text file with one prompt per line")
     gen.add_argument(
-        "--seed",
-        type=seed_list_type,
-        default=[DEFAULT_SEED],
-        help="a seed (0 to 2**64 - 1), a list 1,2,3 or a range 10-19 (default: 23)",
+        "--prompts",
+        metavar="FILE",
+        help="text file with one prompt per line; a line PROMPT<TAB>PICTURE gives that prompt its own init image "
+        "(img2img; the path relative to the file's folder)",
     )
     gen.add_argument(
-        "--num-images",
-        type=int,
-        help="images per prompt; with one seed S they use seeds S, S+1, ... (default: one per seed)",
-    )
-    gen.add_argument(
-        "--lora",
-        action="append",
-        default=[],
-        metavar="PATH[:SCALE]",
-        help="LoRA weights, repeatable (scale default 1.0)",
-    )
-    gen.add_argument(
-        "--compare",
+        "--two-pass",
         action="store_true",
-        help="also render the same seed without FouriScale (NAME-direct.png) and a side-by-side NAME-compare.png",
+        help="render at the native size first, upscale it, then FouriScale img2img at the size with the same seed "
+        f"(--strength, default {DEFAULT_STRENGTH:g}); saves NAME.png and NAME-first.png",
     )
+    gen.add_argument(
+        "--upscale",
+        choices=["pixel", "latent"],
+        help="how --two-pass upscales its first picture: Lanczos in pixels, then VAE-encode (default: pixel), or "
+        "bicubic on the latents",
+    )
+    _job_options(gen)
+
+    up = sub.add_parser(
+        "upscale",
+        help="make pictures larger: FouriScale img2img from each picture at the size",
+        parents=parents("common", "model", "size", "sampling", "runtime", "output", "fouriscale", "control"),
+        description="Render each picture again at --size WxH (or --scale times its size) with FouriScale img2img. "
+        "The prompt is --prompt, else the one the picture carries (settings embedded by this tool, or A1111's "
+        "parameters). Resumable like generate.",
+    )
+    for action in up._actions:  # its own folder, so that upscaling ./outputs does not collide with its pictures
+        if action.dest == "out":
+            action.default, action.help = UPSCALE_OUT, f"output folder (default: ./{UPSCALE_OUT})"
+    up.add_argument("images", nargs="+", metavar="IMAGE", help="pictures to upscale")
+    up.add_argument("--prompt", help="the prompt for every picture (default: the one each picture carries)")
+    up.add_argument(
+        "--scale", type=scale_type, help="target size as a factor of each picture's size, 1 to 16 (instead of --size)"
+    )
+    _job_options(up)
 
     sub.add_parser(
         "plan",
@@ -120,6 +137,33 @@ def build_parser() -> Parser:
     return parser
 
 
+def _job_options(p) -> None:
+    """Options of the commands that render batches of jobs (``generate``, ``upscale``)."""
+    p.add_argument(
+        "--seed",
+        type=seed_list_type,
+        default=[DEFAULT_SEED],
+        help="a seed (0 to 2**64 - 1), a list 1,2,3 or a range 10-19 (default: 23)",
+    )
+    p.add_argument(
+        "--num-images",
+        type=int,
+        help="images per prompt; with one seed S they use seeds S, S+1, ... (default: one per seed)",
+    )
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="LoRA weights, repeatable (scale default 1.0)",
+    )
+    p.add_argument(
+        "--compare",
+        action="store_true",
+        help="also render the same seed without FouriScale (NAME-direct.png) and a side-by-side NAME-compare.png",
+    )
+
+
 # ------------------------------------------------------------------------------------------------- helpers
 
 
@@ -139,6 +183,27 @@ def _read_prompts(args) -> list[str]:
     if getattr(args, "prompt", None) is None or not args.prompt.strip():
         raise UserError("no prompt: give one as an argument or use --prompts FILE")
     return [args.prompt]
+
+
+def _prompt_lines(args):
+    """``(prompts, pictures)`` of a PROMPT argument or a --prompts file whose lines may read PROMPT<TAB>PICTURE
+    (every picture checked now)."""
+    from .sources import line_picture
+
+    if getattr(args, "prompt", None) is not None and args.prompts:
+        raise UserError("give a PROMPT or --prompts FILE, not both")
+    if not args.prompts:
+        return _read_prompts(args), [None]
+    try:
+        with open(args.prompts, encoding="utf-8") as fh:
+            lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(fh, 1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or one_line(exc, 120)
+        raise UserError(f"--prompts {args.prompts}: cannot read it ({reason})") from None
+    if not lines:
+        raise UserError(f"--prompts {args.prompts}: the file holds no prompt")
+    pairs = [line_picture(line, n, args.prompts) for n, line in lines]
+    return [p for p, _ in pairs], [picture for _, picture in pairs]
 
 
 def _seeds(args) -> list[int]:
@@ -191,7 +256,7 @@ def _plan_for(target, args, family: str, native: tuple[int, int], vae_scale_fact
 
 def _check_model_and_size(args):
     """Before loading weights (folders, hub ids, tiny models): family, size, steps and plan, via the UNet's config
-    on the meta device. Returns the plan's values, or ``None`` for single files."""
+    on the meta device. Returns ``(the plan's values, unet, vae factor)``, or ``None`` for single files."""
     from ..profiles import detect_profile
 
     source = _profile_source(args.model, args.model_config)
@@ -200,7 +265,7 @@ def _check_model_and_size(args):
     unet, factor = source
     with user_errors():
         profile = detect_profile(unet, factor)
-    return _plan_for(unet, args, profile.family.name, profile.native_size, factor)
+    return _plan_for(unet, args, profile.family.name, profile.native_size, factor), unet, factor
 
 
 def _warn_far(plan) -> None:
@@ -253,16 +318,20 @@ def _loaded_plan(args, loaded):
     return height, width, steps, config, plan
 
 
-def prepare(args, loras=(), device: str | None = None, check=None, state=None):
+def prepare(args, loras=(), device: str | None = None, check=None, state=None, check_inputs=None):
     """The shared start of every rendering command, in the order that fails fastest: size, steps and plan from
     the model's config without weights (folders, hub ids, tiny models), ``check(height, width)`` (e.g. the
-    compare layout), the far-beyond-native warning, then the model with its LoRAs, the plan again on the
-    loaded pipeline and FouriScale applied. Returns ``(loaded, recipe, plan)``."""
+    compare layout), ``check_inputs(height, width, steps, unet, vae_factor)`` (pictures and ControlNets against
+    the model), the far-beyond-native warning, then the model with its LoRAs, the plan again on the loaded
+    pipeline and FouriScale applied. Returns ``(loaded, recipe, plan)``."""
     early = _check_model_and_size(args)
     if early is not None:
+        (height, width, steps, _, plan), unet, factor = early
         if check is not None:
-            check(early[0], early[1])
-        _warn_far(early[4])
+            check(height, width)
+        if check_inputs is not None:
+            check_inputs(height, width, steps, unet, factor)
+        _warn_far(plan)
     if state is not None and device != "cpu":
         device = str(state.device)
     loaded = _load(args, loras, device)
@@ -271,6 +340,8 @@ def prepare(args, loras=(), device: str | None = None, check=None, state=None):
     if early is None:
         if check is not None:
             check(height, width)
+        if check_inputs is not None:
+            check_inputs(height, width, steps, loaded.pipe.unet, loaded.pipe.vae_scale_factor)
         _warn_far(plan)
     return loaded, _recipe(args, loaded, height, width, steps, config, loras), plan
 
@@ -306,25 +377,199 @@ def _recipe(args, loaded, height, width, steps, config, loras=()):
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def cmd_generate(args) -> int:
-    from .jobs import make_jobs, run_batch
+def _runtime_checks(args):
+    """Device, offload, LoRA files and the output folder, before any model is loaded: ``(device, loras, state)``."""
     from .loading import check_lora_files, check_offload, parse_lora, resolve_device
     from .outputs import OutputFolder
 
-    prompts = _read_prompts(args)
-    seeds = _seeds(args)
     device = resolve_device(args.device)
     check_offload(args.offload, device)
     loras = tuple(parse_lora(spec) for spec in args.lora)
     check_lora_files(list(loras), args.allow_pickle)
     OutputFolder(args.out).prepare()
-    state = _distributed_state(device)
-    loaded, recipe, _ = prepare(args, loras, device, state=state)
-    result = run_batch(
-        loaded.pipe, recipe, make_jobs(prompts, seeds), args.out, state=state, progress=not args.no_progress
+    return device, loras, _distributed_state(device)
+
+
+def _sources(args, job_pictures=(), has_own_pictures: bool = False):
+    from .sources import check_sources
+
+    return check_sources(
+        init=getattr(args, "init_image", None),
+        mask=getattr(args, "mask", None),
+        job_pictures=list(job_pictures),
+        controlnets=args.controlnet,
+        control_images=args.control_image,
+        control_scales=args.control_scale,
+        strength=args.strength,
+        two_pass=getattr(args, "two_pass", False),
+        upscale=getattr(args, "upscale", None),
+        official=args.official_controlnet,
+        allow_pickle=args.allow_pickle,
+        has_own_pictures=has_own_pictures,
     )
-    others = f", {len(result.by_others)} made by another run" if result.by_others else ""
-    print(f"{len(result.written)} image(s) written, {len(result.skipped)} already done{others}, in {args.out}")
+
+
+def _input_checks(sources, inits, warn: bool = True):
+    """``check_inputs`` for :func:`prepare`: the ControlNets fit the model, the strength leaves a step, and the
+    fitting of the pictures to the size is reported (warnings) before anything is loaded or rendered."""
+    from .sources import check_steps_run, fit_warnings
+
+    def check(height, width, steps, unet, factor):
+        sources.check_model(unet, factor)
+        check_steps_run(sources.strength, steps)
+        if warn:
+            for line in fit_warnings(height, width, [p for p in inits if p is not None], _control_pictures(sources)):
+                _warn(line)
+
+    return check
+
+
+def _control_pictures(sources):
+    return [picture for _, picture, _ in sources.controls or ()]
+
+
+def _finish(args, loaded, recipe, sources):
+    """The recipe with the run's pictures and modes, and the pipelines (ControlNets loaded and checked)."""
+    import fouriscale
+
+    from .controlnets import combine, load_controlnet
+    from .pipelines import Pipelines
+
+    nets = [load_controlnet(source, loaded.pipe, args.allow_pickle) for source, _, _ in sources.controls or ()]
+    pipes = Pipelines(loaded.pipe, combine(nets) if nets else None)
+    micro = None
+    if sources.official:
+        micro = fouriscale.official_controlnet_kwargs(loaded.pipe, recipe.height, recipe.width).get("original_size")
+    first = None
+    if sources.two_pass:
+        from ..two_pass import first_pass_size
+
+        first = first_pass_size(loaded.pipe, recipe.height, recipe.width, recipe.config)
+    recipe = recipe.replace(
+        strength=sources.strength,
+        init=sources.init,
+        mask=sources.mask,
+        controls=sources.control_objects(),
+        two_pass=sources.two_pass,
+        upscale=sources.upscale,
+        first_size=first,
+        micro_conditions=micro,
+    )
+    return recipe, pipes
+
+
+def _report(results, out) -> None:
+    written = sum(len(r.written) for r in results)
+    skipped = sum(len(r.skipped) for r in results)
+    by_others = sum(len(r.by_others) for r in results)
+    others = f", {by_others} made by another run" if by_others else ""
+    print(f"{written} image(s) written, {skipped} already done{others}, in {out}")
+
+
+def cmd_generate(args) -> int:
+    from .jobs import make_jobs, run_batch
+
+    prompts, pictures = _prompt_lines(args)
+    seeds = _seeds(args)
+    sources = _sources(args, pictures)
+    device, loras, state = _runtime_checks(args)
+    check_inputs = _input_checks(sources, [sources.init, *pictures])
+    loaded, recipe, _ = prepare(args, loras, device, state=state, check_inputs=check_inputs)
+    recipe, pipes = _finish(args, loaded, recipe, sources)
+    jobs = make_jobs(prompts, seeds, pictures)
+    result = run_batch(pipes, recipe, jobs, args.out, state=state, progress=not args.no_progress)
+    _report([result], args.out)
+    return 0
+
+
+def _upscale_prompts(args, pictures):
+    """``(prompts, negatives)``: --prompt for every picture, else the prompt each carries (said where it came from);
+    a picture without one is refused before anything is loaded."""
+    from .inputs import embedded_prompt
+
+    prompts, negatives = [], []
+    for picture in pictures:
+        if args.prompt is not None:
+            if not args.prompt.strip():
+                raise UserError("--prompt is empty; give a prompt, or leave it out to use the pictures' own")
+            prompts.append(args.prompt.strip())
+            negatives.append(None)
+            print(f"{picture.path}: prompt from --prompt")
+            continue
+        found = embedded_prompt(picture)
+        if found is None:
+            raise UserError(
+                f"{picture.path} carries no prompt (no fouriscale settings or A1111 parameters in it); give one with "
+                "--prompt"
+            )
+        prompt, negative, where = found
+        prompts.append(prompt)
+        negatives.append(None if args.negative else negative)
+        print(f"{picture.path}: prompt from {where}: {prompt!r}")
+    return prompts, negatives
+
+
+def _scaled(picture, scale: float, factor: int) -> tuple[int, int]:
+    """``(height, width)``: the picture's size times ``scale``, to the nearest multiple of the VAE's factor."""
+    return tuple(max(factor, round(side * scale / factor) * factor) for side in (picture.height, picture.width))
+
+
+def _sized(args, size):
+    copy = argparse.Namespace(**vars(args))
+    copy.size, copy.height, copy.width = size, None, None
+    return copy
+
+
+def cmd_upscale(args) -> int:
+    import fouriscale
+
+    from .inputs import read_picture
+    from .jobs import make_jobs, run_batch
+    from .loading import native_size
+    from .sources import check_steps_run, fit_warnings
+
+    if args.scale is not None and (args.size or args.height or args.width or args.preset):
+        raise UserError("give --scale or a size (--size, --height/--width, --preset), not both")
+    if args.scale is None and not (args.size or args.height or args.width or args.preset):
+        raise UserError("give the size to make: --size WxH, or --scale F (e.g. --scale 2)")
+    pictures = [read_picture(path, "image") for path in args.images]
+    prompts, negatives = _upscale_prompts(args, pictures)
+    seeds = _seeds(args)
+    sources = _sources(args, pictures, has_own_pictures=True)
+    device, loras, state = _runtime_checks(args)
+    early = _profile_source(args.model, args.model_config) if args.scale is not None else None
+    if early is not None:
+        args = _sized(args, _scaled(pictures[0], args.scale, early[1]))
+    loaded, recipe, _ = prepare(args, loras, device, state=state, check_inputs=_input_checks(sources, [], False))
+    recipe, pipes = _finish(args, loaded, recipe, sources)
+    factor = loaded.pipe.vae_scale_factor
+    sizes = [
+        _scaled(p, args.scale, factor) if args.scale is not None else (recipe.height, recipe.width) for p in pictures
+    ]
+    jobs = make_jobs(prompts, seeds, pictures, negatives)
+    groups: dict[tuple[int, int], list] = {}
+    for job in jobs:
+        groups.setdefault(sizes[pictures.index(job.init)], []).append(job)
+    recipes = {}
+    for (height, width), group in groups.items():  # every size checked before anything is rendered
+        changes = {}
+        if (height, width) != (recipe.height, recipe.width):
+            height, width, _, _, plan = _plan_for(
+                loaded.pipe, _sized(args, (height, width)), loaded.family, native_size(loaded.pipe)
+            )
+            _warn_far(plan)
+            if sources.official:
+                kwargs = fouriscale.official_controlnet_kwargs(loaded.pipe, height, width)
+                changes["micro_conditions"] = kwargs.get("original_size")
+        recipes[height, width] = recipe.replace(height=height, width=width, **changes)
+        check_steps_run(recipe.strength, recipe.steps)
+        for line in fit_warnings(height, width, list(dict.fromkeys(j.init for j in group)), _control_pictures(sources)):
+            _warn(line)
+    results = [
+        run_batch(pipes, recipes[size], group, args.out, state=state, progress=not args.no_progress)
+        for size, group in groups.items()
+    ]
+    _report(results, args.out)
     return 0
 
 
@@ -470,6 +715,7 @@ def cmd_benchmark(args) -> int:
 
 COMMANDS = {
     "generate": cmd_generate,
+    "upscale": cmd_upscale,
     "plan": cmd_plan,
     "compare": cmd_compare,
     "ui": cmd_ui,

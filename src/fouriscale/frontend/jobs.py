@@ -9,9 +9,13 @@ Runs that share an output folder coordinate through the folder's lock:
 * each run registers the files it will make (with their settings keys) before it renders anything; a run
   that would make a file another live run or an existing file holds with other settings stops at once,
   with one line naming the file and the setting that differs;
-* each job (one prompt and seed: its image, and with ``--compare`` the direct image and the side by side)
-  is claimed before it is rendered, so runs with the same settings split the work and no image is made twice;
-  a job claimed by another run is waited for at the end (and taken over if that run dies).
+* each job (one prompt and seed: its image, and with ``--compare`` the direct image and the side by side; with
+  ``--two-pass`` also the native-size first pass) is claimed before it is rendered, so runs with the same
+  settings split the work and no image is made twice; a job claimed by another run is waited for at the end
+  (and taken over if that run dies).
+
+Jobs may start from pictures (img2img, inpainting, ControlNet): the settings key of each image holds the SHA-256
+of every input picture, so a changed input is never taken for done.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from PIL import Image
 import fouriscale
 
 from .errors import UserError
+from .inputs import Picture
 from .outputs import (
     OutputFolder,
     _alive,
@@ -53,6 +58,9 @@ __all__ = [
     "output_name",
     "generate_image",
     "render",
+    "render_images",
+    "task_of",
+    "two_pass_settings",
     "save_image",
     "run_batch",
     "side_by_side",
@@ -80,6 +88,20 @@ class Recipe:
     config: fouriscale.FouriScaleConfig
     loras: tuple[tuple[str, float], ...] = ()
     compare: bool = False
+    #: img2img/inpainting strength in (0, 1] (jobs with an init image, and the second pass of ``two_pass``).
+    strength: float | None = None
+    #: The run's init image (``--init-image``); a job's own picture (prompts file, ``upscale``) replaces it.
+    init: Picture | None = None
+    #: Inpainting mask (white: repaint), the init image's size; needs an init image.
+    mask: Picture | None = None
+    #: ControlNets with their conditioning images and scales, in order (``Control`` objects).
+    controls: tuple = ()
+    #: ``fouriscale.two_pass``: native-size first pass, upscale (``pixel``/``latent``), FouriScale img2img.
+    two_pass: bool = False
+    upscale: str = "pixel"
+    first_size: tuple[int, int] | None = None  # (height, width) of the two-pass first pass
+    #: SDXL ``original_size``/``target_size`` of the UNet and ControlNet (the official ControlNet recipe).
+    micro_conditions: tuple[int, int] | None = None
 
     def replace(self, **changes) -> Recipe:
         return replace(self, **changes)
@@ -90,6 +112,8 @@ class Job:
     index: int
     prompt: str
     seed: int
+    init: Picture | None = None  # this job's own init image (else the recipe's)
+    negative: str | None = None  # this job's own negative prompt (else the recipe's)
 
 
 @dataclass
@@ -131,19 +155,73 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def make_jobs(prompts: list[str], seeds: list[int]) -> list[Job]:
-    """Every prompt with every seed, numbered in that order."""
-    return [Job(i, prompt, seed) for i, (prompt, seed) in enumerate((p, s) for p in prompts for s in seeds)]
+def make_jobs(
+    prompts: list[str],
+    seeds: list[int],
+    pictures: list[Picture | None] | None = None,
+    negatives: list[str | None] | None = None,
+) -> list[Job]:
+    """Every prompt with every seed, numbered in that order; ``pictures`` and ``negatives`` (one per prompt, or
+    ``None``) give a prompt its own init image and negative prompt."""
+    pictures = pictures or [None] * len(prompts)
+    negatives = negatives or [None] * len(prompts)
+    lines = list(zip(prompts, pictures, negatives))
+    pairs = ((line, seed) for line in lines for seed in seeds)
+    return [Job(i, p, seed, init, neg) for i, ((p, init, neg), seed) in enumerate(pairs)]
+
+
+def task_of(recipe: Recipe, job: Job) -> str:
+    """``text2img``, ``img2img`` (an init image) or ``inpaint`` (an init image and a mask)."""
+    if (job.init or recipe.init) is None:
+        return "text2img"
+    return "inpaint" if recipe.mask is not None else "img2img"
+
+
+def two_pass_settings(recipe: Recipe, seed: int) -> dict:
+    """The ``two_pass`` settings :func:`fouriscale.two_pass` reports for this recipe (known before rendering, so
+    they are part of the settings key)."""
+    fh, fw = recipe.first_size
+    strength = float(recipe.strength)
+    return {
+        "first_pass": {"height": fh, "width": fw, "fouriscale": False},
+        "upscale": recipe.upscale,
+        "strength": strength,
+        "seed": int(seed),
+        "start_step": recipe.steps - int(strength * recipe.steps),
+    }
+
+
+def _input_settings(recipe: Recipe, job: Job, method: str) -> tuple[dict, dict]:
+    """``(inputs, input_files)``: the pictures' hashes and sizes, strength and ControlNets (part of the key), and
+    the pictures' paths (not part of it: moving an input does not make its images stale)."""
+    inputs, files = {}, {}
+    init = job.init or recipe.init
+    if init is not None:
+        inputs.update(init_image=init.record(), strength=recipe.strength)
+        files["init_image"] = init.path
+    if recipe.mask is not None:
+        inputs["mask"] = recipe.mask.record()
+        files["mask"] = recipe.mask.path
+    if recipe.controls:
+        inputs["controlnets"] = [c.record() for c in recipe.controls]
+        files["control_images"] = [c.image.path for c in recipe.controls]
+    if recipe.micro_conditions is not None:
+        inputs["micro_conditions"] = list(recipe.micro_conditions)
+    if recipe.two_pass and method in ("fouriscale", "first"):
+        inputs["two_pass"] = two_pass_settings(recipe, job.seed)
+    return inputs, files
 
 
 def image_settings(recipe: Recipe, job: Job, method: str, plan=None) -> dict:
     """The full, JSON-serialisable settings of one image (what is embedded in the PNG and the manifest)."""
+    negative = job.negative if job.negative is not None else recipe.negative_prompt
+    first = method == "first"
     settings = {
         "prompt": job.prompt,
-        "negative_prompt": recipe.negative_prompt or "",
+        "negative_prompt": negative or "",
         "seed": job.seed,
-        "width": recipe.width,
-        "height": recipe.height,
+        "width": recipe.first_size[1] if first else recipe.width,
+        "height": recipe.first_size[0] if first else recipe.height,
         "steps": recipe.steps,
         "guidance_scale": recipe.guidance_scale,
         "eta": recipe.eta,
@@ -151,10 +229,17 @@ def image_settings(recipe: Recipe, job: Job, method: str, plan=None) -> dict:
         "model": recipe.model,
         "loras": [{"path": path, "scale": scale} for path, scale in recipe.loras],
         "dtype": recipe.dtype,
-        "method": method,
+        "method": "first-pass" if first else method,
         "version": fouriscale.__version__,
     }
-    if method != "direct":
+    inputs, files = _input_settings(recipe, job, method)
+    if "two_pass" in inputs:
+        settings["two_pass"] = dict(inputs.pop("two_pass"), first_file=output_name(job, "first"))
+    if inputs:
+        settings["inputs"] = inputs
+    if files:
+        settings["input_files"] = files
+    if method not in ("direct", "first"):
         settings["fouriscale"] = recipe.config.to_dict()
         if plan is not None:
             settings["plan"] = {
@@ -169,17 +254,17 @@ def image_settings(recipe: Recipe, job: Job, method: str, plan=None) -> dict:
 
 def finished_settings(recipe: Recipe, job: Job, method: str, name: str, plan=None) -> dict:
     """:func:`image_settings` plus the bookkeeping stored with a file: its key, name and job index."""
-    settings = image_settings(recipe, job, method, plan if method != "direct" else None)
+    settings = image_settings(recipe, job, method, plan if method not in ("direct", "first") else None)
     settings.update(key=settings_key(settings), file=name, index=job.index)
     return settings
 
 
-_SUFFIX = {"fouriscale": "", "direct": "-direct", "side-by-side": "-compare"}
+_SUFFIX = {"fouriscale": "", "direct": "-direct", "side-by-side": "-compare", "first": "-first"}
 
 
 def output_name(job: Job, method: str) -> str:
     """File name of a job's image: ``NAME.png`` (FouriScale), ``NAME-direct.png`` (direct inference),
-    ``NAME-compare.png`` (the two side by side)."""
+    ``NAME-compare.png`` (the two side by side), ``NAME-first.png`` (the first pass of ``--two-pass``)."""
     return image_name(job.index, job.seed, job.prompt, _SUFFIX[method])
 
 
@@ -201,30 +286,98 @@ def generate_image(pipe, prompt: str, *, seed: int, direct: bool = False, on_ste
     return pipe(prompt, **call).images[0]
 
 
-def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=None) -> Image.Image:
-    """Generate one image; ``method="direct"`` renders the same seed with the stock pipeline.
+def fitted_pictures(recipe: Recipe, job: Job) -> dict:
+    """The job's input pictures fitted to the recipe's size (:func:`fouriscale.images.fit_image`): ``init``,
+    ``mask`` (mode ``L``), ``controls`` (a list) and ``scales``."""
+    h, w = recipe.height, recipe.width
+    init = job.init or recipe.init
+    mask = recipe.mask
+    return {
+        "init": init.fitted(h, w)[0] if init is not None else None,
+        "mask": mask.fitted(h, w, mask=True)[0] if mask is not None else None,
+        "controls": [c.image.fitted(h, w)[0] for c in recipe.controls],
+        "scales": [c.scale for c in recipe.controls],
+    }
 
-    ``on_step(i)`` is called after each denoising step (progress reporting).
-    """
+
+def _common_call(recipe: Recipe, job: Job) -> dict:
+    negative = job.negative if job.negative is not None else recipe.negative_prompt
+    call = dict(
+        negative_prompt=negative or None,
+        num_inference_steps=recipe.steps,
+        guidance_scale=recipe.guidance_scale,
+        eta=recipe.eta,
+    )
+    if recipe.micro_conditions is not None:
+        call.update(original_size=tuple(recipe.micro_conditions), target_size=tuple(recipe.micro_conditions))
+    return call
+
+
+def _render_two_pass(pipes, recipe: Recipe, job: Job, on_step=None) -> dict[str, Image.Image]:
+    pictures = fitted_pictures(recipe, job)
+    call = _common_call(recipe, job)
+    control = None
+    if pictures["controls"]:
+        several = len(pictures["controls"]) > 1
+        control = pictures["controls"] if several else pictures["controls"][0]
+        call["controlnet_conditioning_scale"] = pictures["scales"] if several else pictures["scales"][0]
+    if on_step is not None:
+
+        def callback(pipe, i, t, tensors):
+            on_step(i)
+            return tensors
+
+        call["callback_on_step_end"] = callback
+    result = fouriscale.two_pass(
+        pipes.get("text2img"),
+        job.prompt,
+        recipe.height,
+        recipe.width,
+        strength=recipe.strength,
+        upscale=recipe.upscale,
+        seed=job.seed,
+        first_size=recipe.first_size,
+        config=recipe.config,
+        control_image=control,
+        **call,
+    )
+    expected = two_pass_settings(recipe, job.seed)
+    if result.settings.get("two_pass") != expected:  # the settings key was made from these
+        raise RuntimeError(f"two_pass reported {result.settings.get('two_pass')}, expected {expected}")
+    return {"fouriscale": result.image, "first": result.first}
+
+
+def render_images(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=None) -> dict:
+    """Generate one job's image for ``method`` as ``{method: image}``; with ``recipe.two_pass`` the FouriScale image
+    comes with its first pass (``{"fouriscale": ..., "first": ...}``, one call of :func:`fouriscale.two_pass`).
+    ``method="direct"`` renders the same inputs and seed with the stock pipeline (for two-pass: plain
+    text-to-image at the target size). ``pipe`` is a pipeline or a :class:`~.pipelines.Pipelines`."""
+    from .pipelines import Pipelines, call_arguments
+
+    pipes = pipe if isinstance(pipe, Pipelines) else Pipelines(pipe)
     try:
-        return generate_image(
-            pipe,
-            job.prompt,
-            seed=job.seed,
-            direct=method == "direct",
-            on_step=on_step,
-            negative_prompt=recipe.negative_prompt or None,
-            height=recipe.height,
-            width=recipe.width,
-            num_inference_steps=recipe.steps,
-            guidance_scale=recipe.guidance_scale,
-            eta=recipe.eta,
-        )
+        if recipe.two_pass and method in ("fouriscale", "first"):
+            return _render_two_pass(pipes, recipe, job, on_step)
+        task = task_of(recipe, job)
+        target = pipes.get(task)
+        pictures = fitted_pictures(recipe, job)
+        call = _common_call(recipe, job)
+        call.update(call_arguments(target, task, recipe.height, recipe.width, strength=recipe.strength, **pictures))
+        image = generate_image(target, job.prompt, seed=job.seed, direct=method == "direct", on_step=on_step, **call)
+        return {method: image}
     except torch.OutOfMemoryError:
         raise UserError(
             f"out of GPU memory at {recipe.width}x{recipe.height}; try --offload model (or sequential), "
             "--dtype fp16, or a smaller size"
         ) from None
+
+
+def render(pipe, recipe: Recipe, job: Job, method: str = "fouriscale", on_step=None) -> Image.Image:
+    """Generate one image; ``method="direct"`` renders the same seed with the stock pipeline.
+
+    ``on_step(i)`` is called after each denoising step (progress reporting).
+    """
+    return render_images(pipe, recipe, job, method, on_step)[method]
 
 
 def save_image(image: Image.Image, out, settings: dict, rank: int = 0, folder: OutputFolder | None = None) -> None:
@@ -259,7 +412,8 @@ class _Unit:
 
 def _recipe_settings(settings: dict) -> dict:
     """The settings every file of a run shares (for telling which one differs between runs)."""
-    return {k: v for k, v in settings.items() if k not in ("prompt", "seed", "file", "key", "index", "method")}
+    per_job = ("prompt", "seed", "file", "key", "index", "method", "input_files")
+    return {k: v for k, v in settings.items() if k not in per_job}
 
 
 class _Registration:
@@ -364,12 +518,16 @@ def run_batch(
     """
     from tqdm.auto import tqdm
 
+    from .pipelines import Pipelines
+
     if methods is None:
-        methods = ("fouriscale", "direct", "side-by-side") if recipe.compare else ("fouriscale",)
+        methods = ("fouriscale", "first") if recipe.two_pass else ("fouriscale",)
+        methods += ("direct", "side-by-side") if recipe.compare else ()
     elif "side-by-side" in methods and not {"fouriscale", "direct"} <= set(methods):
         raise ValueError("side-by-side needs both the fouriscale and the direct image")
     folder = OutputFolder(out_dir).prepare(_estimate_bytes(recipe, len(methods)))
-    plan = fouriscale.get_plan(pipe, recipe.height, recipe.width, recipe.steps, recipe.config)
+    pipe = pipe if isinstance(pipe, Pipelines) else Pipelines(pipe)
+    plan = fouriscale.get_plan(pipe.base, recipe.height, recipe.width, recipe.steps, recipe.config)
     if state is not None and state.num_processes > 1:
         with state.split_between_processes(jobs) as share:
             mine = list(share)
@@ -442,8 +600,11 @@ def _take(
                 direct = images.get("direct") or _open(folder, unit, "direct")
                 ours = images.get("fouriscale") or _open(folder, unit, "fouriscale")
                 image = side_by_side(direct, ours)
+            elif method in images:  # made together with another file (the two passes of --two-pass)
+                image = images[method]
             else:
-                image = render(pipe, recipe, unit.job, method)
+                images.update(render_images(pipe, recipe, unit.job, method))
+                image = images[method]
             images[method] = image
             save_image(image, folder.path, settings, rank, folder)
             result.written.append(name)

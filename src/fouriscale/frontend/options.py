@@ -1,6 +1,6 @@
 """The command line's shared options, declared once as argparse parent parsers and reused by every command
-that takes them (``generate``, ``compare``, ``plan``, ``ui``, ``benchmark-quality``), with the helpers that
-turn them into a :class:`~fouriscale.FouriScaleConfig` and a size.
+that takes them (``generate``, ``upscale``, ``compare``, ``plan``, ``ui``, ``benchmark-quality``), with the helpers
+that turn them into a :class:`~fouriscale.FouriScaleConfig` and a size.
 
 Syntax is checked while parsing (``WxH``, finite numbers, eta in [0, 1], seeds in 0 .. 2**64 - 1, conflicting
 flags); sizes, steps and start/stop windows by the library's :func:`fouriscale.get_plan`.
@@ -12,7 +12,19 @@ import argparse
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
 from .errors import UserError, user_errors
-from .params import DEFAULT_ETA, DEFAULT_SCHEDULER, DEFAULT_STEPS, MAX_SEED, as_float, check_eta, check_guidance
+from .params import (
+    DEFAULT_ETA,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
+    MAX_CONTROL_SCALE,
+    MAX_SEED,
+    as_float,
+    check_control_scale,
+    check_eta,
+    check_guidance,
+    check_strength,
+)
 
 __all__ = [
     "Parser",
@@ -20,6 +32,8 @@ __all__ = [
     "size_type",
     "seed_type",
     "seed_list_type",
+    "scale_type",
+    "strength_type",
     "config_from",
     "resolve_size",
     "preset_window",
@@ -77,13 +91,20 @@ def _finite(text: str) -> float:
     return as_float(text, "value")
 
 
+def _scale(text: str) -> float:
+    return as_float(text, "scale", 1.0, 16.0)
+
+
 size_type = _arg_type(_size)
 seed_type = _arg_type(_seed)
 seed_list_type = _arg_type(_seed_list)
 pixels_type = _arg_type(_pixels)
 finite_type = _arg_type(_finite)
+scale_type = _arg_type(_scale)
 guidance_type = _arg_type(check_guidance)
 eta_type = _arg_type(check_eta)
+strength_type = _arg_type(check_strength)
+control_scale_type = _arg_type(check_control_scale)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -190,6 +211,61 @@ def _fouriscale() -> argparse.ArgumentParser:
     a.add_argument("--no-attention-guidance", action="store_true", help="no FouriScale guidance (two branches)")
     a.add_argument("--no-pad-then-crop", action="store_true", help="filter at the feature map's own size")
     a.add_argument("--no-progressive", action="store_true", help="full dilation until the stop step")
+    a.add_argument(
+        "--no-dilated-convs",
+        action="store_true",
+        help="leave every conv undilated and unfiltered (keeps the conditioning and guidance settings; the "
+        "official ControlNet script's recipe)",
+    )
+    return p
+
+
+def _pictures(init: bool = True) -> argparse.ArgumentParser:
+    """Pictures in: ``--init-image``/``--mask`` (with ``init``), ``--strength``, ControlNets and their images."""
+    p = _parser()
+    g = p.add_argument_group("pictures in (img2img, inpainting, ControlNet)")
+    if init:
+        g.add_argument("--init-image", metavar="PATH", help="start from this picture (img2img)")
+        g.add_argument(
+            "--mask",
+            metavar="PATH",
+            help="inpainting mask, the size of --init-image: white is repainted, black kept (needs --init-image)",
+        )
+    g.add_argument(
+        "--strength",
+        type=strength_type,
+        help=f"how much of the picture is re-drawn, in (0, 1] (default: {DEFAULT_STRENGTH:g}; inpainting 1.0)",
+    )
+    g.add_argument(
+        "--controlnet",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="ControlNet: hub id, diffusers folder, .safetensors file, or tiny (random, for the tiny models); "
+        "repeatable for several ControlNets, paired in order with --control-image",
+    )
+    g.add_argument(
+        "--control-image",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="conditioning picture of each --controlnet, in order (fitted to the size: see the README)",
+    )
+    g.add_argument(
+        "--control-scale",
+        action="append",
+        default=[],
+        type=control_scale_type,
+        metavar="X",
+        help=f"conditioning scale, 0 to {MAX_CONTROL_SCALE:g}: one for all ControlNets or one each, in order "
+        "(default: 1.0; 0.5 with --official-controlnet)",
+    )
+    g.add_argument(
+        "--official-controlnet",
+        action="store_true",
+        help="the official SDXL ControlNet script's recipe: --no-dilated-convs --no-freeu, --control-scale 0.5 "
+        "unless given, micro-conditions of UNet and ControlNet at the base bucket (SDXL)",
+    )
     return p
 
 
@@ -246,7 +322,8 @@ def _output(progress: bool = True) -> argparse.ArgumentParser:
 
 def parents(*names: str) -> list[argparse.ArgumentParser]:
     """Parent parsers by name: ``common`` (``--debug``), ``model`` / ``model?`` (optional ``--model``),
-    ``size``, ``fouriscale``, ``sampling``, ``runtime``, ``output``."""
+    ``size``, ``fouriscale``, ``sampling``, ``runtime``, ``output``, ``pictures`` (``--init-image``, ``--mask``,
+    ``--strength``, ControlNets) and ``control`` (the same without ``--init-image``/``--mask``)."""
     table = {
         "common": _common,
         "model": lambda: _model(True),
@@ -256,6 +333,8 @@ def parents(*names: str) -> list[argparse.ArgumentParser]:
         "sampling": _sampling,
         "runtime": _runtime,
         "output": _output,
+        "pictures": _pictures,
+        "control": lambda: _pictures(init=False),
     }
     return [table[name]() for name in names]
 
@@ -276,14 +355,16 @@ def config_from(args, steps: int | None = None) -> FouriScaleConfig:
     explicit option. ``UserError`` with the library's message for invalid values."""
     preset = PAPER_PRESETS[args.preset] if getattr(args, "preset", None) else None
     config = preset.config if preset else FouriScaleConfig()
+    official = getattr(args, "official_controlnet", False) is True
     overrides = dict(
-        freeu=args.freeu,
+        freeu=None if official else args.freeu,
         amp_guidance=args.amp_guidance or config.amp_guidance,
         low_pass=not args.no_low_pass,
         attention_guidance=not args.no_attention_guidance,
         pad_then_crop=not args.no_pad_then_crop,
         progressive=not args.no_progressive,
         size_limit=not getattr(args, "no_size_limit", False),
+        dilated_convs=not (official or getattr(args, "no_dilated_convs", False)),
     )
     if preset and steps is not None:
         overrides["start_step"], overrides["stop_step"] = preset_window(preset, steps)

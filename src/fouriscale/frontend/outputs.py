@@ -70,10 +70,14 @@ def compare_name(seed: int, prompt: str, part: str) -> str:
 
 
 def settings_key(settings: dict) -> str:
-    """Stable hash of the settings that determine an image (everything but bookkeeping fields)."""
-    relevant = {k: v for k, v in settings.items() if k not in ("key", "file", "version", "index", "rank")}
+    """Stable hash of the settings that determine an image (everything but bookkeeping fields and the paths of input
+    pictures, which are identified by their content hashes)."""
+    relevant = {k: v for k, v in settings.items() if k not in _NOT_KEYED}
     blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+_NOT_KEYED = ("key", "file", "version", "index", "rank", "input_files")
 
 
 def _quote(value: str) -> str:
@@ -94,12 +98,28 @@ def a1111_parameters(settings: dict) -> str:
         ("Model", settings.get("model")),
         ("Eta", settings.get("eta")),
         ("Lora", ", ".join(f"{lo['path']}:{lo['scale']:g}" for lo in settings.get("loras", [])) or None),
+        ("Denoising strength", (settings.get("inputs") or {}).get("strength")),
+        ("ControlNet", _controlnet_summary(settings)),
+        ("Two pass", _two_pass_summary(settings)),
         ("Method", settings.get("method")),
         ("FouriScale", _fouriscale_summary(settings)),
         ("Version", f"fouriscale {settings.get('version')}"),
     ]
     lines.append(", ".join(f"{k}: {_quote(str(v))}" for k, v in pairs if v is not None))
     return "\n".join(lines)
+
+
+def _controlnet_summary(settings: dict) -> str | None:
+    nets = (settings.get("inputs") or {}).get("controlnets")
+    return ", ".join(f"{c['model']}:{c['scale']:g}" for c in nets) if nets else None
+
+
+def _two_pass_summary(settings: dict) -> str | None:
+    two = settings.get("two_pass")
+    if not two:
+        return None
+    first = two["first_pass"]
+    return f"first {first['width']}x{first['height']}, {two['upscale']} upscale, strength {two['strength']:g}"
 
 
 def _fouriscale_summary(settings: dict) -> str | None:
@@ -218,7 +238,7 @@ def differing_settings(ours: dict, theirs: dict, limit: int = 3) -> str:
     return "; ".join(parts) or "unknown"
 
 
-_BOOKKEEPING = ("key", "file", "version", "index", "rank", "plan")
+_BOOKKEEPING = ("key", "file", "version", "index", "rank", "plan", "input_files")
 _MISSING = object()
 
 

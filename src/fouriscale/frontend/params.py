@@ -18,6 +18,9 @@ __all__ = [
     "DEFAULT_STEPS",
     "DEFAULT_SCHEDULER",
     "DEFAULT_ETA",
+    "DEFAULT_STRENGTH",
+    "DEFAULT_INPAINT_STRENGTH",
+    "MAX_CONTROL_SCALE",
     "MAX_GUIDANCE",
     "MAX_SEED",
     "default_guidance",
@@ -27,12 +30,20 @@ __all__ = [
     "as_bool",
     "check_guidance",
     "check_eta",
+    "check_strength",
+    "check_control_scale",
 ]
 
 DEFAULT_SEED = 23
 DEFAULT_STEPS = 50
 DEFAULT_SCHEDULER = "ddim"
 DEFAULT_ETA = 1.0
+#: img2img strength of ``upscale``, ``--init-image`` and ``--two-pass`` (``fouriscale.two_pass``'s default).
+DEFAULT_STRENGTH = 0.6
+#: Inpainting re-draws the masked part from noise by default.
+DEFAULT_INPAINT_STRENGTH = 1.0
+#: ControlNet conditioning scales from 0 to this are accepted (the official recipe uses 0.5, diffusers 1.0).
+MAX_CONTROL_SCALE = 10.0
 #: Guidance scales from 0 to this are accepted (the paper uses 7.5 and 5.0).
 MAX_GUIDANCE = 100.0
 MAX_SEED = 2**64 - 1
@@ -100,6 +111,19 @@ def check_guidance(value, name: str = "guidance") -> float:
 def check_eta(value, name: str = "eta") -> float:
     """DDIM's eta: finite, from 0 to 1."""
     return as_float(value, name, 0.0, 1.0)
+
+
+def check_strength(value, name: str = "strength") -> float:
+    """An img2img strength: a finite number in (0, 1] (0 would change nothing, above 1 means nothing)."""
+    number = as_float(value, name)
+    if not 0 < number <= 1:
+        raise UserError(f"{name} must be more than 0 and at most 1, got {number:g}")
+    return number
+
+
+def check_control_scale(value, name: str = "control scale") -> float:
+    """A ControlNet conditioning scale: finite, from 0 to :data:`MAX_CONTROL_SCALE` (10)."""
+    return as_float(value, name, 0.0, MAX_CONTROL_SCALE)
 
 
 def _show(value) -> str:

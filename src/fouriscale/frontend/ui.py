@@ -8,6 +8,12 @@ them (PNG with the settings embedded, manifest line, same folder lock) and offer
 The size fields are the size that will be made: choosing a size in the dropdown fills them, editing them
 switches the dropdown to "custom". Defaults are the CLI's (:mod:`.params`): 50 steps, seed 23, guidance
 by family (7.5 SD, 5.0 SDXL) when the field is left empty.
+
+Pictures in follow the CLI's rules (:mod:`.sources`): an input picture (img2img, with a strength), an optional
+mask of the input picture's size (inpainting), a ControlNet with its conditioning picture, and the two-pass
+switch; pictures of another size are fitted to the target size by :func:`fouriscale.images.fit_image`, and what
+was done is said under the result. With an input picture the page also shows it, as FouriScale started from it
+(for two-pass: the native-size first pass), next to the result or the direct/FouriScale slider.
 """
 
 from __future__ import annotations
@@ -22,18 +28,22 @@ from pathlib import Path
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
 from .errors import UserError, one_line, user_errors
-from .jobs import Job, Recipe, finished_settings, output_name, render, save_image
+from .jobs import Job, Recipe, finished_settings, output_name, render_images, save_image
 from .loading import LoadedModel, load_pipeline, native_size
 from .outputs import OutputFolder
 from .params import (
     DEFAULT_ETA,
+    DEFAULT_INPAINT_STRENGTH,
     DEFAULT_SCHEDULER,
     DEFAULT_SEED,
     DEFAULT_STEPS,
+    DEFAULT_STRENGTH,
     MAX_SEED,
     as_bool,
     as_int,
+    check_control_scale,
     check_guidance,
+    check_strength,
     default_guidance,
     default_size,
 )
@@ -52,7 +62,28 @@ def _for_the_page(message: str) -> str:
     """Library messages without the hints that name CLI options or API arguments the UI does not have."""
     message = re.sub(r", or set an explicit base size \(.*\)\.?$", ".", message)
     message = re.sub(r", or lift the limit with size_limit=False \(--no-size-limit\)", "", message)
+    message = (
+        message.replace("--controlnet:", "the ControlNet:")
+        .replace("--controlnet ", "the ControlNet ")
+        .replace("--allow-pickle", "fouriscale ui --allow-pickle")
+    )
     return message
+
+
+def _picture_path(value, label: str) -> str | None:
+    """A picture input as a path: ``None``/``""`` (none), a path, or Gradio's file payload (``{"path": ...}``)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        return value["path"]
+    if isinstance(value, str):
+        return value
+    raise UserError(f"{label} must be a picture file, got {type(value).__name__}")
+
+
+def _optional(value, check, name: str):
+    """An optional number field: empty (``None`` or ``""``) or a value ``check`` accepts."""
+    return None if value is None or value == "" else check(value, name)
 
 
 class Studio:
@@ -80,6 +111,7 @@ class Studio:
         self.dtype, self.model_config, self.offload, self.allow_pickle = dtype, model_config, offload, allow_pickle
         self.default_model = default_model
         self.loaded: LoadedModel | None = None
+        self._controlnets: dict[str, object] = {}  # spec -> loaded ControlNet (for the loaded model)
         self._lock = threading.Lock()
         self._natives: dict[str, tuple[tuple[int, int], str]] = {}
 
@@ -90,6 +122,7 @@ class Studio:
             raise UserError("enter a model: a hub id, a diffusers folder, a .safetensors file or tiny:sd1")
         if self.loaded is None or self.loaded.source != name:
             self.loaded = None
+            self._controlnets.clear()
             self.loaded = load_pipeline(
                 name,
                 device=self.device,
@@ -145,6 +178,18 @@ class Studio:
                     return job
                 index += 1
 
+    def pipelines(self, sources):
+        """The loaded model's pipelines with the request's ControlNet (each ControlNet loaded once and kept)."""
+        from .controlnets import load_controlnet
+        from .pipelines import Pipelines
+
+        controlnet = None
+        for source, _, _ in sources.controls or ():
+            if source.spec not in self._controlnets:
+                self._controlnets[source.spec] = load_controlnet(source, self.loaded.pipe, self.allow_pickle)
+            controlnet = self._controlnets[source.spec]
+        return Pipelines(self.loaded.pipe, controlnet)
+
     def generate(
         self,
         prompt,
@@ -162,22 +207,37 @@ class Studio:
         pad_then_crop,
         progressive,
         compare,
+        init_image=None,
+        strength=None,
+        mask=None,
+        controlnet=None,
+        control_image=None,
+        control_scale=None,
+        two_pass=False,
         progress=None,
     ) -> dict:
-        """Render one request; returns ``{"image": path, "direct": path or None, "info": text}``.
+        """Render one request; returns ``{"image": path, "direct": path or None, "input": picture or None,
+        "first": path or None, "info": text}``.
 
         Every input is checked by type first (whole numbers for sizes, steps and seed; a finite guidance from 0
-        to 100, empty for the model's default; true/false for the switches); ``UserError`` otherwise.
+        to 100, empty for the model's default; true/false for the switches; picture files or nothing; a strength
+        in (0, 1] and a ControlNet scale from 0 to 10, empty for the defaults); ``UserError`` otherwise.
         """
+        from .sources import UI_LABELS, check_sources, check_steps_run, fit_warnings
+
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError("enter a prompt")
         if negative is not None and not isinstance(negative, str):
             raise UserError("the negative prompt must be text")
         if not isinstance(model, str):
             raise UserError("the model must be text: a hub id, a folder, a .safetensors file or tiny:sd1")
+        if controlnet is not None and not isinstance(controlnet, str):
+            raise UserError("the ControlNet model must be text: a hub id, a folder, a .safetensors file or tiny")
         height, width = as_int(height, "height", 1), as_int(width, "width", 1)
         steps, seed = as_int(steps, "steps", 1, MAX_UI_STEPS), as_int(seed, "seed", 0, MAX_SEED)
-        guidance = None if guidance is None or guidance == "" else check_guidance(guidance, "guidance")
+        guidance = _optional(guidance, check_guidance, "guidance")
+        strength = _optional(strength, check_strength, "strength")
+        control_scale = _optional(control_scale, check_control_scale, "ControlNet scale")
         switches = dict(
             freeu=freeu,
             amp_guidance=amp_guidance,
@@ -186,8 +246,28 @@ class Studio:
             pad_then_crop=pad_then_crop,
             progressive=progressive,
             compare=compare,
+            two_pass=two_pass,
         )
         flags = {name: as_bool(value, name.replace("_", " ")) for name, value in switches.items()}
+        pictures = {
+            name: _picture_path(value, UI_LABELS[name])
+            for name, value in (("init", init_image), ("mask", mask), ("control_image", control_image))
+        }
+        spec = (controlnet or "").strip()
+        try:
+            sources = check_sources(
+                init=pictures["init"],
+                mask=pictures["mask"],
+                controlnets=[spec] if spec else [],
+                control_images=[pictures["control_image"]] if pictures["control_image"] else [],
+                control_scales=[control_scale] if control_scale is not None else [],
+                strength=strength,
+                two_pass=flags["two_pass"],
+                allow_pickle=self.allow_pickle,
+                labels=UI_LABELS,
+            )
+        except UserError as exc:
+            raise UserError(_for_the_page(str(exc))) from None
         import fouriscale
 
         with self._lock:
@@ -204,9 +284,23 @@ class Studio:
             try:
                 with user_errors():
                     plan = fouriscale.get_plan(pipe, height, width, steps, config)
+                sources.check_model(pipe.unet, pipe.vae_scale_factor)
+                check_steps_run(sources.strength, steps, UI_LABELS)
+            except UserError as exc:
+                raise UserError(_for_the_page(str(exc))) from None
+            inits = [sources.init] if sources.init else []
+            controls = [picture for _, picture, _ in sources.controls]
+            notes = fit_warnings(height, width, inits, controls, paths=False)
+            try:
+                pipes = self.pipelines(sources)
             except UserError as exc:
                 raise UserError(_for_the_page(str(exc))) from None
             fouriscale.apply_fouriscale(pipe, config)
+            first_size = None
+            if sources.two_pass:
+                from ..two_pass import first_pass_size
+
+                first_size = first_pass_size(pipe, height, width, config)
             recipe = Recipe(
                 model=loaded.source,
                 height=height,
@@ -219,32 +313,65 @@ class Studio:
                 dtype=str(pipe.unet.dtype).replace("torch.", ""),
                 config=config,
                 compare=flags["compare"],
+                strength=sources.strength,
+                init=sources.init,
+                mask=sources.mask,
+                controls=sources.control_objects(),
+                two_pass=sources.two_pass,
+                first_size=first_size,
             )
             job = self._claim_index(seed, prompt.strip())
             try:
                 methods = ["fouriscale"] + (["direct"] if flags["compare"] else [])
-                paths = {}
-                for n, method in enumerate(methods):
-                    on_step = None
+                paths, images = {}, {}
+                calls = self._calls(recipe, methods)
+                done = [0]
+
+                def on_step(i, method="fouriscale"):
+                    done[0] += 1
                     if progress is not None:
+                        progress(min(done[0] / calls, 1.0), desc=f"{method}: step {i + 1}")
 
-                        def on_step(i, n=n, method=method):
-                            done = (n * steps + i + 1) / (len(methods) * steps)
-                            progress(done, desc=f"{method}: step {i + 1}/{steps}")
-
-                    image = render(pipe, recipe, job, method, on_step=on_step)
-                    settings = finished_settings(recipe, job, method, output_name(job, method), plan)
-                    save_image(image, self.out, settings, folder=self.folder)
-                    paths[method] = str(self.out / settings["file"])
+                for method in methods:
+                    made = render_images(pipes, recipe, job, method, on_step=lambda i, m=method: on_step(i, m))
+                    images.update(made)
+                    for kind in made:
+                        settings = finished_settings(recipe, job, kind, output_name(job, kind), plan)
+                        save_image(made[kind], self.out, settings, folder=self.folder)
+                        paths[kind] = str(self.out / settings["file"])
             finally:
                 self.folder.release(output_name(job, "fouriscale"))
+        shown_input = None
+        if "first" in images:
+            shown_input = images["first"]
+        elif sources.init is not None:
+            shown_input = sources.init.fitted(height, width)[0]
+        elif controls:
+            shown_input = controls[0].fitted(height, width)[0]
         info = (
             f"{width}x{height}, {steps} steps, seed {seed}, guidance {recipe.guidance_scale:g}: dilation "
             f"{plan.dilation}, base {plan.base_size[1]:g}x{plan.base_size[0]:g}"
             + (" (FouriScale is a no-op at this size)" if plan.noop else "")
             + (" (more than 8x the native size per side: expect broken structure)" if plan.far_beyond_native else "")
+            + "".join(f"\n\nNote: {line}" for line in notes)
         )
-        return {"image": paths["fouriscale"], "direct": paths.get("direct"), "info": info}
+        return {
+            "image": paths["fouriscale"],
+            "direct": paths.get("direct"),
+            "first": paths.get("first"),
+            "input": shown_input,
+            "info": info,
+        }
+
+    @staticmethod
+    def _calls(recipe: Recipe, methods: list[str]) -> int:
+        """Denoising steps the request runs in all (for the progress bar)."""
+        second = int(recipe.strength * recipe.steps) if recipe.strength is not None else recipe.steps
+        per = {
+            "fouriscale": recipe.steps + second if recipe.two_pass else second if recipe.init else recipe.steps,
+            "direct": second if recipe.init else recipe.steps,
+        }
+        return max(1, sum(per[m] for m in methods))
 
 
 def build_app(studio: Studio):
@@ -260,9 +387,11 @@ def build_app(studio: Studio):
             raise gr.Error(f"{type(exc).__name__}: {one_line(exc)}", print_exception=False) from None
         comparing = result["direct"] is not None
         slider = (result["direct"], result["image"]) if comparing else None
+        shown = result["input"] is not None
         return (
             gr.update(value=None if comparing else result["image"], visible=not comparing),
             gr.update(value=slider, visible=comparing),
+            gr.update(value=result["input"], visible=shown),
             result["image"],
             result["info"],
         )
@@ -310,6 +439,31 @@ def build_app(studio: Studio):
                     attention_guidance = gr.Checkbox(value=True, label="FouriScale guidance")
                     pad_then_crop = gr.Checkbox(value=True, label="Pad-then-crop (any aspect ratio)")
                     progressive = gr.Checkbox(value=True, label="Progressive dilation schedule")
+                with gr.Accordion("Pictures in: img2img, inpainting, ControlNet, two-pass", open=False):
+                    init_image = gr.Image(
+                        label="Input picture (img2img; fitted to the size)", type="filepath", elem_id="init-image"
+                    )
+                    strength = gr.Number(
+                        value=None,
+                        label=f"Strength, 0 to 1 (empty: {DEFAULT_STRENGTH:g}; "
+                        f"with a mask {DEFAULT_INPAINT_STRENGTH:g})",
+                        elem_id="strength",
+                    )
+                    mask = gr.Image(
+                        label="Mask (white: repaint; the input picture's size)", type="filepath", elem_id="mask"
+                    )
+                    controlnet = gr.Textbox(
+                        label="ControlNet (hub id, diffusers folder, .safetensors or tiny)", elem_id="controlnet"
+                    )
+                    control_image = gr.Image(label="ControlNet picture", type="filepath", elem_id="control-image")
+                    control_scale = gr.Number(
+                        value=None, label="ControlNet scale (empty: 1.0)", elem_id="control-scale"
+                    )
+                    two_pass = gr.Checkbox(
+                        value=False,
+                        label="Two-pass: the model's own picture at its native size first, then FouriScale img2img",
+                        elem_id="two-pass",
+                    )
                 compare = gr.Checkbox(value=False, label="Compare with direct inference (same seed)", elem_id="compare")
                 run = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
@@ -317,10 +471,18 @@ def build_app(studio: Studio):
                 slider = gr.ImageSlider(
                     label="Direct inference | FouriScale", type="filepath", visible=False, elem_id="slider", height=640
                 )
+                input_view = gr.Image(
+                    label="Input (as FouriScale started from it; two-pass: the first pass)",
+                    visible=False,
+                    elem_id="input-view",
+                    interactive=False,
+                    height=320,
+                )
                 info = gr.Markdown(elem_id="info")
                 download = gr.File(label="Download (PNG with settings)", elem_id="download")
         texts, numbers = [prompt, negative, model], [width, height, steps, guidance, seed]
         switches = [freeu, amp, low_pass, attention_guidance, pad_then_crop, progressive, compare]
+        pictures = [init_image, strength, mask, controlnet, control_image, control_scale, two_pass]
         dice.click(lambda: random.randint(0, 2**32 - 1), outputs=seed)
         size.change(on_size, inputs=[size, model], outputs=[width, height])
         model.blur(on_size, inputs=[size, model], outputs=[width, height])
@@ -328,8 +490,8 @@ def build_app(studio: Studio):
         height.input(lambda: CUSTOM, outputs=size)
         run.click(
             on_generate,
-            inputs=texts + numbers + switches,
-            outputs=[result, slider, download, info],
+            inputs=texts + numbers + switches + pictures,
+            outputs=[result, slider, input_view, download, info],
             concurrency_limit=1,
             preprocess=False,
             api_name="generate",
