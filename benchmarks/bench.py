@@ -188,7 +188,8 @@ class Bench:
         f = self.pipe.vae_scale_factor
         g = torch.Generator().manual_seed(0)
         self.latents = torch.randn(1, 4, self.height // f, self.width // f, generator=g).to(self.device, self.dtype)
-        self.plan = fouriscale.get_plan(self.pipe, self.height, self.width, args.steps)
+        config = fouriscale.FouriScaleConfig(sequential_uncond=SEQUENTIAL[args.sequential_uncond])
+        self.plan = fouriscale.get_plan(self.pipe, self.height, self.width, args.steps, config)
 
     def call(self, steps: int, callback=None) -> dict:
         kwargs = dict(
@@ -211,7 +212,9 @@ class Bench:
         if method == "direct":
             fouriscale.remove_fouriscale(pipe)
         else:
-            fouriscale.apply_fouriscale(pipe, share_branches=method == "fouriscale")
+            fouriscale.apply_fouriscale(
+                pipe, share_branches=method == "fouriscale", sequential_uncond=SEQUENTIAL[self.args.sequential_uncond]
+            )
         return pipe(**self.call(steps, callback)).images
 
     def _official(self, steps: int, callback):
@@ -292,6 +295,10 @@ def _load_reference():
     return module
 
 
+#: ``--sequential-uncond`` to ``FouriScaleConfig.sequential_uncond``.
+SEQUENTIAL = {"auto": None, "on": True, "off": False}
+
+
 def _peak_memory_in_fresh_process(args, method: str) -> float:
     """Peak memory (MiB) of ``method`` alone, in a new process: no allocator state carried over from other runs."""
     cmd = [
@@ -310,6 +317,7 @@ def _peak_memory_in_fresh_process(args, method: str) -> float:
         cmd += ["--size", args.size]
     if args.dtype:
         cmd += ["--dtype", args.dtype]
+    cmd += ["--sequential-uncond", args.sequential_uncond]
     # A fixed mmap threshold makes glibc hand large freed blocks back at once, so the resident set follows the live
     # tensors instead of what the allocator keeps around (the same for every method).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
@@ -333,6 +341,12 @@ def main(argv=None):
         default=3,
         help="steps of each memory run (default 3: the window "
         "scaled to 3 steps still has a full-dilation, a progressive and a plain step)",
+    )
+    p.add_argument(
+        "--sequential-uncond",
+        choices=list(SEQUENTIAL),
+        default="auto",
+        help="FouriScaleConfig.sequential_uncond (default auto: the plan's rule, on from 128x128 latents)",
     )
     p.add_argument("--no-filter-share", action="store_true", help="skip the profiled run for the filter's share")
     p.add_argument("--json", help="also write the results as JSON to this file")
@@ -368,7 +382,8 @@ def main(argv=None):
     print(
         f"{args.layout} at {bench.width}x{bench.height} (latent {bench.width // f}x{bench.height // f}), {args.steps} "
         f"DDIM steps, {str(bench.dtype).replace('torch.', '')}, {machine}; d={plan.dilation}, start {plan.start}, "
-        f"stop {plan.stop}; branches fork at {plan.profile.stages[plan.fork] if plan.fork is not None else '-'}"
+        f"stop {plan.stop}; sequential uncond {'on' if plan.sequential_uncond else 'off'}; "
+        f"branches fork at {plan.profile.stages[plan.fork] if plan.fork is not None else '-'}"
     )
     print(
         f"{'method':<11} {'s/image':>8} "
@@ -401,6 +416,7 @@ def main(argv=None):
                     "steps": args.steps,
                     "dtype": str(bench.dtype),
                     "device": machine,
+                    "sequential_uncond": bench.plan.sequential_uncond,
                     "results": table,
                     "filter_share": share,
                 },

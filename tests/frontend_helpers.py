@@ -112,3 +112,23 @@ def generator(seed: int = 23) -> torch.Generator:
 
 def as_array(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
+
+
+def tiny_recipe(**changes):
+    """The CLI's default recipe for ``tiny:sd1`` at 64x64 and 2 steps, with ``changes``."""
+    import fouriscale
+    from fouriscale.frontend.jobs import Recipe
+
+    base = dict(
+        model="tiny:sd1",
+        height=64,
+        width=64,
+        steps=2,
+        guidance_scale=7.5,
+        negative_prompt=None,
+        scheduler="ddim",
+        eta=1.0,
+        dtype="float32",
+        config=fouriscale.FouriScaleConfig(),
+    )
+    return Recipe(**dict(base, **changes))

@@ -26,6 +26,7 @@ from frontend_helpers import (
     generator,
     pixels,
     run_cli,
+    tiny_recipe,
     write_mask,
     write_picture,
 )
@@ -324,22 +325,10 @@ class _Shard:
 
 def test_picture_batches_shard_across_processes(tmp_path, base):
     from fouriscale.frontend.inputs import read_picture
-    from fouriscale.frontend.jobs import Recipe, make_jobs, run_batch
+    from fouriscale.frontend.jobs import make_jobs, run_batch
 
     pictures = [read_picture(write_picture(tmp_path / f"{i}.png", 32, 32, seed=i)) for i in range(3)]
-    recipe = Recipe(
-        model="tiny:sd1",
-        height=64,
-        width=64,
-        steps=2,
-        guidance_scale=7.5,
-        negative_prompt=None,
-        scheduler="ddim",
-        eta=1.0,
-        dtype="float32",
-        config=fouriscale.FouriScaleConfig(),
-        strength=0.6,
-    )
+    recipe = tiny_recipe(strength=0.6)
     jobs = make_jobs(["a cat"] * 3, [23], pictures)
     out = tmp_path / "out"
     written = [run_batch(base, recipe, jobs, out, state=_Shard(i), progress=False).written for i in (0, 1)]

@@ -12,7 +12,7 @@ from fouriscale.vae_tiling import SyncTiledDecode, sync_tiled_decode, tile_grid
 def vae():
     torch.manual_seed(0)
     return AutoencoderKL(
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
         latent_channels=4,
@@ -57,7 +57,7 @@ def test_tiled_decode_agrees_with_untiled(vae):
 def test_without_attention_tiles_are_exact_up_to_borders():
     torch.manual_seed(1)
     vae = AutoencoderKL(
-        block_out_channels=(32, 64, 64),
+        block_out_channels=(16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
         latent_channels=4,

@@ -25,6 +25,11 @@ DEFAULT_VARIANTS = "direct,fouriscale,no-low-pass,no-attention-guidance"
 UPSCALE_OUT = "outputs/upscaled"
 
 
+def _command(sub, name: str, groups: str, **kwargs) -> Parser:
+    """A sub-command with the shared option groups named in ``groups`` (see :func:`.options.parents`)."""
+    return sub.add_parser(name, parents=parents(*groups.split()), **kwargs)
+
+
 def build_parser() -> Parser:
     from .compare import VARIANTS
     from .quality import add_benchmark_arguments, add_eval_arguments
@@ -33,10 +38,11 @@ def build_parser() -> Parser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    gen = sub.add_parser(
+    gen = _command(
+        sub,
         "generate",
+        "common model size sampling runtime output fouriscale pictures",
         help="generate images",
-        parents=parents("common", "model", "size", "sampling", "runtime", "output", "fouriscale", "pictures"),
         description="Generate images with FouriScale, from text or from pictures (--init-image, --mask, "
         "--controlnet), or in two passes (--two-pass). Defaults are the official scripts' recipe: DDIM with eta "
         "1.0, 50 steps, guidance 7.5 (SD) or 5.0 (SDXL), FreeU as the paper applied it, seed 23. Rerun the same "
@@ -63,10 +69,11 @@ def build_parser() -> Parser:
     )
     _job_options(gen)
 
-    up = sub.add_parser(
+    up = _command(
+        sub,
         "upscale",
+        "common model size sampling runtime output fouriscale control",
         help="make pictures larger: FouriScale img2img from each picture at the size",
-        parents=parents("common", "model", "size", "sampling", "runtime", "output", "fouriscale", "control"),
         description="Render each picture again at --size WxH (or --scale times its size) with FouriScale img2img. "
         "The prompt is --prompt, else the one the picture carries (settings embedded by this tool, or A1111's "
         "parameters). Resumable like generate.",
@@ -81,18 +88,20 @@ def build_parser() -> Parser:
     )
     _job_options(up)
 
-    sub.add_parser(
+    _command(
+        sub,
         "plan",
+        "common model size fouriscale",
         help="show what FouriScale will do for a model and size",
-        parents=parents("common", "model", "size", "fouriscale"),
         description="Print the plan (native size, dilation, SDXL base bucket, patched layers with their base sizes, "
         "per-step schedule) without generating.",
     )
 
-    cmp = sub.add_parser(
+    cmp = _command(
+        sub,
         "compare",
+        "common model size sampling runtime output fouriscale",
         help="picture direct inference, FouriScale and ablations side by side",
-        parents=parents("common", "model", "size", "sampling", "runtime", "output", "fouriscale"),
         description="Render one prompt and seed under several variants, then save a labelled grid (whole images and "
         "a full-resolution detail crop) and their power spectra on one plot.",
     )
@@ -108,28 +117,31 @@ def build_parser() -> Parser:
         "--column-width", type=int, default=384, help="grid column width in pixels, 16 to 2048 (default: 384)"
     )
 
-    ui = sub.add_parser(
+    ui = _command(
+        sub,
         "ui",
+        "common model? runtime output",
         help="start the local web UI",
-        parents=parents("common", "model?", "runtime", "output"),
         description="Serve the web UI (Gradio) on this machine; it prints its URL when it is up.",
     )
     ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=7860, help="port, 1 to 65535 (default: 7860)")
     ui.add_argument("--public", action="store_true", help="listen on all interfaces (0.0.0.0); off by default")
 
-    ev = sub.add_parser(
+    ev = _command(
+        sub,
         "eval",
+        "common",
         help="FID/KID, crop FID/KID, IS and CLIP score of generated images",
-        parents=parents("common"),
         description="Score a folder of generated images against real ones, as the high-resolution papers do.",
     )
     add_eval_arguments(ev)
 
-    bench = sub.add_parser(
+    bench = _command(
+        sub,
         "benchmark-quality",
+        "common model size sampling runtime fouriscale",
         help="generate with several methods and score them",
-        parents=parents("common", "model", "size", "sampling", "runtime", "fouriscale"),
         description="Generate N images per method (resumable, one subfolder per method under --out), score each "
         "against --real and against direct inference, and write a table, the JSON and a bar chart.",
     )

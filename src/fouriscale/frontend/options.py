@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
 
 
+def _group(title: str):
+    """A parent parser with one argument group: ``(parser, group)``."""
+    p = _parser()
+    return p, p.add_argument_group(title)
+
+
 def _common() -> argparse.ArgumentParser:
     p = _parser()
     # SUPPRESS: given after the sub-command it sets args.debug, else the top-level value stays.
@@ -119,8 +125,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _model(required: bool) -> argparse.ArgumentParser:
-    p = _parser()
-    g = p.add_argument_group("model")
+    p, g = _group("model")
     g.add_argument(
         "--model",
         required=required,
@@ -140,14 +145,9 @@ def _model(required: bool) -> argparse.ArgumentParser:
 
 
 def _size_options() -> argparse.ArgumentParser:
-    p = _parser()
-    g = p.add_argument_group("size and steps")
-    g.add_argument(
-        "--size",
-        type=size_type,
-        metavar="WxH",
-        help="image size, e.g. 2048x2048 (default: the preset's, else 2x the native size)",
-    )
+    p, g = _group("size and steps")
+    size_help = "image size, e.g. 2048x2048 (default: the preset's, else 2x the native size)"
+    g.add_argument("--size", type=size_type, metavar="WxH", help=size_help)
     g.add_argument("--height", type=pixels_type, help="image height in pixels (instead of --size)")
     g.add_argument("--width", type=pixels_type, help="image width in pixels (instead of --size)")
     g.add_argument(
@@ -166,8 +166,7 @@ def _size_options() -> argparse.ArgumentParser:
 
 
 def _fouriscale() -> argparse.ArgumentParser:
-    p = _parser()
-    g = p.add_argument_group("FouriScale (defaults: the paper's)")
+    p, g = _group("FouriScale (defaults: the paper's)")
     g.add_argument(
         "--start-step",
         type=int,
@@ -207,23 +206,28 @@ def _fouriscale() -> argparse.ArgumentParser:
         help="override the reference size (default: native size for SD, best SDXL training bucket for SDXL)",
     )
     a = p.add_argument_group("ablations (each switches one component of the paper off)")
-    a.add_argument("--no-low-pass", action="store_true", help="dilated convs without the low-pass filter")
-    a.add_argument("--no-attention-guidance", action="store_true", help="no FouriScale guidance (two branches)")
-    a.add_argument("--no-pad-then-crop", action="store_true", help="filter at the feature map's own size")
-    a.add_argument("--no-progressive", action="store_true", help="full dilation until the stop step")
-    a.add_argument(
-        "--no-dilated-convs",
-        action="store_true",
-        help="leave every conv undilated and unfiltered (keeps the conditioning and guidance settings; the "
-        "official ControlNet script's recipe)",
-    )
+    for flag, text in ABLATIONS:
+        a.add_argument(flag, action="store_true", help=text)
     return p
+
+
+#: The ablation switches: flag and help (each is ``FouriScaleConfig.<name> = False``).
+ABLATIONS = (
+    ("--no-low-pass", "dilated convs without the low-pass filter"),
+    ("--no-attention-guidance", "no FouriScale guidance (two branches)"),
+    ("--no-pad-then-crop", "filter at the feature map's own size"),
+    ("--no-progressive", "full dilation until the stop step"),
+    (
+        "--no-dilated-convs",
+        "leave every conv undilated and unfiltered (keeps the conditioning and guidance settings; the official "
+        "ControlNet script's recipe)",
+    ),
+)
 
 
 def _pictures(init: bool = True) -> argparse.ArgumentParser:
     """Pictures in: ``--init-image``/``--mask`` (with ``init``), ``--strength``, ControlNets and their images."""
-    p = _parser()
-    g = p.add_argument_group("pictures in (img2img, inpainting, ControlNet)")
+    p, g = _group("pictures in (img2img, inpainting, ControlNet)")
     if init:
         g.add_argument("--init-image", metavar="PATH", help="start from this picture (img2img)")
         g.add_argument(
@@ -272,8 +276,7 @@ def _pictures(init: bool = True) -> argparse.ArgumentParser:
 def _sampling() -> argparse.ArgumentParser:
     from .loading import SCHEDULERS
 
-    p = _parser()
-    g = p.add_argument_group("sampling")
+    p, g = _group("sampling")
     g.add_argument(
         "--guidance", type=guidance_type, help="guidance scale, 0 to 100 (default: 7.5 for SD, 5.0 for SDXL)"
     )
@@ -294,8 +297,7 @@ def _sampling() -> argparse.ArgumentParser:
 
 
 def _runtime() -> argparse.ArgumentParser:
-    p = _parser()
-    g = p.add_argument_group("device")
+    p, g = _group("device")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     g.add_argument(
         "--dtype",

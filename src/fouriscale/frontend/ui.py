@@ -545,13 +545,7 @@ def launch(
         raise UserError("the web UI needs Gradio: pip install 'fouriscale[ui]'") from None
     check_address(host, port)
     studio = Studio(
-        out_dir=out_dir,
-        device=device,
-        dtype=dtype,
-        model_config=model_config,
-        default_model=model,
-        offload=offload,
-        allow_pickle=allow_pickle,
+        out_dir, device, dtype, model_config, default_model=model, offload=offload, allow_pickle=allow_pickle
     )
     if model:
         studio.model(model)  # load once, up front
