@@ -16,7 +16,7 @@ from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.jobs import Job, make_jobs, output_name, parse_seeds, render, run_batch, save_image
 from fouriscale.frontend.outputs import Manifest, OutputFolder, read_settings
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import cli, env, pixels, start_cli, tiny_recipe
+from frontend_helpers import env, pixels, run_cli, start_cli, tiny_recipe
 
 GEN = ["generate", "--model", "tiny:sd1", "--size", "64x64", "--no-progress"]
 
@@ -146,7 +146,7 @@ def test_a_live_run_with_other_settings_stops_this_one_before_it_renders(pipe, t
     assert leftovers(tmp_path) == []
 
 
-def test_resume_after_a_killed_run_removes_stale_temp_files(tmp_path, capsys):
+def test_resume_after_a_killed_run_removes_stale_temp_files(tmp_path):
     out = tmp_path / "o"
     args = [*GEN, "a cat", "--steps", "2", "--seed", "1-8", "--out", out]
     log = open(tmp_path / "killed.log", "w")
@@ -160,31 +160,28 @@ def test_resume_after_a_killed_run_removes_stale_temp_files(tmp_path, capsys):
     first = sorted(p.name for p in out.glob("*.png"))
     assert 1 <= len(first) < 8, (first, (tmp_path / "killed.log").read_text()[-2000:])
     (out / ".00007-8-a-cat.png.k2j3h4x9.tmp").write_bytes(b"half an image")  # what a kill mid-write leaves
-    assert cli(*args) == 0  # the rerun, in this process
-    assert f"{len(first)} already done" in capsys.readouterr().out
+    done = run_cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(first)} already done" in done.stdout
     names = files_match_manifest(out)
     assert names == [f"0000{i}-{i + 1}-a-cat.png" for i in range(8)]
     assert leftovers(out) == []  # temp file, claim and run registration of the killed run are gone
 
 
-def _concurrent(tmp_path, capsys, second_args):
-    """Run ``a`` in a subprocess and, once it has registered its run in the folder, ``b`` in this process."""
+def _concurrent(tmp_path, second_args):
+    """Two CLI processes into one folder at once (the second with ``second_args``)."""
     out = tmp_path / "o"
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\na dog\na cow\n", encoding="utf-8")
     common = [*GEN, "--prompts", prompts, "--seed", "1-2", "--out", out]
     a = start_cli(*common, "--steps", "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and a.poll() is None and not list(out.glob(".fouriscale-run.*.json")):
-        time.sleep(0.01)
-    b = cli(*common, *second_args)
-    captured = capsys.readouterr()
-    a_out, a_err = a.communicate(timeout=300)
-    return out, [(a.returncode, a_out, a_err), (b, captured.out, captured.err)]
+    b = start_cli(*common, *second_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    results = [(p.returncode, *p.communicate(timeout=300)) for p in (a, b)]
+    return out, [(p.returncode, o, e) for p, (_, o, e) in zip((a, b), results)]
 
 
-def test_two_runs_with_equal_settings_split_the_work(tmp_path, capsys):
-    out, runs = _concurrent(tmp_path, capsys, ["--steps", "2"])
+def test_two_runs_with_equal_settings_split_the_work(tmp_path):
+    out, runs = _concurrent(tmp_path, ["--steps", "2"])
     for code, _, stderr in runs:
         assert code == 0, stderr[-2000:]
     written = [int(stdout.split(" image(s) written")[0].split()[-1]) for _, stdout, _ in runs]
@@ -193,8 +190,8 @@ def test_two_runs_with_equal_settings_split_the_work(tmp_path, capsys):
     assert leftovers(out) == []
 
 
-def test_two_runs_with_different_settings_stop_the_later_one(tmp_path, capsys):
-    out, runs = _concurrent(tmp_path, capsys, ["--steps", "3"])
+def test_two_runs_with_different_settings_stop_the_later_one(tmp_path):
+    out, runs = _concurrent(tmp_path, ["--steps", "3"])
     codes = sorted(code for code, _, _ in runs)
     assert codes == [0, 2], runs
     loser = next(r for r in runs if r[0] == 2)
