@@ -306,6 +306,33 @@ def test_app_in_a_headless_browser(tmp_path):
         browser.find_element(By.CSS_SELECTOR, "#generate").click()
         wait.until(lambda b: "multiple of 2 pixels" in b.page_source)
         assert browser.find_elements(By.CSS_SELECTOR, "#generate")
+        width = _field(browser, "width")
+        width.send_keys(Keys.CONTROL, "a")
+        width.send_keys("64", Keys.TAB)
+
+        # pictures in: an uploaded input picture runs img2img, and the page shows the input beside the result
+        picture = write_picture(tmp_path / "wide.png", 48, 32, seed=3)
+        browser.find_element(By.CSS_SELECTOR, "#pictures-in .label-wrap").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#init-image input[type=file]"))
+        browser.find_element(By.CSS_SELECTOR, "#init-image input[type=file]").send_keys(picture)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#init-image img"))
+        browser.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#input-view img"))
+        wait.until(lambda b: "centre-cropped from 48x32" in b.page_source)
+        made = [read_settings(p) for p in (tmp_path / "out").glob("*.png")]
+        assert [(m["inputs"]["init_image"]["size"], m["inputs"]["strength"]) for m in made if "inputs" in m] == [
+            ([48, 32], 0.6)
+        ]
+        # a mask moves the strength slider to the inpainting default; the ControlNet scale field shows its default
+        strength = browser.find_element(By.CSS_SELECTOR, "#strength input[type=number]")
+        assert strength.get_attribute("value") == "0.6"
+        assert _field(browser, "control-scale").get_attribute("value") == "1"
+        browser.find_element(By.CSS_SELECTOR, "#mask input[type=file]").send_keys(
+            write_mask(tmp_path / "m.png", 48, 32)
+        )
+        wait.until(
+            lambda b: b.find_element(By.CSS_SELECTOR, "#strength input[type=number]").get_attribute("value") == "1"
+        )
     finally:
         browser.quit()
         app.close()
@@ -383,7 +410,6 @@ def ui_pictures(tmp_path_factory):
         (dict(init_image="picture", strength=0), "more than 0 and at most 1"),
         (dict(init_image="picture", strength="abc"), "strength must be a finite number"),
         (dict(init_image="picture", strength=0.1), "runs no denoising step"),
-        (dict(strength=0.5), "the strength is for the input picture or two-pass"),
         (dict(controlnet="tiny"), "the ControlNet model needs the ControlNet picture"),
         (dict(control_image="control"), "the ControlNet picture needs the ControlNet model"),
         (dict(controlnet="tiny", control_image="control", control_scale=-1), "from 0 to 10"),
@@ -403,3 +429,15 @@ def test_bad_pictures_are_a_message(studio, ui_pictures, monkeypatch, changes, m
     changes = {k: ui_pictures.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}
     with pytest.raises(UserError, match=message):
         _ask(studio, **changes)
+
+
+def test_the_page_strength_and_scale_fields_count_only_with_their_inputs(studio):
+    """The page always sends its strength slider and ControlNet scale: without an input picture (or two-pass) and
+    without a ControlNet they change nothing, while a bad value is still refused."""
+    plain = read_settings(_ask(studio, prompt="a field", seed=3)["image"])
+    ignored = read_settings(_ask(studio, prompt="a field", seed=4, strength=0.5, control_scale=0.3)["image"])
+    assert "inputs" not in ignored and {
+        k: v for k, v in ignored.items() if k not in ("seed", "key", "file", "index")
+    } == {k: v for k, v in plain.items() if k not in ("seed", "key", "file", "index")}
+    with pytest.raises(UserError, match="more than 0 and at most 1"):
+        _ask(studio, strength=0)

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_ETA",
     "DEFAULT_STRENGTH",
     "DEFAULT_INPAINT_STRENGTH",
+    "DEFAULT_CONTROL_SCALE",
     "MAX_CONTROL_SCALE",
     "MAX_GUIDANCE",
     "MAX_SEED",
@@ -42,6 +43,8 @@ DEFAULT_ETA = 1.0
 DEFAULT_STRENGTH = 0.6
 #: Inpainting re-draws the masked part from noise by default.
 DEFAULT_INPAINT_STRENGTH = 1.0
+#: ControlNet conditioning scale when none is given (diffusers' default; the official recipe's is 0.5).
+DEFAULT_CONTROL_SCALE = 1.0
 #: ControlNet conditioning scales from 0 to this are accepted (the official recipe uses 0.5, diffusers 1.0).
 MAX_CONTROL_SCALE = 10.0
 #: Guidance scales from 0 to this are accepted (the paper uses 7.5 and 5.0).

@@ -24,7 +24,7 @@ from PIL import Image
 from .controlnets import Control, ControlSource, check_fit, check_source
 from .errors import UserError
 from .inputs import Picture, read_picture
-from .params import DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH
+from .params import DEFAULT_CONTROL_SCALE, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH
 
 __all__ = [
     "CLI_LABELS",
@@ -142,7 +142,7 @@ def check_sources(
         check_mask_sizes(mask_picture, ([init_picture] if init_picture else []) + pictures, labels)
     sources = [check_source(spec, allow_pickle) for spec in controlnets]
     images = [read_picture(path, L["control_image"]) for path in control_images]
-    default = 0.5 if official else 1.0
+    default = 0.5 if official else DEFAULT_CONTROL_SCALE
     scales = list(control_scales) or [default]
     scales = scales * len(controlnets) if len(scales) == 1 else scales
     if strength is None and (init or pictures or has_own_pictures or two_pass):

@@ -27,11 +27,13 @@ import threading
 from pathlib import Path
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
+from ..profiles import FAMILIES
 from .errors import UserError, one_line, user_errors
 from .jobs import Job, Recipe, finished_settings, output_name, render_images, save_image
 from .loading import LoadedModel, load_pipeline, native_size
 from .outputs import OutputFolder
 from .params import (
+    DEFAULT_CONTROL_SCALE,
     DEFAULT_ETA,
     DEFAULT_INPAINT_STRENGTH,
     DEFAULT_SCHEDULER,
@@ -254,6 +256,12 @@ class Studio:
             for name, value in (("init", init_image), ("mask", mask), ("control_image", control_image))
         }
         spec = (controlnet or "").strip()
+        # The page always sends its strength and scale fields: they count where they apply (a strength with an
+        # input picture or two-pass, a scale with a ControlNet), as the fields sit under those inputs.
+        if pictures["init"] is None and not flags["two_pass"]:
+            strength = None
+        if not spec:
+            control_scale = None
         try:
             sources = check_sources(
                 init=pictures["init"],
@@ -402,10 +410,26 @@ def build_app(studio: Studio):
             return gr.update(), gr.update()
         return gr.update(value=size[1]), gr.update(value=size[0])
 
+    def on_model_guidance(model, guidance):
+        """The family's guidance when the model changes, unless the field holds a value typed by the user."""
+        native = studio.native(model)
+        defaults = {None, *(default_guidance(name) for name in FAMILIES)}
+        if native is None or guidance not in defaults:
+            return gr.update()
+        return gr.update(value=default_guidance(native[1]))
+
+    def on_mask(mask, strength):
+        """A mask given: the inpainting strength (1.0); taken away: the img2img one (0.6); a moved slider stays."""
+        if mask and strength == DEFAULT_STRENGTH:
+            return gr.update(value=DEFAULT_INPAINT_STRENGTH)
+        if not mask and strength == DEFAULT_INPAINT_STRENGTH:
+            return gr.update(value=DEFAULT_STRENGTH)
+        return gr.update()
+
     start = studio.native(studio.default_model) if studio.default_model else None
     first_choice = NATIVE if start else CUSTOM
     first_h, first_w = default_size(start[0]) if start else FALLBACK_SIZE
-    guidance_label = "Guidance scale (empty: the model's default, 7.5 SD / 5.0 SDXL)"
+    guidance_label = "Guidance scale (the model's default: 7.5 SD / 5.0 SDXL; empty: the same)"
 
     with gr.Blocks(title="FouriScale") as app:
         gr.Markdown(
@@ -427,7 +451,7 @@ def build_app(studio: Studio):
                 with gr.Row():
                     steps = gr.Slider(1, MAX_UI_STEPS, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Number(
-                        value=default_guidance(start[1]) if start else None, label=guidance_label, elem_id="guidance"
+                        value=default_guidance(start[1] if start else "sd1"), label=guidance_label, elem_id="guidance"
                     )
                 with gr.Row():
                     seed = gr.Number(value=DEFAULT_SEED, label="Seed", precision=0, elem_id="seed")
@@ -439,14 +463,18 @@ def build_app(studio: Studio):
                     attention_guidance = gr.Checkbox(value=True, label="FouriScale guidance")
                     pad_then_crop = gr.Checkbox(value=True, label="Pad-then-crop (any aspect ratio)")
                     progressive = gr.Checkbox(value=True, label="Progressive dilation schedule")
-                with gr.Accordion("Pictures in: img2img, inpainting, ControlNet, two-pass", open=False):
+                with gr.Accordion(
+                    "Pictures in: img2img, inpainting, ControlNet, two-pass", open=False, elem_id="pictures-in"
+                ):
                     init_image = gr.Image(
                         label="Input picture (img2img; fitted to the size)", type="filepath", elem_id="init-image"
                     )
-                    strength = gr.Number(
-                        value=None,
-                        label=f"Strength, 0 to 1 (empty: {DEFAULT_STRENGTH:g}; "
-                        f"with a mask {DEFAULT_INPAINT_STRENGTH:g})",
+                    strength = gr.Slider(
+                        0.01,
+                        1.0,
+                        value=DEFAULT_STRENGTH,
+                        step=0.01,
+                        label=f"Strength ({DEFAULT_STRENGTH:g}; {DEFAULT_INPAINT_STRENGTH:g} when a mask is given)",
                         elem_id="strength",
                     )
                     mask = gr.Image(
@@ -457,7 +485,11 @@ def build_app(studio: Studio):
                     )
                     control_image = gr.Image(label="ControlNet picture", type="filepath", elem_id="control-image")
                     control_scale = gr.Number(
-                        value=None, label="ControlNet scale (empty: 1.0)", elem_id="control-scale"
+                        value=DEFAULT_CONTROL_SCALE,
+                        minimum=0,
+                        maximum=10,
+                        label="ControlNet scale",
+                        elem_id="control-scale",
                     )
                     two_pass = gr.Checkbox(
                         value=False,
@@ -486,6 +518,8 @@ def build_app(studio: Studio):
         dice.click(lambda: random.randint(0, 2**32 - 1), outputs=seed)
         size.change(on_size, inputs=[size, model], outputs=[width, height])
         model.blur(on_size, inputs=[size, model], outputs=[width, height])
+        model.blur(on_model_guidance, inputs=[model, guidance], outputs=guidance)
+        mask.change(on_mask, inputs=[mask, strength], outputs=strength)
         width.input(lambda: CUSTOM, outputs=size)
         height.input(lambda: CUSTOM, outputs=size)
         run.click(
