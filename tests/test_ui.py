@@ -333,6 +333,11 @@ def test_app_in_a_headless_browser(tmp_path):
         wait.until(
             lambda b: b.find_element(By.CSS_SELECTOR, "#strength input[type=number]").get_attribute("value") == "1"
         )
+        # another model family: the guidance field follows it (the user has not typed one)
+        model = browser.find_element(By.CSS_SELECTOR, "#model textarea, #model input")
+        model.send_keys(Keys.CONTROL, "a")
+        model.send_keys("tiny:sdxl", Keys.TAB)
+        wait.until(lambda b: _field(b, "guidance").get_attribute("value") == "5")
     finally:
         browser.quit()
         app.close()
