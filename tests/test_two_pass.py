@@ -60,11 +60,13 @@ def test_two_pass_equals_its_steps_done_by_hand(request, clean, family):
     assert not np.array_equal(np.asarray(stock), np.asarray(result.image))
 
 
-def test_latent_upscale_and_controlnet(sd_pipe, clean):
+def test_latent_upscale_and_controlnet(sd_pipe, clean, capsys):
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
     clean(sd_pipe)
+    capsys.readouterr()
     latent = fouriscale.two_pass(sd_pipe, "a cat", 64, 64, upscale="latent", num_inference_steps=3, seed=1)
+    assert "it/s" not in capsys.readouterr().err  # both passes keep the pipeline's progress bar settings (off)
     assert latent.image.size == (64, 64) and latent.first.size == (32, 32)
     assert latent.settings["two_pass"]["upscale"] == "latent"
     again = fouriscale.two_pass(sd_pipe, "a cat", 64, 64, upscale="latent", num_inference_steps=3, seed=1)
@@ -110,6 +112,9 @@ def test_fit_image_rule():
     assert resized.size == (64, 32) and note == "downscaled from 128x64 to 64x32"
     cropped, note = fit_image(wide, 64, 64)  # 2:1 into 1:1: centre crop, then resize
     assert cropped.size == (64, 64) and note.startswith("centre-cropped from 200x100 to 100x100")
+    exact, note = fit_image(wide, 100, 100)  # the crop alone gives the target: no resize, no resize note
+    assert exact.size == (100, 100) and note == "centre-cropped from 200x100 to 100x100 (the target's aspect ratio)"
+    assert (np.asarray(exact) == np.asarray(wide.crop((50, 0, 150, 100)))).all()
     assert centre_crop_box((200, 100), 1.0) == (50, 0, 150, 100)
     assert centre_crop_box((100, 200), 2.0) == (0, 75, 100, 125)
     mask = Image.fromarray(np.array([[0, 255], [255, 0]], dtype=np.uint8), "L")

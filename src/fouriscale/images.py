@@ -44,8 +44,8 @@ def fit_image(image: Image.Image, height: int, width: int, *, mask: bool = False
         image = image.crop(box)
         notes.append(f"centre-cropped from {w}x{h} to {box[2] - box[0]}x{box[3] - box[1]} (the target's aspect ratio)")
     cw, ch = image.size
-    scale = width / cw
-    image = image.resize((width, height), resample)
-    verb = "upscaled" if scale > 1 else "downscaled"
-    notes.append(f"{verb} from {cw}x{ch} to {width}x{height}")
+    if (cw, ch) != (width, height):  # a crop may already give the target size
+        image = image.resize((width, height), resample)
+        verb = "upscaled" if width > cw else "downscaled"
+        notes.append(f"{verb} from {cw}x{ch} to {width}x{height}")
     return image, "; ".join(notes)
