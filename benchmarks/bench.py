@@ -9,6 +9,8 @@ or scaled-down layouts with the same block types for CPUs (``sd1-small``, ``sdxl
 are random tensors, so no text encoder is needed. All methods run in one process, one after the other, so
 their time ratios are measured side by side. Printed per method: seconds per image, seconds per denoising
 step in each phase (before start, progressive, after stop), the ratio to direct inference and peak memory.
+With ``--repeats R`` the methods are timed in R interleaved rounds and each one's fastest round is reported
+(the JSON keeps every round's time): a slow spell of a shared machine then cannot fall on one method only.
 Peak memory comes from a fresh process per method, over ``--memory-steps`` steps (``--no-memory`` skips
 it): on a GPU ``torch.cuda.max_memory_allocated``, on a CPU the resident set sampled during the run (with
 glibc's mmap threshold fixed at 128 KiB, so freed tensors leave the resident set).
@@ -348,6 +350,12 @@ def main(argv=None):
         default="auto",
         help="FouriScaleConfig.sequential_uncond (default auto: the plan's rule, on from 128x128 latents)",
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="timed rounds over all methods, interleaved; each method's fastest round is reported (default 1)",
+    )
     p.add_argument("--no-filter-share", action="store_true", help="skip the profiled run for the filter's share")
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--only", choices=METHODS, help=argparse.SUPPRESS)  # internal: one method, print peak MiB
@@ -364,7 +372,11 @@ def main(argv=None):
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] + (["official"] if args.official else [])
     for method in methods:  # warm-up (kernels, allocator), every path
         bench.run(method, 2)
-    results = {method: bench.timed(method) for method in methods}
+    rounds = {method: [] for method in methods}
+    for _ in range(args.repeats):  # interleaved rounds: a slow spell of the machine hits every method alike
+        for method in methods:
+            rounds[method].append(bench.timed(method))
+    results = {method: min(runs, key=lambda run: run[0]) for method, runs in rounds.items()}  # best of the rounds
     share = (
         None if args.no_filter_share or "fouriscale" not in results else bench.filter_share(results["fouriscale"][0])
     )
@@ -414,6 +426,8 @@ def main(argv=None):
                     "width": bench.width,
                     "height": bench.height,
                     "steps": args.steps,
+                    "repeats": args.repeats,
+                    "all_seconds": {method: [run[0] for run in runs] for method, runs in rounds.items()},
                     "dtype": str(bench.dtype),
                     "device": machine,
                     "sequential_uncond": bench.plan.sequential_uncond,

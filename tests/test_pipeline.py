@@ -224,6 +224,18 @@ def test_plan_is_printable_and_follows_the_size(sd_pipe):
     )
 
 
+def test_sequential_uncond_by_default_from_128x128_latents(sd_pipe):
+    from fouriscale.plan import SEQUENTIAL_UNCOND_MIN_LATENT
+
+    assert SEQUENTIAL_UNCOND_MIN_LATENT == 128 * 128
+    assert fouriscale.get_plan(sd_pipe, 256, 256, 50).sequential_uncond  # 128x128 latents (vae factor 2)
+    assert not fouriscale.get_plan(sd_pipe, 224, 256, 50).sequential_uncond  # 112x128: one batch
+    forced = fouriscale.get_plan(sd_pipe, 64, 96, 50, fouriscale.FouriScaleConfig(sequential_uncond=True))
+    assert forced.sequential_uncond
+    kept = fouriscale.get_plan(sd_pipe, 256, 256, 50, fouriscale.FouriScaleConfig(sequential_uncond=False))
+    assert not kept.sequential_uncond
+
+
 def test_plan_of_a_patched_pipeline_is_the_same(sd_pipe, clean):
     before = str(fouriscale.get_plan(sd_pipe, 64, 96, 20))
     clean(sd_pipe)
