@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 import fouriscale
-from fouriscale.testing import real_unet_config
+from fouriscale.testing import real_unet_config, sd_ddim_scheduler
 
 REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "reference.py"
 
@@ -69,7 +69,6 @@ METHODS = ("direct", "fouriscale", "unshared", "official")
 def build_pipeline(layout: str, dtype, device: str):
     from diffusers import (
         AutoencoderKL,
-        DDIMScheduler,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -85,14 +84,7 @@ def build_pipeline(layout: str, dtype, device: str):
         up_block_types=("UpDecoderBlock2D",) * 4,
         norm_num_groups=8,
     ).to(device=device, dtype=dtype)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     g = torch.Generator().manual_seed(1)
     cross = config["cross_attention_dim"]
     pos, neg = (torch.randn(1, 77, cross, generator=g).to(device, dtype) for _ in range(2))

@@ -25,6 +25,11 @@ SD_CASES = [(64, 64, 2), (64, 96, 3)]
 SDXL_CASES = [(64, 64, 2, (32.0, 32.0)), (64, 96, 3, (26.0, 36.0))]
 
 
+def _reference(pipe, height, width, latents, **kwargs):
+    """The reference re-statement with the recipe of :func:`_ours` (prompt, negative prompt, steps, guidance)."""
+    return reference_latents(pipe, "a red cat", "blurry", height, width, STEPS, 7.5, latents, **kwargs)
+
+
 def _ours(pipe, height, width, latents, **config):
     fouriscale.apply_fouriscale(pipe, **config)
     try:
@@ -49,14 +54,10 @@ def test_sd_matches_reference(sd_pipe, height, width, d, amp):
     start, stop = 1, 4  # the paper's 10/30 of 50 (d <= 3) scaled to 6 steps
     freeu = (1.2, 1.4, 0.9, 0.2)
     ours = _ours(sd_pipe, height, width, latents, amp_guidance=amp)
-    ref = reference_latents(
+    ref = _reference(
         sd_pipe,
-        "a red cat",
-        "blurry",
         height,
         width,
-        STEPS,
-        7.5,
         latents,
         d=d,
         base=_sd_base,
@@ -78,14 +79,10 @@ def test_sdxl_matches_reference(sdxl_pipe, height, width, d, bucket, amp):
     latents = latents_for(sdxl_pipe, height, width)
     start, stop = 2, 4  # the paper's 20/35 of 50 scaled to 6 steps
     ours = _ours(sdxl_pipe, height, width, latents, amp_guidance=amp)
-    ref = reference_latents(
+    ref = _reference(
         sdxl_pipe,
-        "a red cat",
-        "blurry",
         height,
         width,
-        STEPS,
-        7.5,
         latents,
         d=d,
         base=bucket,

@@ -8,17 +8,23 @@ import fouriscale
 from fouriscale.vae_tiling import SyncTiledDecode, sync_tiled_decode, tile_grid
 
 
-@pytest.fixture(scope="module")
-def vae():
-    torch.manual_seed(0)
-    return AutoencoderKL(
+def _vae(seed: int, **changes):
+    """A small seeded three-level VAE (decoding upsamples by 4)."""
+    torch.manual_seed(seed)
+    config = dict(
         block_out_channels=(16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
         latent_channels=4,
         norm_num_groups=8,
         layers_per_block=1,
-    ).eval()
+    )
+    return AutoencoderKL(**config, **changes).eval()
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return _vae(0)
 
 
 def _latent(seed=0):
@@ -55,16 +61,7 @@ def test_tiled_decode_agrees_with_untiled(vae):
 
 @torch.no_grad()
 def test_without_attention_tiles_are_exact_up_to_borders():
-    torch.manual_seed(1)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        mid_block_add_attention=False,
-    ).eval()
+    vae = _vae(1, mid_block_add_attention=False)
     z = vae.post_quant_conv(_latent(1))
     full = vae.decoder(z)
     ours = sync_tiled_decode(vae.decoder, z, tile=24, margin=8)

@@ -18,6 +18,7 @@ __all__ = [
     "FAMILIES",
     "real_unet_config",
     "tiny_unet_config",
+    "sd_ddim_scheduler",
     "tiny_pipeline",
     "save_tiny_pipeline",
     "tiny_tokenizer",
@@ -136,6 +137,20 @@ def _text_encoder(hidden: int, projection: bool, vocab_size: int):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
+def sd_ddim_scheduler():
+    """The DDIM scheduler of the published SD 1.5 / 2.1 / SDXL configs (scaled-linear betas 0.00085-0.012)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
     """A tiny random diffusers pipeline (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``).
 
@@ -144,7 +159,6 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
     """
     from diffusers import (
         AutoencoderKL,
-        DDIMScheduler,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -162,14 +176,7 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
         layers_per_block=1,
         sample_size=2 * sample_size,
     ).eval()
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     tokenizer = tiny_tokenizer()
     vocab_size = len(tokenizer.get_vocab())
     torch.manual_seed(seed + 2)
