@@ -123,8 +123,8 @@ def two_pass(
     text2img = AutoPipelineForText2Image.from_pipe(pipe) if _accepts(pipe, "strength") else pipe
     img2img = AutoPipelineForImage2Image.from_pipe(pipe)
     bar = getattr(pipe, "_progress_bar_config", None)
-    for made in {id(text2img): text2img, id(img2img): img2img}.values():  # from_pipe does not carry it over
-        if made is not pipe and bar is not None:
+    if bar is not None:  # from_pipe does not carry the progress bar settings over
+        for made in (text2img, img2img):
             made.set_progress_bar_config(**bar)
     first_kwargs, second_kwargs = dict(call_kwargs), dict(call_kwargs)
     if control_image is not None:

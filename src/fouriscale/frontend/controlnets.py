@@ -106,9 +106,6 @@ class ControlSource:
     seed: int = 0
 
 
-_PICKLE = (".ckpt", ".bin", ".pt", ".pth")
-
-
 def _summary_of_config(config) -> dict:
     from ..profiles import detect_family
 
@@ -207,7 +204,7 @@ def check_source(spec: str, allow_pickle: bool = False) -> ControlSource:
     unless allowed, the config readable); ``UserError`` otherwise."""
     from diffusers import ControlNetModel
 
-    from .loading import _looks_like_path, safetensors_keys
+    from .loading import PICKLE_SUFFIXES, _looks_like_path, safetensors_keys
 
     spec = str(spec).strip()
     if not spec:
@@ -217,7 +214,7 @@ def check_source(spec: str, allow_pickle: bool = False) -> ControlSource:
         return ControlSource(spec, "tiny", {}, seed)
     path = Path(spec).expanduser()
     if path.is_file():
-        if path.suffix.lower() in _PICKLE:
+        if path.suffix.lower() in PICKLE_SUFFIXES:
             if not allow_pickle:
                 raise UserError(
                     f"--controlnet {spec}: a pickle file, which can run arbitrary code when loaded; convert it to "
@@ -234,7 +231,7 @@ def check_source(spec: str, allow_pickle: bool = False) -> ControlSource:
         for file in weights:
             safetensors_keys(file, f"--controlnet {spec}: {file.name}")
         if not weights:
-            if not any(path.glob(f"*{suffix}") for suffix in _PICKLE):
+            if not any(path.glob(f"*{suffix}") for suffix in PICKLE_SUFFIXES):
                 raise UserError(f"--controlnet {spec}: the folder holds no weights (.safetensors)")
             if not allow_pickle:
                 raise UserError(
