@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import forkserver
 from fouriscale.frontend.cli import main
 
 TESTS = Path(__file__).parent
@@ -38,19 +39,21 @@ def env(**extra) -> dict:
     )
 
 
-def run_cli(*args, timeout: float = 300, **extra_env) -> subprocess.CompletedProcess:
-    """``python -m fouriscale ARGS`` in a subprocess (offline); returns the finished process."""
-    return subprocess.run(
-        [sys.executable, "-m", "fouriscale", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env(**extra_env),
-        timeout=timeout,
-    )
+def run_cli(*args, timeout: float = 300, fresh: bool = False) -> subprocess.CompletedProcess:
+    """``python -m fouriscale ARGS`` in its own process (offline); returns the finished process.
+
+    The process is forked from the fork server (``forkserver.py``: imports paid once), or with ``fresh``
+    started as a new interpreter, as a user's shell would.
+    """
+    if fresh:
+        command = [sys.executable, "-m", "fouriscale", *map(str, args)]
+        return subprocess.run(command, capture_output=True, text=True, env=env(), timeout=timeout)
+    return forkserver.run(args, env(), timeout=timeout)
 
 
-def start_cli(*args, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fouriscale", *map(str, args)], env=env(), text=True, **popen)
+def start_cli(*args, stdout=None, stderr=None) -> forkserver.Started:
+    """``python -m fouriscale ARGS`` forked from the fork server, running; a ``subprocess.Popen`` look-alike."""
+    return forkserver.Started(args, env(), stdout=stdout, stderr=stderr)
 
 
 def pixels(path) -> np.ndarray:

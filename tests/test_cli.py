@@ -1,6 +1,7 @@
-"""The ``fouriscale`` command's argument handling (frontend/cli.py, options.py, params.py): one subprocess smoke
-test per command, everything else in-process through ``main([...])``: defaults, what every option reaches,
-values refused before any work with one line and exit status 2, exit status 1 only for a bug."""
+"""The ``fouriscale`` command's argument handling (frontend/cli.py, options.py, params.py): one smoke test per
+command in a process of its own (forked from the fork server; the first in a new interpreter), everything else
+in-process through ``main([...])``: defaults, what every option reaches, values refused before any work with one
+line and exit status 2, exit status 1 only for a bug."""
 
 import json
 import time
@@ -47,7 +48,7 @@ def api_pipe():
 
 
 def test_smoke_generate_with_the_builtin_tiny_model(tmp_path, api_pipe):
-    """The README's offline check, with --debug after the sub-command."""
+    """The README's offline check, with --debug after the sub-command, in a new interpreter as from a shell."""
     out = tmp_path / "out"
     done = run_cli(
         "generate",
@@ -62,6 +63,7 @@ def test_smoke_generate_with_the_builtin_tiny_model(tmp_path, api_pipe):
         out,
         "--no-progress",
         "--debug",
+        fresh=True,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "1 image(s) written, 0 already done" in done.stdout

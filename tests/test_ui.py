@@ -5,7 +5,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import urllib.request
 
 import numpy as np
@@ -17,7 +16,7 @@ from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.outputs import Manifest, read_settings
 from fouriscale.frontend.ui import CUSTOM, NATIVE, Studio, check_address
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import api_render, as_array, cli, env, error_line, generator, write_mask, write_picture
+from frontend_helpers import api_render, as_array, cli, error_line, generator, start_cli, write_mask, write_picture
 
 DEFAULTS = dict(
     negative="",
@@ -213,24 +212,8 @@ def test_the_api_refuses_typed_input_with_a_message(tmp_path, capsys, monkeypatc
 
 def test_smoke_ui_prints_its_url_and_serves(tmp_path):
     port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fouriscale",
-            "ui",
-            "--model",
-            "tiny:sd1",
-            "--port",
-            str(port),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(),
-    )
+    args = ["ui", "--model", "tiny:sd1", "--port", port, "--out", tmp_path / "out"]
+    proc = start_cli(*args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline()
         assert line.strip() == f"fouriscale ui: serving on http://127.0.0.1:{port} (Ctrl+C to stop)", (
