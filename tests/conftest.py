@@ -18,11 +18,22 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 @pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory):
-    """Diffusers folders of the tiny SD 1.5-layout and SDXL-layout pipelines."""
+    """Diffusers folders of the tiny SD 1.5-layout and SDXL-layout pipelines (native 32 px, latent 8)."""
     from fouriscale.testing import save_tiny_pipeline
 
     root = tmp_path_factory.mktemp("models")
     return {family: save_tiny_pipeline(str(root / family), family) for family in ("sd1", "sdxl")}
+
+
+@pytest.fixture(scope="session")
+def fine_dirs(tmp_path_factory):
+    """The same native 32 px with a VAE factor of 2 (latent 16): feature maps twice as fine, for the tests
+    whose power rests on what the low-pass filter keeps at 2x-3x (the reference cross-check)."""
+    from fouriscale.testing import save_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("fine-models")
+    sizes = dict(sample_size=16, vae_scale_factor=2)
+    return {family: save_tiny_pipeline(str(root / family), family, **sizes) for family in ("sd1", "sdxl")}
 
 
 def _load(path, family):
@@ -42,6 +53,16 @@ def sd_pipe(tiny_dirs):
 @pytest.fixture(scope="module")
 def sdxl_pipe(tiny_dirs):
     return _load(tiny_dirs["sdxl"], "sdxl")
+
+
+@pytest.fixture(scope="module")
+def fine_sd_pipe(fine_dirs):
+    return _load(fine_dirs["sd1"], "sd1")
+
+
+@pytest.fixture(scope="module")
+def fine_sdxl_pipe(fine_dirs):
+    return _load(fine_dirs["sdxl"], "sdxl")
 
 
 @pytest.fixture

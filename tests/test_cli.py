@@ -270,9 +270,9 @@ def test_shared_options_are_declared_once():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--size", "0x0"], "positive multiple of 2 pixels"),
+        (["--size", "0x0"], "positive multiple of 4 pixels"),
         (["--width", "0"], "width must be a positive multiple"),
-        (["--size", "64x65"], "multiple of 2 pixels"),
+        (["--size", "64x65"], "multiple of 4 pixels"),
         (["--size", "sixtyfour"], "WIDTHxHEIGHT"),
         (["--size", "64x64", "--height", "64"], "not both"),
         (["--steps", "0"], "from 1 to 1000"),

@@ -113,7 +113,7 @@ def test_unknown_layer_names_fail_cleanly(sd_pipe):
 
 
 def test_sizes_the_model_cannot_take(sd_pipe, sdxl_pipe, clean):
-    with pytest.raises(ValueError, match="positive multiple of 2"):
+    with pytest.raises(ValueError, match="positive multiple of 4"):
         fouriscale.get_plan(sd_pipe, 65, 64)
     with pytest.raises(ValueError, match="positive"):
         fouriscale.get_plan(sd_pipe, 0, 64)

@@ -47,9 +47,9 @@ def controlnets(sd_pipe, sdxl_pipe):
 
     out = {}
     for family, pipe in (("sd1", sd_pipe), ("sdxl", sdxl_pipe)):
-        # The tiny VAE downsamples by 2: one stride-2 stage in the conditioning embedding matches it.
+        # The tiny VAE downsamples by 4: two stride-2 stages in the conditioning embedding match it.
         out[family] = [
-            seeded(ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(8, 16)), seed)
+            seeded(ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(8, 16, 16)), seed)
             for seed in (0, 1)
         ]
     return out

@@ -228,11 +228,11 @@ def test_sequential_uncond_by_default_from_128x128_latents(sd_pipe):
     from fouriscale.plan import SEQUENTIAL_UNCOND_MIN_LATENT
 
     assert SEQUENTIAL_UNCOND_MIN_LATENT == 128 * 128
-    assert fouriscale.get_plan(sd_pipe, 256, 256, 50).sequential_uncond  # 128x128 latents (vae factor 2)
-    assert not fouriscale.get_plan(sd_pipe, 224, 256, 50).sequential_uncond  # 112x128: one batch
+    assert fouriscale.get_plan(sd_pipe, 512, 512, 50).sequential_uncond  # 128x128 latents (vae factor 4)
+    assert not fouriscale.get_plan(sd_pipe, 448, 512, 50).sequential_uncond  # 112x128: one batch
     forced = fouriscale.get_plan(sd_pipe, 64, 96, 50, fouriscale.FouriScaleConfig(sequential_uncond=True))
     assert forced.sequential_uncond
-    kept = fouriscale.get_plan(sd_pipe, 256, 256, 50, fouriscale.FouriScaleConfig(sequential_uncond=False))
+    kept = fouriscale.get_plan(sd_pipe, 512, 512, 50, fouriscale.FouriScaleConfig(sequential_uncond=False))
     assert not kept.sequential_uncond
 
 
@@ -241,7 +241,7 @@ def test_plan_of_a_patched_pipeline_is_the_same(sd_pipe, clean):
     clean(sd_pipe)
     fouriscale.apply_fouriscale(sd_pipe)
     assert str(fouriscale.get_plan(sd_pipe, 64, 96, 20)) == before
-    assert str(fouriscale.get_plan(sd_pipe.unet, 64, 96, 20, vae_scale_factor=2)) == before
+    assert str(fouriscale.get_plan(sd_pipe.unet, 64, 96, 20, vae_scale_factor=4)) == before
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

@@ -11,7 +11,7 @@ STEPS = 6  # full dilation, the progressive phase and plain convs all occur
 
 
 def _sd_base(name):
-    """Native feature size of a layer of the tiny SD model (native latent 16): 16 >> level."""
+    """Native feature size of a layer of the fine tiny SD model (native latent 16): 16 >> level."""
     block, index = name.split(".")[:2]
     if block == "mid_block":
         return (2, 2)
@@ -49,13 +49,13 @@ def _ours(pipe, height, width, latents, **config):
 
 @pytest.mark.parametrize("height, width, d", SD_CASES)
 @pytest.mark.parametrize("amp", [False, True])
-def test_sd_matches_reference(sd_pipe, height, width, d, amp):
-    latents = latents_for(sd_pipe, height, width)
+def test_sd_matches_reference(fine_sd_pipe, height, width, d, amp):
+    latents = latents_for(fine_sd_pipe, height, width)
     start, stop = 1, 4  # the paper's 10/30 of 50 (d <= 3) scaled to 6 steps
     freeu = (1.2, 1.4, 0.9, 0.2)
-    ours = _ours(sd_pipe, height, width, latents, amp_guidance=amp)
+    ours = _ours(fine_sd_pipe, height, width, latents, amp_guidance=amp)
     ref = _reference(
-        sd_pipe,
+        fine_sd_pipe,
         height,
         width,
         latents,
@@ -69,18 +69,18 @@ def test_sd_matches_reference(sd_pipe, height, width, d, amp):
     scale = ref.abs().max()
     torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)
     # The comparison is sharp: moving the window by one step is far outside the tolerance.
-    shifted = _ours(sd_pipe, height, width, latents, amp_guidance=amp, start_step=start + 1, stop_step=stop)
+    shifted = _ours(fine_sd_pipe, height, width, latents, amp_guidance=amp, start_step=start + 1, stop_step=stop)
     assert (shifted - ref).abs().max() / scale > 1e-3
 
 
 @pytest.mark.parametrize("height, width, d, bucket", SDXL_CASES)
 @pytest.mark.parametrize("amp", [False, True])
-def test_sdxl_matches_reference(sdxl_pipe, height, width, d, bucket, amp):
-    latents = latents_for(sdxl_pipe, height, width)
+def test_sdxl_matches_reference(fine_sdxl_pipe, height, width, d, bucket, amp):
+    latents = latents_for(fine_sdxl_pipe, height, width)
     start, stop = 2, 4  # the paper's 20/35 of 50 scaled to 6 steps
-    ours = _ours(sdxl_pipe, height, width, latents, amp_guidance=amp)
+    ours = _ours(fine_sdxl_pipe, height, width, latents, amp_guidance=amp)
     ref = _reference(
-        sdxl_pipe,
+        fine_sdxl_pipe,
         height,
         width,
         latents,
@@ -93,5 +93,5 @@ def test_sdxl_matches_reference(sdxl_pipe, height, width, d, bucket, amp):
     )
     scale = ref.abs().max()
     torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)
-    other_floor = _ours(sdxl_pipe, height, width, latents, amp_guidance=amp, mask_floor=0.5)
+    other_floor = _ours(fine_sdxl_pipe, height, width, latents, amp_guidance=amp, mask_floor=0.5)
     assert (other_floor - ref).abs().max() / scale > 1e-3

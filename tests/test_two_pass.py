@@ -10,13 +10,15 @@ from fouriscale.images import centre_crop_box, fit_image
 from fouriscale.two_pass import first_pass_size
 
 
-def test_first_pass_sizes(sd_pipe, sdxl_pipe):
-    # SD: the target divided by the dilation (3 for 96 px from 32), in multiples of 8 latent pixels (16 px here).
-    assert first_pass_size(sd_pipe, 64, 96) == (16, 32)
-    assert first_pass_size(sd_pipe, 64, 64) == (32, 32)
+def test_first_pass_sizes(fine_sd_pipe, fine_sdxl_pipe, sd_pipe):
+    # SD: the target divided by the dilation (3 for 96 px from 32), in multiples of 8 latent pixels (16 px with the
+    # fine models' VAE factor of 2).
+    assert first_pass_size(fine_sd_pipe, 64, 96) == (16, 32)
+    assert first_pass_size(fine_sd_pipe, 64, 64) == (32, 32)
+    assert first_pass_size(sd_pipe, 64, 96) == (32, 32)  # VAE factor 4: 32 px, never below one unit
     # SDXL: the base bucket of the target's aspect (832x1152 scaled to the tiny model's 32 px: 26x36), in
     # multiples of 8 px as the pipelines require.
-    assert first_pass_size(sdxl_pipe, 64, 96) == (24, 40)
+    assert first_pass_size(fine_sdxl_pipe, 64, 96) == (24, 40)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -65,7 +67,7 @@ def test_latent_upscale_and_controlnet(sd_pipe, clean, capsys):
     again = fouriscale.two_pass(sd_pipe, "a cat", 64, 64, upscale="latent", num_inference_steps=3, seed=1)
     assert np.array_equal(np.asarray(again.image), np.asarray(latent.image))  # seeded: reproducible
     torch.manual_seed(0)
-    controlnet = ControlNetModel.from_unet(sd_pipe.unet, conditioning_embedding_out_channels=(8, 16)).eval()
+    controlnet = ControlNetModel.from_unet(sd_pipe.unet, conditioning_embedding_out_channels=(8, 16, 16)).eval()
     with torch.no_grad():
         for name, p in controlnet.named_parameters():
             if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):

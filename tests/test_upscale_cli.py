@@ -189,7 +189,7 @@ def test_controlnet_and_multi_controlnet_by_repeated_flags_equal_the_api(tmp_pat
     flags = ["--controlnet", "tiny", "--control-image", one, "--control-scale", "0.7"]
     assert cli("generate", "a cat", *SD, "--size", "64x64", *flags, "--out", out, *FAST) == 0
     got = pixels(out / image_name(0, 23, "a cat"))
-    controlnet = tiny_controlnet(base.unet, 2, 0)
+    controlnet = tiny_controlnet(base.unet, base.vae_scale_factor, 0)
     control = Image.open(one).convert("RGB")
     expected = api(
         "StableDiffusionControlNetPipeline",
@@ -226,7 +226,7 @@ def test_controlnet_and_multi_controlnet_by_repeated_flags_equal_the_api(tmp_pat
         ("tiny", 1.0, sha(one)),
         ("tiny:1", 0.5, sha(two)),
     ]
-    multi = MultiControlNetModel([controlnet, tiny_controlnet(base.unet, 2, 1)])
+    multi = MultiControlNetModel([controlnet, tiny_controlnet(base.unet, base.vae_scale_factor, 1)])
     expected = api(
         "StableDiffusionControlNetPipeline",
         base,
@@ -257,7 +257,7 @@ def test_controlnet_with_a_picture_picks_the_controlnet_img2img_and_inpaint_pipe
         call.update(strength=0.6)
     cls = f"StableDiffusion{xl}ControlNet{'Inpaint' if task == 'inpaint' else 'Img2Img'}Pipeline"
     call["guidance_scale"] = fouriscale.FAMILIES[family].guidance_scale
-    expected = api(cls, pipe, controlnet=tiny_controlnet(pipe.unet, 2, 0), controlnet_conditioning_scale=1.0, **call)
+    expected = api(cls, pipe, controlnet=tiny_controlnet(pipe.unet, pipe.vae_scale_factor, 0), controlnet_conditioning_scale=1.0, **call)
     assert (pixels(out / image_name(0, 23, "a cat")) == expected).all()
 
 
@@ -274,10 +274,10 @@ def test_two_pass_saves_both_passes_and_their_settings(tmp_path, base, capsys):
     assert (pixels(final) == as_array(result.image)).all() and (pixels(first) == as_array(result.first)).all()
     ours, native = read_settings(final), read_settings(first)
     assert ours["two_pass"] == dict(result.settings["two_pass"], first_file=first.name)
-    assert ours["two_pass"]["first_pass"] == {"height": 16, "width": 32, "fouriscale": False}
+    assert ours["two_pass"]["first_pass"] == {"height": 32, "width": 32, "fouriscale": False}  # one 32 px unit
     assert native["two_pass"] == ours["two_pass"] and native["method"] == "first-pass" and "fouriscale" not in native
-    assert (native["width"], native["height"], ours["width"], ours["height"]) == (32, 16, 96, 64)
-    assert 'Two pass: "first 32x16, pixel upscale, strength 0.6"' in Image.open(final).text["parameters"]
+    assert (native["width"], native["height"], ours["width"], ours["height"]) == (32, 32, 96, 64)
+    assert 'Two pass: "first 32x32, pixel upscale, strength 0.6"' in Image.open(final).text["parameters"]
     assert sorted(e["file"] for e in Manifest(out).entries()) == sorted([final.name, first.name])
     first.unlink()  # lost: the rerun makes it again, and keeps the final image
     assert cli("generate", "a cat", *SD, "--size", "96x64", "--two-pass", "--steps", "3", "--out", out, *FAST[2:]) == 0
@@ -344,21 +344,21 @@ def test_picture_batches_shard_across_processes(tmp_path, base):
 @pytest.fixture(scope="module")
 def nets(tmp_path_factory):
     """ControlNets on disk: the tiny one of tiny:sd1 as a folder and as one .safetensors file, one for SDXL, one
-    whose conditioning embedding downsamples by 4 (the tiny VAE by 2), a pickle file and a corrupt file."""
+    whose conditioning embedding downsamples by 8 (the tiny VAE by 4), a pickle file and a corrupt file."""
     from diffusers import ControlNetModel
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("controlnets")
     sd, xl = tiny_pipeline("sd1"), tiny_pipeline("sdxl")
-    ours = tiny_controlnet(sd.unet, 2, 0)
+    ours = tiny_controlnet(sd.unet, sd.vae_scale_factor, 0)
     ours.save_pretrained(root / "folder")
     save_file({k: v.contiguous() for k, v in ours.state_dict().items()}, str(root / "file.safetensors"))
-    tiny_controlnet(xl.unet, 2, 0).save_pretrained(root / "xl")
+    tiny_controlnet(xl.unet, xl.vae_scale_factor, 0).save_pretrained(root / "xl")
     save_file(
-        {k: v.contiguous() for k, v in tiny_controlnet(xl.unet, 2, 0).state_dict().items()},
+        {k: v.contiguous() for k, v in tiny_controlnet(xl.unet, xl.vae_scale_factor, 0).state_dict().items()},
         str(root / "xl.safetensors"),
     )
-    ControlNetModel.from_unet(sd.unet, conditioning_embedding_out_channels=(8, 16, 32)).save_pretrained(root / "wide")
+    ControlNetModel.from_unet(sd.unet, conditioning_embedding_out_channels=(8, 16, 32, 32)).save_pretrained(root / "wide")
     (root / "net.pth").write_bytes(b"not unpickled")
     (root / "broken.safetensors").write_bytes((root / "file.safetensors").read_bytes()[:200])
     return {name: str(root / name) for name in ("folder", "file.safetensors", "xl", "xl.safetensors", "wide")} | {
@@ -390,7 +390,7 @@ def test_the_official_controlnet_recipe_on_the_command_line(tmp_path):
     assert settings["fouriscale"]["dilated_convs"] is False and settings["fouriscale"]["freeu"] is None
     assert settings["inputs"]["controlnets"][0]["scale"] == 0.5 and settings["inputs"]["micro_conditions"] == [26, 36]
     controlnet_pipe = diffusers.StableDiffusionXLControlNetPipeline.from_pipe(
-        pipe, controlnet=tiny_controlnet(pipe.unet, 2)
+        pipe, controlnet=tiny_controlnet(pipe.unet, pipe.vae_scale_factor)
     )
     controlnet_pipe.set_progress_bar_config(disable=True)
     fouriscale.apply_fouriscale(controlnet_pipe, fouriscale.OFFICIAL_CONTROLNET)
@@ -498,7 +498,7 @@ def _fill(args, bad, nets):
         ),
         (
             ["--controlnet", "{wide}", "--control-image", "{control}"],
-            "conditioning image downsampling is 4, the model's 2",
+            "conditioning image downsampling is 8, the model's 4",
         ),
         (["--controlnet", "tiny", "--control-image", "{text}"], "--control-image"),
         (["--prompts", "{prompts}"], "--prompts line 1:"),

@@ -18,6 +18,7 @@ __all__ = [
     "FAMILIES",
     "real_unet_config",
     "tiny_unet_config",
+    "tiny_vae_config",
     "sd_ddim_scheduler",
     "tiny_pipeline",
     "save_tiny_pipeline",
@@ -63,7 +64,7 @@ def real_unet_config(family: str) -> dict:
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
 
 
-def tiny_unet_config(family: str, sample_size: int = 16, width: int = 8) -> dict:
+def tiny_unet_config(family: str, sample_size: int = 8, width: int = 8) -> dict:
     """A slim UNet config with the real block layout of ``family`` (same module names)."""
     w = width
     if family in ("sd1", "sd2"):
@@ -97,6 +98,26 @@ def tiny_unet_config(family: str, sample_size: int = 16, width: int = 8) -> dict
             norm_num_groups=8,
         )
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+
+
+def tiny_vae_config(sample_size: int = 8, scale_factor: int = 4) -> dict:
+    """The tiny pipelines' ``AutoencoderKL`` config, downsampling by ``scale_factor`` (2 or 4; SD's VAE: 8).
+
+    The default factor of 4 gives a test's picture a quarter of the latent tokens a factor of 2 gives, and
+    the UNet's self-attention over them is most of a tiny model's time.
+    """
+    levels = {2: 2, 4: 3}.get(scale_factor)
+    if levels is None:
+        raise ValueError(f"scale_factor {scale_factor}: the tiny VAE downsamples by 2 or 4")
+    return dict(
+        block_out_channels=(16, 32, 32)[:levels],
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=scale_factor * sample_size,
+    )
 
 
 def tiny_tokenizer(directory: str | None = None):
@@ -151,11 +172,13 @@ def sd_ddim_scheduler():
     )
 
 
-def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
+def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 8, vae_scale_factor: int = 4):
     """A tiny random diffusers pipeline (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``).
 
-    Native latent ``sample_size`` x ``sample_size``; the VAE downsamples by 2, so the native image is
-    ``2 * sample_size`` pixels square. Deterministic for a given ``seed``.
+    Native latent ``sample_size`` x ``sample_size``; the VAE downsamples by ``vae_scale_factor``, so the
+    native image is ``vae_scale_factor * sample_size`` pixels square (32 by default). Deterministic for a
+    given ``seed``. ``sample_size=16, vae_scale_factor=2`` has the same native image size with twice the
+    latent resolution (finer feature maps for the filter, at about twice the cost).
     """
     from diffusers import (
         AutoencoderKL,
@@ -167,15 +190,7 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**tiny_unet_config(family, sample_size)).eval()
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=8,
-        layers_per_block=1,
-        sample_size=2 * sample_size,
-    ).eval()
+    vae = AutoencoderKL(**tiny_vae_config(sample_size, vae_scale_factor)).eval()
     scheduler = sd_ddim_scheduler()
     tokenizer = tiny_tokenizer()
     vocab_size = len(tokenizer.get_vocab())
@@ -208,9 +223,10 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 16):
     )
 
 
-def save_tiny_pipeline(path: str, family: str = "sd1", seed: int = 0, sample_size: int = 16) -> str:
-    """Save :func:`tiny_pipeline` as a diffusers folder (safetensors) at ``path``; returns ``path``."""
-    pipe = tiny_pipeline(family, seed, sample_size)
+def save_tiny_pipeline(path: str, family: str = "sd1", seed: int = 0, **sizes) -> str:
+    """Save :func:`tiny_pipeline` (``sizes``: its ``sample_size``, ``vae_scale_factor``) as a diffusers folder
+    (safetensors) at ``path``; returns ``path``."""
+    pipe = tiny_pipeline(family, seed, **sizes)
     pipe.save_pretrained(path, safe_serialization=True)
     return path
 

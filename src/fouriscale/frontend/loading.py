@@ -438,11 +438,11 @@ def load_unet_profile_source(model: str, config: str | None = None):
     path = Path(model).expanduser()
     tiny = tiny_family(model)
     if tiny is not None:
-        from ..testing import tiny_unet_config
+        from ..testing import tiny_unet_config, tiny_vae_config
 
         with torch.device("meta"):
             unet = UNet2DConditionModel(**tiny_unet_config(tiny))
-        return unet, 2
+        return unet, 2 ** (len(tiny_vae_config()["block_out_channels"]) - 1)
     if path.is_file():
         loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
         return loaded.pipe.unet, loaded.pipe.vae_scale_factor
