@@ -257,7 +257,8 @@ def test_controlnet_with_a_picture_picks_the_controlnet_img2img_and_inpaint_pipe
         call.update(strength=0.6)
     cls = f"StableDiffusion{xl}ControlNet{'Inpaint' if task == 'inpaint' else 'Img2Img'}Pipeline"
     call["guidance_scale"] = fouriscale.FAMILIES[family].guidance_scale
-    expected = api(cls, pipe, controlnet=tiny_controlnet(pipe.unet, pipe.vae_scale_factor, 0), controlnet_conditioning_scale=1.0, **call)
+    controlnet = tiny_controlnet(pipe.unet, pipe.vae_scale_factor, 0)
+    expected = api(cls, pipe, controlnet=controlnet, controlnet_conditioning_scale=1.0, **call)
     assert (pixels(out / image_name(0, 23, "a cat")) == expected).all()
 
 
@@ -358,7 +359,8 @@ def nets(tmp_path_factory):
         {k: v.contiguous() for k, v in tiny_controlnet(xl.unet, xl.vae_scale_factor, 0).state_dict().items()},
         str(root / "xl.safetensors"),
     )
-    ControlNetModel.from_unet(sd.unet, conditioning_embedding_out_channels=(8, 16, 32, 32)).save_pretrained(root / "wide")
+    wide = ControlNetModel.from_unet(sd.unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+    wide.save_pretrained(root / "wide")
     (root / "net.pth").write_bytes(b"not unpickled")
     (root / "broken.safetensors").write_bytes((root / "file.safetensors").read_bytes()[:200])
     return {name: str(root / name) for name in ("folder", "file.safetensors", "xl", "xl.safetensors", "wide")} | {
