@@ -118,6 +118,10 @@ _lock = threading.Lock()
 
 
 def _server_path() -> str:
+    """The socket of the running fork server (``FORKSERVER_SOCKET`` if set, else this process's own, started now
+    if need be)."""
+    if os.environ.get("FORKSERVER_SOCKET"):
+        return os.environ["FORKSERVER_SOCKET"]
     with _lock:
         proc = _server.get("proc")
         if proc is not None and proc.poll() is None:
@@ -247,5 +251,33 @@ def run(args, env: dict, timeout: float | None = None) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def relay(args) -> None:
+    """Stand in for ``python -m fouriscale ARGS`` (for a launcher such as ``accelerate launch --no_python``): the
+    command is forked from the fork server with this process's stdout and stderr, its signals passed on, and this
+    process exits with its status."""
+    proc = Started(args, dict(os.environ))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda number, frame: proc.send_signal(number))
+    code = proc.wait()
+    sys.exit(code if code >= 0 else 128 - code)
+
+
+def relay_script(folder) -> str:
+    """An executable at ``folder/fouriscale`` that runs :func:`relay` with its arguments; returns its path."""
+    path = os.path.join(folder, "fouriscale")
+    with open(path, "w") as fh:
+        fh.write(f'#!/bin/sh\nexec "{sys.executable}" "{os.path.abspath(__file__)}" --relay "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+def socket_path() -> str:
+    """The socket of this process's fork server (started now if need be), for ``FORKSERVER_SOCKET``."""
+    return _server_path()
+
+
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    if sys.argv[1] == "--relay":
+        relay(sys.argv[2:])
+    else:
+        serve(sys.argv[1])

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+import forkserver
 import fouriscale
 from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.jobs import Job, make_jobs, output_name, parse_seeds, render, run_batch, save_image
@@ -206,41 +207,19 @@ def test_two_runs_with_different_settings_stop_the_later_one(tmp_path):
 
 
 def test_two_processes_share_the_work(tmp_path):
+    """``accelerate launch`` with two CPU processes; each is ``fouriscale`` forked from the fork server through its
+    relay script (``--no_python``), so the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR, ...) is what
+    the command sees."""
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(f"prompt {i}" for i in range(4)), encoding="utf-8")
     out = tmp_path / "o"
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "fouriscale",
-        "generate",
-        "--prompts",
-        str(prompts),
-        "--model",
-        "tiny:sd1",
-        "--size",
-        "64x64",
-        "--steps",
-        "2",
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-        "--no-progress",
-    ]
+    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launcher += ["--mixed_precision", "no", "--dynamo_backend", "no", "--no_python"]
+    command = [forkserver.relay_script(tmp_path), "generate", "--prompts", prompts, "--model", "tiny:sd1"]
+    command += ["--size", "64x64", "--steps", "2", "--device", "cpu", "--out", out, "--no-progress"]
+    extra = dict(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true", FORKSERVER_SOCKET=forkserver.socket_path())
     done = subprocess.run(
-        cmd, capture_output=True, text=True, env=env(OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true"), timeout=300
+        [sys.executable, *launcher, *map(str, command)], capture_output=True, text=True, env=env(**extra), timeout=300
     )
     assert done.returncode == 0, done.stderr[-2000:]
     files_match_manifest(out)

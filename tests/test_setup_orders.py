@@ -139,7 +139,14 @@ def test_offload_hooks_stay_outermost_and_survive_removal(pipe):
 
 
 def test_torch_compile_before_or_after_apply(pipe):
-    """Dynamo traces through the hooks (the eager backend keeps the test fast on a CPU)."""
+    """Dynamo traces through the hooks (the eager backend, and a UNet with one resnet per level where the real ones
+    have two, keep the test fast on a CPU: tracing the stock UNet is most of its time)."""
+    from diffusers import UNet2DConditionModel
+
+    from fouriscale.testing import tiny_unet_config
+
+    torch.manual_seed(0)
+    pipe.unet = UNet2DConditionModel(**dict(tiny_unet_config("sd1"), layers_per_block=1)).eval()
     fouriscale.apply_fouriscale(pipe)
     expected = render(pipe, steps=2)
     fouriscale.remove_fouriscale(pipe)
