@@ -8,9 +8,7 @@ import fouriscale
 from conftest import latents_for
 
 
-@pytest.fixture
-def pipe(tiny_dirs):
-    """A fresh tiny SD 1.5-layout pipeline per test (set-ups change it for good)."""
+def _fresh(tiny_dirs):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_dirs["sd1"])
@@ -18,16 +16,29 @@ def pipe(tiny_dirs):
     return pipe
 
 
+@pytest.fixture
+def pipe(tiny_dirs):
+    """A fresh tiny SD 1.5-layout pipeline per test (set-ups change it for good)."""
+    return _fresh(tiny_dirs)
+
+
 def render(pipe, steps=3, output_type="latent"):
     return pipe(
         "a cat",
         negative_prompt="blurry",
         height=64,
-        width=96,
+        width=64,
         num_inference_steps=steps,
-        latents=latents_for(pipe, 64, 96),
+        latents=latents_for(pipe, 64, 64),
         output_type=output_type,
     ).images
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_dirs):
+    """:func:`render` with FouriScale on a plain pipeline (no set-up)."""
+    pipe = fouriscale.apply_fouriscale(_fresh(tiny_dirs))
+    return render(pipe)
 
 
 def _close(a, b):
@@ -77,11 +88,7 @@ SETUPS = {
 
 @pytest.mark.parametrize("order", ["before", "after"])
 @pytest.mark.parametrize("setup", list(SETUPS))
-def test_setup_before_or_after_apply(pipe, setup, order):
-    expected = None
-    fouriscale.apply_fouriscale(pipe)
-    expected = render(pipe)  # FouriScale on the plain pipeline
-    fouriscale.remove_fouriscale(pipe)
+def test_setup_before_or_after_apply(pipe, expected, setup, order):
     if order == "before":
         SETUPS[setup](pipe)
         stock = render(pipe)
@@ -116,12 +123,11 @@ def test_removal_under_set_ups_is_bit_identical_to_never_patched(tiny_dirs):
         assert torch.equal(render(patched), render(twin)), setup
 
 
-def test_offload_hooks_stay_outermost_and_survive_removal(pipe):
+def test_offload_hooks_stay_outermost_and_survive_removal(pipe, expected):
     """Whichever came first, accelerate's hook wraps FouriScale's, and removing either leaves the other working."""
     from accelerate.hooks import remove_hook_from_submodules
 
     fouriscale.apply_fouriscale(pipe)
-    expected = render(pipe)
     _sequential_offload(pipe)
     conv = pipe.unet.get_submodule("mid_block.resnets.0.conv1")
     assert conv.weight.device.type == "meta"  # weights live in accelerate's offload map between calls
