@@ -9,7 +9,7 @@ from fouriscale.plan import branch_stages
 from fouriscale.profiles import detect_profile
 
 
-def run(pipe, height=64, width=96, steps=4, **kwargs):
+def run(pipe, height=64, width=96, steps=3, **kwargs):
     kwargs.setdefault("guidance_scale", 7.5)
     kwargs.setdefault("latents", latents_for(pipe, height, width))
     return pipe(

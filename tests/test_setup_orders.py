@@ -22,7 +22,7 @@ def pipe(tiny_dirs):
     return _fresh(tiny_dirs)
 
 
-def render(pipe, steps=3, output_type="latent"):
+def render(pipe, steps=2, output_type="latent"):
     return pipe(
         "a cat",
         negative_prompt="blurry",
