@@ -36,6 +36,21 @@ def test_tiny_models_load_offline():
         load_pipeline("tiny:sd3")
 
 
+def test_planning_sources_are_built_once_per_config(tiny_dirs, tmp_path):
+    """The meta-device UNet for planning is cached by its config: the same folder gives the same object, a folder
+    whose config changed gives a UNet of the new config."""
+    import json
+
+    first, factor = load_unet_profile_source(tiny_dirs["sd1"])
+    assert load_unet_profile_source(tiny_dirs["sd1"])[0] is first and factor == 4 and first.device.type == "meta"
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_dirs["sd1"], changed)
+    config = json.loads((changed / "unet" / "config.json").read_text())
+    (changed / "unet" / "config.json").write_text(json.dumps(dict(config, sample_size=12)))
+    other, _ = load_unet_profile_source(str(changed))
+    assert other is not first and other.config.sample_size == 12 and first.config.sample_size == 8
+
+
 def test_devices_are_checked_before_loading():
     assert resolve_device("cpu") == "cpu" and resolve_device("auto") in ("cpu", "cuda", "mps")
     for name, message in (("tpu9", "expected auto, cpu"), ("cpu:1", "expected auto, cpu"), ("gpu", "expected")):

@@ -9,6 +9,8 @@ that is not cached while the Hub cannot be reached fails at once (no retries) wi
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 import socket
 from dataclasses import dataclass
@@ -430,9 +432,20 @@ def native_size(pipe) -> tuple[int, int]:
     return h0 * pipe.vae_scale_factor, w0 * pipe.vae_scale_factor
 
 
+@functools.lru_cache(maxsize=8)
+def _meta_unet(config_json: str):
+    """A ``UNet2DConditionModel`` on the meta device from its config (as JSON text). Cached: building one takes as
+    long as a small generation, and a UI or a batch asks for the same few again and again."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(json.loads(config_json))
+
+
 def load_unet_profile_source(model: str, config: str | None = None):
     """``(unet, vae_scale_factor)`` for planning without weights: the UNet is built on the meta device from
-    its config when ``model`` is a diffusers folder or cached hub id; single files are loaded on the CPU."""
+    its config when ``model`` is a diffusers folder, cached hub id or tiny model (the same config gives the same
+    UNet object: read it, never change it); single files are loaded on the CPU."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     path = Path(model).expanduser()
@@ -440,8 +453,7 @@ def load_unet_profile_source(model: str, config: str | None = None):
     if tiny is not None:
         from ..testing import tiny_unet_config, tiny_vae_config
 
-        with torch.device("meta"):
-            unet = UNet2DConditionModel(**tiny_unet_config(tiny))
+        unet = _meta_unet(json.dumps(tiny_unet_config(tiny), sort_keys=True))
         return unet, 2 ** (len(tiny_vae_config()["block_out_channels"]) - 1)
     if path.is_file():
         loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
@@ -466,6 +478,5 @@ def load_unet_profile_source(model: str, config: str | None = None):
             vae_config = AutoencoderKL.load_config(source, subfolder="vae")
         except Exception as exc:
             raise UserError(f"could not read the config of {model!r} ({_short(exc)})") from None
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(unet_config)
+    unet = _meta_unet(json.dumps(dict(unet_config), sort_keys=True, default=str))
     return unet, 2 ** (len(vae_config["block_out_channels"]) - 1)
