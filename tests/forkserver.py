@@ -42,7 +42,6 @@ def _child(request: dict, fds: list[int]) -> None:
     for fd in fds:
         if fd > 2:
             os.close(fd)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.environ.clear()
     os.environ.update(request["env"])
     os.chdir(request["cwd"])
@@ -70,10 +69,11 @@ def _child(request: dict, fds: list[int]) -> None:
 
 def serve(path: str) -> None:
     """Import the command line, then fork a child per request on the Unix socket at ``path``."""
+    # What every command of the tests imports (the command line; the tiny models' classes), paid once.
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
     from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
-    import fouriscale.frontend.cli  # noqa: F401  the imports every command needs, paid once
+    import fouriscale.frontend.cli  # noqa: F401
     import fouriscale.testing  # noqa: F401
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

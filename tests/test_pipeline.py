@@ -185,14 +185,20 @@ def test_any_scheduler_and_steps_counted_not_calls(sd_pipe, clean, scheduler_cls
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision(tiny_dirs, dtype):
+def test_low_precision(tiny_dirs, sd_pipe, clean, dtype):
+    """Half precision (the filter's FFTs in float32, cast back) stays close to the float32 result."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_dirs["sd1"], torch_dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     fouriscale.apply_fouriscale(pipe)
-    out = run(pipe, steps=3, latents=latents_for(pipe, 64, 64).to(dtype))
-    assert out.dtype == dtype and torch.isfinite(out.float()).all()
+    out = run(pipe, latents=latents_for(pipe, 64, 64).to(dtype))
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    full = run(sd_pipe)
+    assert out.dtype == dtype
+    error = ((out.float() - full).abs().max() / full.abs().max()).item()
+    assert error < (0.05 if dtype == torch.bfloat16 else 0.01), error
 
 
 def test_sdxl_conditions_on_the_base_bucket(sdxl_pipe, clean):
