@@ -56,13 +56,9 @@ def sdxl_pipe(tiny_dirs):
 
 
 @pytest.fixture(scope="module")
-def fine_sd_pipe(fine_dirs):
-    return _load(fine_dirs["sd1"], "sd1")
-
-
-@pytest.fixture(scope="module")
-def fine_sdxl_pipe(fine_dirs):
-    return _load(fine_dirs["sdxl"], "sdxl")
+def fine_pipes(fine_dirs):
+    """The pipelines of :func:`fine_dirs` by family: ``fine_pipes["sd1"]``, ``fine_pipes["sdxl"]``."""
+    return {family: _load(path, family) for family, path in fine_dirs.items()}
 
 
 @pytest.fixture

@@ -49,13 +49,14 @@ def _ours(pipe, height, width, latents, **config):
 
 @pytest.mark.parametrize("height, width, d", SD_CASES)
 @pytest.mark.parametrize("amp", [False, True])
-def test_sd_matches_reference(fine_sd_pipe, height, width, d, amp):
-    latents = latents_for(fine_sd_pipe, height, width)
+def test_sd_matches_reference(fine_pipes, height, width, d, amp):
+    pipe = fine_pipes["sd1"]
+    latents = latents_for(pipe, height, width)
     start, stop = 1, 4  # the paper's 10/30 of 50 (d <= 3) scaled to 6 steps
     freeu = (1.2, 1.4, 0.9, 0.2)
-    ours = _ours(fine_sd_pipe, height, width, latents, amp_guidance=amp)
+    ours = _ours(pipe, height, width, latents, amp_guidance=amp)
     ref = _reference(
-        fine_sd_pipe,
+        pipe,
         height,
         width,
         latents,
@@ -69,18 +70,19 @@ def test_sd_matches_reference(fine_sd_pipe, height, width, d, amp):
     scale = ref.abs().max()
     torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)
     if not amp:  # The comparison is sharp: moving the window by one step is far outside the tolerance.
-        shifted = _ours(fine_sd_pipe, height, width, latents, start_step=start + 1, stop_step=stop)
+        shifted = _ours(pipe, height, width, latents, start_step=start + 1, stop_step=stop)
         assert (shifted - ref).abs().max() / scale > 1e-3
 
 
 @pytest.mark.parametrize("height, width, d, bucket", SDXL_CASES)
 @pytest.mark.parametrize("amp", [False, True])
-def test_sdxl_matches_reference(fine_sdxl_pipe, height, width, d, bucket, amp):
-    latents = latents_for(fine_sdxl_pipe, height, width)
+def test_sdxl_matches_reference(fine_pipes, height, width, d, bucket, amp):
+    pipe = fine_pipes["sdxl"]
+    latents = latents_for(pipe, height, width)
     start, stop = 2, 4  # the paper's 20/35 of 50 scaled to 6 steps
-    ours = _ours(fine_sdxl_pipe, height, width, latents, amp_guidance=amp)
+    ours = _ours(pipe, height, width, latents, amp_guidance=amp)
     ref = _reference(
-        fine_sdxl_pipe,
+        pipe,
         height,
         width,
         latents,
@@ -94,5 +96,5 @@ def test_sdxl_matches_reference(fine_sdxl_pipe, height, width, d, bucket, amp):
     scale = ref.abs().max()
     torch.testing.assert_close(ours / scale, ref / scale, rtol=0, atol=1e-5)
     if not amp:  # sharp here too: another mask floor is far outside the tolerance
-        other_floor = _ours(fine_sdxl_pipe, height, width, latents, mask_floor=0.5)
+        other_floor = _ours(pipe, height, width, latents, mask_floor=0.5)
         assert (other_floor - ref).abs().max() / scale > 1e-3

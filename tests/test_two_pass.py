@@ -10,15 +10,15 @@ from fouriscale.images import centre_crop_box, fit_image
 from fouriscale.two_pass import first_pass_size
 
 
-def test_first_pass_sizes(fine_sd_pipe, fine_sdxl_pipe, sd_pipe):
+def test_first_pass_sizes(fine_pipes, sd_pipe):
     # SD: the target divided by the dilation (3 for 96 px from 32), in multiples of 8 latent pixels (16 px with the
     # fine models' VAE factor of 2).
-    assert first_pass_size(fine_sd_pipe, 64, 96) == (16, 32)
-    assert first_pass_size(fine_sd_pipe, 64, 64) == (32, 32)
+    assert first_pass_size(fine_pipes["sd1"], 64, 96) == (16, 32)
+    assert first_pass_size(fine_pipes["sd1"], 64, 64) == (32, 32)
     assert first_pass_size(sd_pipe, 64, 96) == (32, 32)  # VAE factor 4: 32 px, never below one unit
     # SDXL: the base bucket of the target's aspect (832x1152 scaled to the tiny model's 32 px: 26x36), in
     # multiples of 8 px as the pipelines require.
-    assert first_pass_size(fine_sdxl_pipe, 64, 96) == (24, 40)
+    assert first_pass_size(fine_pipes["sdxl"], 64, 96) == (24, 40)
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
