@@ -117,9 +117,9 @@ _server: dict = {}
 _lock = threading.Lock()
 
 
-def _server_path() -> str:
-    """The socket of the running fork server (``FORKSERVER_SOCKET`` if set, else this process's own, started now
-    if need be)."""
+def socket_path() -> str:
+    """The socket of the running fork server: ``FORKSERVER_SOCKET`` if set (a relay), else this process's own,
+    started now if need be."""
     if os.environ.get("FORKSERVER_SOCKET"):
         return os.environ["FORKSERVER_SOCKET"]
     with _lock:
@@ -145,21 +145,23 @@ def _server_path() -> str:
 def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     proc.wait()  # so that its children's CPU time is counted with the tests'
+    proc.stdout.close()
 
 
 class Started:
     """A forked ``python -m fouriscale ARGS``, with the part of ``subprocess.Popen`` the tests use."""
 
-    def __init__(self, args, env: dict, stdout=None, stderr=None, text: bool = True):
+    def __init__(self, args, env: dict, stdout=None, stderr=None):
+        """``stdout``/``stderr``: ``None`` (this process's), ``subprocess.PIPE`` (read as text) or an open file."""
         self.args = [str(a) for a in args]
         self.returncode: int | None = None
         self.stdout = self.stderr = None
-        send, close_here = [os.open(os.devnull, os.O_RDONLY)], []
-        close_here.append(send[0])
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        send, close_here = [devnull], [devnull]  # stdin, stdout, stderr of the child; ours to close once sent
         for name, target in (("stdout", stdout), ("stderr", stderr)):
             if target == subprocess.PIPE:
                 read, write = os.pipe()
-                setattr(self, name, open(read, "r" if text else "rb", encoding="utf-8" if text else None))
+                setattr(self, name, open(read, encoding="utf-8"))
                 send.append(write)
                 close_here.append(write)
             elif target is None:
@@ -168,7 +170,7 @@ class Started:
                 send.append(target.fileno())
         request = json.dumps({"args": self.args, "env": env, "cwd": os.getcwd()}).encode()
         self._conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._conn.connect(_server_path())
+        self._conn.connect(socket_path())
         socket.send_fds(self._conn, [request], send)
         for fd in close_here:
             os.close(fd)
@@ -217,23 +219,25 @@ class Started:
     def communicate(self, timeout: float | None = None) -> tuple:
         """Read stdout and stderr to their end (both at once, so neither pipe fills up), then wait."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        streams = [s for s in (self.stdout, self.stderr) if s is not None]
-        out: dict = {id(s): [] for s in streams}
 
-        def drain(stream):
-            out[id(stream)].append(stream.read())
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-        readers = [threading.Thread(target=drain, args=(s,), daemon=True) for s in streams]
+        streams = (self.stdout, self.stderr)
+        texts: list[str | None] = [None, None]
+
+        def drain(i: int) -> None:
+            texts[i] = streams[i].read()
+
+        readers = [threading.Thread(target=drain, args=(i,), daemon=True) for i, s in enumerate(streams) if s]
         for reader in readers:
             reader.start()
         for reader in readers:
-            reader.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            reader.join(left())
             if reader.is_alive():
                 raise subprocess.TimeoutExpired(self.args, timeout)
-        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        texts = []
-        for stream in (self.stdout, self.stderr):
-            texts.append(None if stream is None else "".join(out[id(stream)]))
+        self.wait(left())
+        for stream in streams:
             if stream is not None:
                 stream.close()
         return tuple(texts)
@@ -269,11 +273,6 @@ def relay_script(folder) -> str:
         fh.write(f'#!/bin/sh\nexec "{sys.executable}" "{os.path.abspath(__file__)}" --relay "$@"\n')
     os.chmod(path, 0o755)
     return path
-
-
-def socket_path() -> str:
-    """The socket of this process's fork server (started now if need be), for ``FORKSERVER_SOCKET``."""
-    return _server_path()
 
 
 if __name__ == "__main__":

@@ -29,9 +29,6 @@ def pipe():
     return fouriscale.apply_fouriscale(p)
 
 
-recipe = tiny_recipe
-
-
 def files_match_manifest(out):
     """The manifest describes exactly the PNGs on disk: one line each, with the key embedded in the file."""
     entries = Manifest(out).entries()
@@ -69,16 +66,16 @@ def test_parse_seeds():
 
 def test_largest_seed_renders(pipe, tmp_path):
     job = Job(0, "a cat", 2**64 - 1)
-    image = render(pipe, recipe(), job)
+    image = render(pipe, tiny_recipe(), job)
     assert image.size == (64, 64)
 
 
 def test_batch_resumes_and_repairs_a_lost_manifest_line(pipe, tmp_path):
     jobs = make_jobs(["a cat"], [1, 2])
-    first = run_batch(pipe, recipe(), jobs[:1], tmp_path, progress=False)
+    first = run_batch(pipe, tiny_recipe(), jobs[:1], tmp_path, progress=False)
     assert first.written == ["00000-1-a-cat.png"]
     (tmp_path / "manifest.jsonl").unlink()  # a crash between the rename and the manifest line
-    second = run_batch(pipe, recipe(), jobs, tmp_path, progress=False)
+    second = run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False)
     assert second.skipped == ["00000-1-a-cat.png"] and second.written == ["00001-2-a-cat.png"]
     assert files_match_manifest(tmp_path) == ["00000-1-a-cat.png", "00001-2-a-cat.png"]
     assert leftovers(tmp_path) == []
@@ -91,8 +88,8 @@ def test_waits_for_a_job_another_run_holds(pipe, tmp_path):
     jobs = make_jobs(["a cat"], [1, 2])
     folder = OutputFolder(tmp_path).prepare()
     plan = fouriscale.get_plan(pipe, 64, 64, 2)
-    settings = finished_settings(recipe(), jobs[0], "fouriscale", output_name(jobs[0], "fouriscale"), plan)
-    image = render(pipe, recipe(), jobs[0])  # what the other run makes (one pipeline is not for two threads)
+    settings = finished_settings(tiny_recipe(), jobs[0], "fouriscale", output_name(jobs[0], "fouriscale"), plan)
+    image = render(pipe, tiny_recipe(), jobs[0])  # what the other run makes (one pipeline is not for two threads)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         claim = tmp_path / f".{output_name(jobs[0], 'fouriscale')}.claim"
@@ -106,7 +103,7 @@ def test_waits_for_a_job_another_run_holds(pipe, tmp_path):
 
         thread = threading.Thread(target=the_other_run_finishes)
         thread.start()
-        result = run_batch(pipe, recipe(), jobs, tmp_path, progress=False)
+        result = run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False)
         thread.join()
     finally:
         other.kill()
@@ -122,7 +119,7 @@ def test_a_live_run_with_other_settings_stops_this_one_before_it_renders(pipe, t
     try:
         from fouriscale.frontend.jobs import _recipe_settings, finished_settings
 
-        theirs = finished_settings(recipe(steps=20), jobs[0], "fouriscale", "00000-1-a-cat.png")
+        theirs = finished_settings(tiny_recipe(steps=20), jobs[0], "fouriscale", "00000-1-a-cat.png")
         registration = {
             "pid": other.pid,
             "host": os.uname()[1],
@@ -137,13 +134,13 @@ def test_a_live_run_with_other_settings_stops_this_one_before_it_renders(pipe, t
         monkeypatch.setattr(jobs_module, "render", lambda *a, **k: pytest.fail("rendered despite the conflict"))
         pattern = r"00000-1-a-cat.png is being made right now by another run \(pid \d+\) with other settings \("
         with pytest.raises(UserError, match=pattern + r"steps: 20 there, 2 here\)"):
-            run_batch(pipe, recipe(), jobs, tmp_path, progress=False)
+            run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False)
     finally:
         other.kill()
         other.wait()
     # once that run is gone its registration is stale and removed
     monkeypatch.undo()
-    assert run_batch(pipe, recipe(), jobs, tmp_path, progress=False).written == ["00000-1-a-cat.png"]
+    assert run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False).written == ["00000-1-a-cat.png"]
     assert leftovers(tmp_path) == []
 
 

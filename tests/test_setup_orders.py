@@ -5,15 +5,11 @@ import pytest
 import torch
 
 import fouriscale
-from conftest import latents_for
+from conftest import _load, latents_for
 
 
 def _fresh(tiny_dirs):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_dirs["sd1"])
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _load(tiny_dirs["sd1"], "sd1")
 
 
 @pytest.fixture
@@ -110,12 +106,9 @@ def test_setup_before_or_after_apply(pipe, expected, setup, order):
 
 def test_removal_under_set_ups_is_bit_identical_to_never_patched(tiny_dirs):
     """Apply after a set-up, remove: the output equals a twin pipeline with the same set-up that was never patched."""
-    from diffusers import StableDiffusionPipeline
-
     for setup in ("model_offload", "sequential_offload", "fused_qkv"):
-        twin, patched = (StableDiffusionPipeline.from_pretrained(tiny_dirs["sd1"]) for _ in range(2))
+        twin, patched = _fresh(tiny_dirs), _fresh(tiny_dirs)
         for p in (twin, patched):
-            p.set_progress_bar_config(disable=True)
             SETUPS[setup](p)
         fouriscale.apply_fouriscale(patched)
         render(patched, steps=2)

@@ -442,6 +442,11 @@ def _meta_unet(config_json: str):
         return UNet2DConditionModel.from_config(json.loads(config_json))
 
 
+def _vae_factor(vae_config) -> int:
+    """How much a VAE of this config downsamples: 2 per level after the first (diffusers' ``vae_scale_factor``)."""
+    return 2 ** (len(vae_config["block_out_channels"]) - 1)
+
+
 def load_unet_profile_source(model: str, config: str | None = None):
     """``(unet, vae_scale_factor)`` for planning without weights: the UNet is built on the meta device from
     its config when ``model`` is a diffusers folder, cached hub id or tiny model (the same config gives the same
@@ -454,7 +459,7 @@ def load_unet_profile_source(model: str, config: str | None = None):
         from ..testing import tiny_unet_config, tiny_vae_config
 
         unet = _meta_unet(json.dumps(tiny_unet_config(tiny), sort_keys=True))
-        return unet, 2 ** (len(tiny_vae_config()["block_out_channels"]) - 1)
+        return unet, _vae_factor(tiny_vae_config())
     if path.is_file():
         loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
         return loaded.pipe.unet, loaded.pipe.vae_scale_factor
@@ -478,5 +483,4 @@ def load_unet_profile_source(model: str, config: str | None = None):
             vae_config = AutoencoderKL.load_config(source, subfolder="vae")
         except Exception as exc:
             raise UserError(f"could not read the config of {model!r} ({_short(exc)})") from None
-    unet = _meta_unet(json.dumps(dict(unet_config), sort_keys=True, default=str))
-    return unet, 2 ** (len(vae_config["block_out_channels"]) - 1)
+    return _meta_unet(json.dumps(dict(unet_config), sort_keys=True)), _vae_factor(vae_config)
