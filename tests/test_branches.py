@@ -127,3 +127,41 @@ def test_custom_layers_and_sequential_uncond_with_sharing(sd_pipe, clean):
     _close(run(sd_pipe), expected)
     fouriscale.apply_fouriscale(sd_pipe, layers=layers, sequential_uncond=False)
     _close(run(sd_pipe), expected)
+
+
+FF_SITES = {
+    # family: (before the fork, inside the forked stages, the join layer's block)
+    "sd1": ("down_blocks.1.attentions.0", "up_blocks.3.attentions.1", "up_blocks.3.attentions.2"),
+    "sdxl": ("down_blocks.1.attentions.0", "up_blocks.0.attentions.2", "up_blocks.1.attentions.2"),
+}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_feed_forward_runs_the_forked_batch_in_stock_sized_pieces(request, clean, family):
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    clean(pipe)
+    fouriscale.apply_fouriscale(pipe, start_step=1, stop_step=1, sequential_uncond=False)
+    before, inside, join = (f"{block}.transformer_blocks.0.ff.net.0" for block in FF_SITES[family])
+    seen, handles = _rows_seen(pipe, [before, inside, join])
+    kwargs = dict(steps=2, num_images_per_prompt=2, latents=None)
+    try:
+        pieces = run(pipe, generator=torch.Generator().manual_seed(0), **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    # Step 0 (active): 2 images x [uncond, structure, detail] = 6 rows inside the forked stages, run as [uncond,
+    # structure] (4 rows, the stock batch) and [detail] (2 rows); the join layer's block after its self-attention
+    # only as [uncond, detail]. Step 1: the stock 4 rows everywhere.
+    assert seen == {before: [4, 4], inside: [4, 2, 4], join: [4, 4]}
+
+    # Each row's result is the one the whole three-branch batch gives.
+    from fouriscale.feedforward import FF_HOOK
+    from fouriscale.hooks import get_hook, remove_hook
+
+    hooked = {name for name, m in pipe.unet.named_modules() if get_hook(m, FF_HOOK) is not None}
+    plan = fouriscale.get_plan(pipe, 64, 96, 2)
+    forked = {a.name.replace(".attn1", ".ff") for a in plan.profile.attentions if plan.fork <= a.stage <= plan.join}
+    assert hooked == forked and inside[: -len(".net.0")] in hooked and before[: -len(".net.0")] not in hooked
+    for name in hooked:
+        remove_hook(pipe.unet.get_submodule(name), FF_HOOK)
+    _close(pieces, run(pipe, generator=torch.Generator().manual_seed(0), **kwargs))

@@ -10,6 +10,8 @@ tree, its parameters and its ``state_dict`` stay the stock ones):
   base conv and its down-projection);
 * ``fouriscale.qk`` on ``to_q``/``to_k`` (or a fused ``to_qkv``) of every self-attention
   (:class:`~fouriscale.attention.QKShareHook`);
+* ``fouriscale.ff`` on the feed-forward layer of every transformer block in the forked stages
+  (:class:`~fouriscale.feedforward.FeedForwardHook`);
 * ``fouriscale.freeu`` on the up-block resnets (the paper's FreeU), or diffusers' own ``enable_freeu``;
 
 and, for large images, a tiled VAE decode whose tiles share GroupNorm statistics (``vae.decode``).
@@ -30,6 +32,7 @@ from .attention import JOIN_HOOK, QK_HOOK, JoinAttentionHook, QKShare, QKShareHo
 from .branches import LAYOUT_HOOK, UNET_HOOK, LayoutHook, UNetHook
 from .config import OFFICIAL_CONTROLNET, FouriScaleConfig
 from .conv import CONV_HOOK, ConvHook
+from .feedforward import FF_HOOK, FeedForwardHook
 from .freeu import FREEU_HOOK, FreeUSnapshot, PaperFreeUHook, enable_diffusers_freeu, freeu_stage
 from .hooks import add_hook, get_hook, remove_hook
 from .plan import Plan, branch_stages, make_plan
@@ -158,6 +161,12 @@ class Patch:
                 self._add_fixed(
                     model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK
                 )
+            for spec, attn in zip(profile.attentions, self._attn):
+                if self.fork <= spec.stage <= self.join:
+                    ff = model.get_submodule(spec.name.rpartition(".")[0])._modules.get("ff")
+                    if ff is not None:
+                        after_join = config.share_branches and attn is self._attn[-1]
+                        self._add_fixed(ff, FeedForwardHook(spec.stage, self.runtime, after_join), FF_HOOK)
             last = self._attn[-1]
             if config.share_branches and last.group_norm is None and last.spatial_norm is None:
                 # The processor feeds the layer's input straight to to_q/to_k, so the join can leave the

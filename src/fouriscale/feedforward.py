@@ -1,0 +1,57 @@
+"""Feed-forward layers of the forked stages (layer 3): the three-branch batch in pieces of the stock batch's size.
+
+A transformer block's feed-forward (``ff``) acts on every token of every row on its own, and its hidden layer
+is the widest tensor of the block (4x the width, 8x with GEGLU). Between the fork and the join the batch holds
+three branches instead of two, so that tensor grows by half over direct inference's. :class:`FeedForwardHook`
+runs the forked batch through the layer in pieces of the stock batch's size (``[uncond, structure]``, then
+``[detail]``), so no feed-forward tensor is larger than in direct inference: the same peak as direct inference
+in these layers, and on a CPU the same cache and page reuse. Each row's result is the one the whole batch gives.
+
+The feed-forward of the join layer's transformer block (the block of the last self-attention that reads the
+structure branch) comes after the structure branch's last use: it runs on the other branches only and gives
+the structure rows the detail rows' output, which nothing reads.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.hooks import ModelHook
+
+from .branches import relayout_rows
+from .plan import STRUCTURE
+from .state import Runtime
+
+__all__ = ["FeedForwardHook", "FF_HOOK"]
+
+FF_HOOK = "fouriscale.ff"
+
+
+class FeedForwardHook(ModelHook):
+    """Forward override of one feed-forward layer in a forked stage (``after_join``: the join layer's block)."""
+
+    def __init__(self, stage: int, runtime: Runtime, after_join: bool = False) -> None:
+        super().__init__()
+        self.stage = stage
+        self.runtime = runtime
+        self.after_join = after_join
+
+    def new_forward(self, module, hidden_states: torch.Tensor, *args, **kwargs):
+        original = self.fn_ref.original_forward
+        call = self.runtime.call
+        if (
+            call is None
+            or not call.is_forked(self.stage)
+            or args
+            or kwargs
+            or hidden_states.shape[0] != len(call.forked) * call.rows
+        ):
+            return original(hidden_states, *args, **kwargs)
+        roles = call.forked
+        if self.after_join and STRUCTURE in roles:
+            keep = tuple(role for role in roles if role != STRUCTURE)
+            out = original(relayout_rows(hidden_states, call.rows, roles, keep))
+            return relayout_rows(out, call.rows, keep, roles)
+        piece = len(call.stock) * call.rows
+        if piece >= hidden_states.shape[0]:
+            return original(hidden_states)
+        return torch.cat([original(part) for part in hidden_states.split(piece)])
