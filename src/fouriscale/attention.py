@@ -91,10 +91,9 @@ class JoinAttentionHook(ModelHook):
         if (
             call is None
             or not call.shares_qk
-            or not call.is_forked(self.stage)
             or args
             or kwargs.get("encoder_hidden_states") is not None
-            or hidden_states.shape[0] != len(call.forked) * call.rows
+            or not call.is_forked_batch(self.stage, hidden_states)
         ):
             return original(hidden_states, *args, **kwargs)
         from .branches import relayout_rows

@@ -38,13 +38,7 @@ class FeedForwardHook(ModelHook):
     def new_forward(self, module, hidden_states: torch.Tensor, *args, **kwargs):
         original = self.fn_ref.original_forward
         call = self.runtime.call
-        if (
-            call is None
-            or not call.is_forked(self.stage)
-            or args
-            or kwargs
-            or hidden_states.shape[0] != len(call.forked) * call.rows
-        ):
+        if call is None or args or kwargs or not call.is_forked_batch(self.stage, hidden_states):
             return original(hidden_states, *args, **kwargs)
         roles = call.forked
         if self.after_join and STRUCTURE in roles:

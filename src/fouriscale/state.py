@@ -28,6 +28,10 @@ class CallState:
         """Stage ``stage`` runs the structure branch beside the detail branch."""
         return self.forked is not None and self.plan.fork <= stage <= self.plan.join
 
+    def is_forked_batch(self, stage: int, x) -> bool:
+        """``x`` is a batch of stage ``stage`` laid out as the forked branches."""
+        return self.is_forked(stage) and x.shape[0] == len(self.forked) * self.rows
+
     def roles_at(self, stage: int) -> tuple[str, ...]:
         """Branch roles of the batch inside stage ``stage``."""
         return self.forked if self.is_forked(stage) else self.stock
