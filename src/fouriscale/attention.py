@@ -33,10 +33,6 @@ class QKShare:
         self.pending: torch.Tensor | None = None  # structure branch's hidden states, set by JoinAttentionHook
 
 
-def _without_structure(roles: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(role for role in roles if role != STRUCTURE)
-
-
 class QKShareHook(ModelHook):
     """``post_forward`` of a self-attention projection: detail rows := structure rows, in place.
 
@@ -57,7 +53,7 @@ class QKShareHook(ModelHook):
         if call is None or not call.shares_qk or not call.is_forked(self.stage):
             return output
         pending = self.share.pending if self.share is not None else None
-        roles = call.forked if pending is None else _without_structure(call.forked)
+        roles = call.forked if pending is None else call.stock  # the forked roles less the structure branch
         if output.shape[0] != len(roles) * call.rows:
             raise RuntimeError(
                 f"FouriScale: a self-attention projection saw {output.shape[0]} rows, expected "
@@ -98,7 +94,7 @@ class JoinAttentionHook(ModelHook):
             return original(hidden_states, *args, **kwargs)
         from .branches import relayout_rows
 
-        roles, keep = call.forked, _without_structure(call.forked)
+        roles, keep = call.forked, call.stock  # the forked roles less the structure branch
         self.share.pending = hidden_states[call.rows_of(roles, STRUCTURE)]
         try:
             kwargs = {k: relayout_rows(v, call.rows, roles, keep) for k, v in kwargs.items()}

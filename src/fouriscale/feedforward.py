@@ -18,7 +18,6 @@ import torch
 from diffusers.hooks import ModelHook
 
 from .branches import relayout_rows
-from .plan import STRUCTURE
 from .state import Runtime
 
 __all__ = ["FeedForwardHook", "FF_HOOK"]
@@ -40,12 +39,7 @@ class FeedForwardHook(ModelHook):
         call = self.runtime.call
         if call is None or args or kwargs or not call.is_forked_batch(self.stage, hidden_states):
             return original(hidden_states, *args, **kwargs)
-        roles = call.forked
-        if self.after_join and STRUCTURE in roles:
-            keep = tuple(role for role in roles if role != STRUCTURE)
-            out = original(relayout_rows(hidden_states, call.rows, roles, keep))
-            return relayout_rows(out, call.rows, keep, roles)
-        piece = len(call.stock) * call.rows
-        if piece >= hidden_states.shape[0]:
-            return original(hidden_states)
-        return torch.cat([original(part) for part in hidden_states.split(piece)])
+        if self.after_join:  # the stock roles are the forked ones less the structure branch
+            out = original(relayout_rows(hidden_states, call.rows, call.forked, call.stock))
+            return relayout_rows(out, call.rows, call.stock, call.forked)
+        return torch.cat([original(part) for part in hidden_states.split(len(call.stock) * call.rows)])

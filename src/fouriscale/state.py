@@ -14,7 +14,8 @@ class CallState:
     """What one UNet pass runs: the plan, the step and the row layout of its batch.
 
     ``stock`` lists the branch roles of the batch the pass starts and ends with, e.g. ``("uncond", "detail")``;
-    ``forked`` (or ``None``) the roles of stages ``plan.fork..plan.join``, where the structure branch runs too.
+    ``forked`` (or ``None``) the roles of stages ``plan.fork..plan.join``: ``stock`` with the structure branch
+    inserted before the detail branch.
     Every branch is ``rows`` rows of the batch.
     """
 
