@@ -15,10 +15,9 @@ projections alone, which saves one branch of the largest attention of the UNet.
 from __future__ import annotations
 
 import torch
-from diffusers.hooks import ModelHook
 
 from .plan import DETAIL, STRUCTURE
-from .state import Runtime
+from .state import Runtime, StageHook
 
 __all__ = ["QKShare", "QKShareHook", "JoinAttentionHook", "QK_HOOK", "JOIN_HOOK"]
 
@@ -33,7 +32,7 @@ class QKShare:
         self.pending: torch.Tensor | None = None  # structure branch's hidden states, set by JoinAttentionHook
 
 
-class QKShareHook(ModelHook):
+class QKShareHook(StageHook):
     """``post_forward`` of a self-attention projection: detail rows := structure rows, in place.
 
     ``fused=True`` marks a fused ``to_qkv``, whose output holds ``[q, k, v]`` along the last dimension; then
@@ -42,9 +41,7 @@ class QKShareHook(ModelHook):
     """
 
     def __init__(self, stage: int, runtime: Runtime, fused: bool = False, share: QKShare | None = None) -> None:
-        super().__init__()
-        self.stage = stage
-        self.runtime = runtime
+        super().__init__(stage, runtime)
         self.fused = fused
         self.share = share
 
@@ -70,15 +67,13 @@ class QKShareHook(ModelHook):
         return output
 
 
-class JoinAttentionHook(ModelHook):
+class JoinAttentionHook(StageHook):
     """Forward override of the last self-attention that reads the structure branch: run it on the other branches
     (the detail branch still attends with the structure branch's queries and keys) and give the structure rows
     the detail rows' output, which nothing reads."""
 
     def __init__(self, stage: int, runtime: Runtime, share: QKShare) -> None:
-        super().__init__()
-        self.stage = stage
-        self.runtime = runtime
+        super().__init__(stage, runtime)
         self.share = share
 
     def new_forward(self, module, hidden_states: torch.Tensor, *args, **kwargs):

@@ -27,7 +27,7 @@ import torch
 from diffusers.hooks import ModelHook
 
 from .plan import COND, DETAIL, STRUCTURE, UNCOND
-from .state import CallState
+from .state import CallState, StageHook
 from .steps import locate_step
 
 __all__ = ["UNetHook", "LayoutHook", "relayout", "relayout_rows", "UNET_HOOK", "LAYOUT_HOOK", "calling_pipeline"]
@@ -78,13 +78,8 @@ def relayout(obj, call: CallState, target: tuple[str, ...]):
     return obj
 
 
-class LayoutHook(ModelHook):
+class LayoutHook(StageHook):
     """On one top-level stage: inputs in the stage's layout; the join stage hands its output back in stock layout."""
-
-    def __init__(self, stage: int, runtime) -> None:
-        super().__init__()
-        self.stage = stage
-        self.runtime = runtime
 
     def pre_forward(self, module, *args, **kwargs):
         call = self.runtime.call

@@ -15,23 +15,20 @@ the structure rows the detail rows' output, which nothing reads.
 from __future__ import annotations
 
 import torch
-from diffusers.hooks import ModelHook
 
 from .branches import relayout_rows
-from .state import Runtime
+from .state import Runtime, StageHook
 
 __all__ = ["FeedForwardHook", "FF_HOOK"]
 
 FF_HOOK = "fouriscale.ff"
 
 
-class FeedForwardHook(ModelHook):
+class FeedForwardHook(StageHook):
     """Forward override of one feed-forward layer in a forked stage (``after_join``: the join layer's block)."""
 
     def __init__(self, stage: int, runtime: Runtime, after_join: bool = False) -> None:
-        super().__init__()
-        self.stage = stage
-        self.runtime = runtime
+        super().__init__(stage, runtime)
         self.after_join = after_join
 
     def new_forward(self, module, hidden_states: torch.Tensor, *args, **kwargs):

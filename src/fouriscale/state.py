@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffusers.hooks import ModelHook
+
 from .plan import DETAIL, STRUCTURE, Plan, StepSetting
 
-__all__ = ["CallState", "Runtime"]
+__all__ = ["CallState", "Runtime", "StageHook"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,13 @@ class Runtime:
     def __init__(self) -> None:
         self.call: CallState | None = None
         self.enabled: bool = True
+
+
+class StageHook(ModelHook):
+    """Base of the hooks on the modules of one top-level stage (index ``stage`` in ``ModelProfile.stages``) that
+    read the :class:`Runtime` of their patched UNet."""
+
+    def __init__(self, stage: int, runtime: Runtime) -> None:
+        super().__init__()
+        self.stage = stage
+        self.runtime = runtime
