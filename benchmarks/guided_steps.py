@@ -1,0 +1,83 @@
+"""Seconds per guided (three-branch) denoising step: direct inference vs FouriScale with the unconditional branch
+batched or as a pass of its own, in interleaved rounds.
+
+    python benchmarks/guided_steps.py --layout sd1-small --size 1024x1024 --rounds 5
+
+Each round runs the first ``--steps-per-round`` steps of a 50-step run (all guided at the paper's settings) of
+every method, one after the other, and stops the pipeline there (``pipe._interrupt``); the first step of a run
+is left out (warm-up). Printed: the median and fastest step per method, the ratio of medians to direct
+inference, and the median of minor page faults per step (``resource.getrusage``). A quick A/B of the
+``sequential_uncond`` default; ``bench.py`` times whole runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+import fouriscale
+from bench import LAYOUTS, Bench
+
+METHODS = {"direct": None, "split": True, "batched": False}  # method -> sequential_uncond
+
+
+def run_steps(bench: Bench, method: str, n: int) -> tuple[list[float], list[int]]:
+    """Seconds and minor page faults of steps 2..n of one run of ``method``."""
+    pipe = bench.pipe
+    if method == "direct":
+        fouriscale.remove_fouriscale(pipe)
+    else:
+        fouriscale.apply_fouriscale(pipe, sequential_uncond=METHODS[method])
+    marks = [(time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt)]
+
+    def on_step_end(p, i, t, tensors):
+        marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
+        if len(marks) > n:
+            p._interrupt = True  # the pipeline skips the remaining steps
+        return tensors
+
+    kwargs = bench.call(bench.args.steps)
+    kwargs["callback_on_step_end"] = on_step_end
+    pipe(**kwargs)
+    pairs = list(zip(marks[:-1], marks[1:]))[1:]
+    return [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layout", choices=list(LAYOUTS), default="sd1-small")
+    p.add_argument("--size", default="1024x1024", help="WxH")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps-per-round", type=int, default=3)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None, help="default: fp16 on GPU, fp32 on CPU")
+    args = p.parse_args()
+    args.steps, args.sequential_uncond = 50, "auto"
+    bench = Bench(args)
+    if not all(bench.plan.three_branch(s) for s in bench.plan.steps[: args.steps_per_round]):
+        raise SystemExit("the first steps of this size are not all guided: FouriScale leaves them to the stock batch")
+    seconds = {m: [] for m in METHODS}
+    faults = {m: [] for m in METHODS}
+    for r in range(args.rounds):
+        for method in METHODS:
+            s, f = run_steps(bench, method, args.steps_per_round)
+            seconds[method] += s
+            faults[method] += f
+        print(f"round {r + 1}: " + ", ".join(f"{m} {statistics.median(v):.3f} s" for m, v in seconds.items()))
+    direct = statistics.median(seconds["direct"])
+    print(f"{args.layout} at {args.size}, {args.rounds} rounds of {args.steps_per_round - 1} timed guided steps")
+    print(f"{'method':<8} {'median s':>9} {'fastest s':>10} {'vs direct':>10} {'faults/step':>12}")
+    for method in METHODS:
+        med = statistics.median(seconds[method])
+        print(
+            f"{method:<8} {med:>9.3f} {min(seconds[method]):>10.3f} {med / direct:>10.3f} "
+            f"{int(statistics.median(faults[method])):>12}"
+        )
+
+
+if __name__ == "__main__":
+    main()
