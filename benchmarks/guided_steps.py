@@ -19,30 +19,23 @@ import time
 
 import torch
 
-import fouriscale
 from bench import LAYOUTS, Bench
 
-METHODS = {"direct": None, "split": True, "batched": False}  # method -> sequential_uncond
+# method -> (``Bench.run`` method, ``--sequential-uncond``)
+METHODS = {"direct": ("direct", "auto"), "split": ("fouriscale", "on"), "batched": ("fouriscale", "off")}
 
 
 def run_steps(bench: Bench, method: str, n: int) -> tuple[list[float], list[int]]:
     """Seconds and minor page faults of steps 2..n of one run of ``method``."""
-    pipe = bench.pipe
-    if method == "direct":
-        fouriscale.remove_fouriscale(pipe)
-    else:
-        fouriscale.apply_fouriscale(pipe, sequential_uncond=METHODS[method])
+    name, bench.args.sequential_uncond = METHODS[method]
     marks = [(time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt)]
 
-    def on_step_end(p, i, t, tensors):
+    def on_step_end():
         marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
         if len(marks) > n:
-            p._interrupt = True  # the pipeline skips the remaining steps
-        return tensors
+            bench.pipe._interrupt = True  # the pipeline skips the remaining steps
 
-    kwargs = bench.call(bench.args.steps)
-    kwargs["callback_on_step_end"] = on_step_end
-    pipe(**kwargs)
+    bench.run(name, bench.args.steps, on_step_end)
     pairs = list(zip(marks[:-1], marks[1:]))[1:]
     return [b[0] - a[0] for a, b in pairs], [b[1] - a[1] for a, b in pairs]
 
@@ -67,7 +60,8 @@ def main():
             s, f = run_steps(bench, method, args.steps_per_round)
             seconds[method] += s
             faults[method] += f
-        print(f"round {r + 1}: " + ", ".join(f"{m} {statistics.median(v):.3f} s" for m, v in seconds.items()))
+        medians = ", ".join(f"{m} {statistics.median(v):.3f} s" for m, v in seconds.items())
+        print(f"after round {r + 1}, medians so far: {medians}")
     direct = statistics.median(seconds["direct"])
     print(f"{args.layout} at {args.size}, {args.rounds} rounds of {args.steps_per_round - 1} timed guided steps")
     print(f"{'method':<8} {'median s':>9} {'fastest s':>10} {'vs direct':>10} {'faults/step':>12}")
