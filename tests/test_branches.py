@@ -5,6 +5,7 @@ import torch
 
 import fouriscale
 from conftest import latents_for
+from fouriscale.patch import patch_of
 from fouriscale.plan import branch_stages
 from fouriscale.profiles import detect_profile
 
@@ -137,31 +138,97 @@ FF_SITES = {
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_feed_forward_runs_the_forked_batch_in_stock_sized_pieces(request, clean, family):
+def test_feed_forward_runs_the_forked_batch_whole_or_in_stock_sized_pieces(request, clean, family, monkeypatch):
+    import fouriscale.plan
+
     pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
     clean(pipe)
     fouriscale.apply_fouriscale(pipe, start_step=1, stop_step=1, sequential_uncond=False)
     before, inside, join = (f"{block}.transformer_blocks.0.ff.net.0" for block in FF_SITES[family])
-    seen, handles = _rows_seen(pipe, [before, inside, join])
     kwargs = dict(steps=2, num_images_per_prompt=2, latents=None)
-    try:
-        pieces = run(pipe, generator=torch.Generator().manual_seed(0), **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
-    # Step 0 (active): 2 images x [uncond, structure, detail] = 6 rows inside the forked stages, run as [uncond,
-    # structure] (4 rows, the stock batch) and [detail] (2 rows); the join layer's block after its self-attention
-    # only as [uncond, detail]. Step 1: the stock 4 rows everywhere.
-    assert seen == {before: [4, 4], inside: [4, 2, 4], join: [4, 4]}
 
-    # Each row's result is the one the whole three-branch batch gives.
+    def rows_and_latents():
+        seen, handles = _rows_seen(pipe, [before, inside, join])
+        try:
+            return seen, run(pipe, generator=torch.Generator().manual_seed(0), **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    # The tiny models' maps are below the plan's threshold: the forked batch runs whole, 2 images x [uncond,
+    # structure, detail] = 6 rows; the join layer's block after its self-attention only as [uncond, detail]. Step 1:
+    # the stock 4 rows everywhere.
+    assert not any(fouriscale.get_plan(pipe, 64, 96, 2).feed_forward_pieces)
+    seen, whole = rows_and_latents()
+    assert seen == {before: [4, 4], inside: [6, 4], join: [4, 4]}
+    # From the threshold on, the forked batch runs as [uncond, structure] (4 rows, the stock batch), then [detail].
+    monkeypatch.setattr(fouriscale.plan, "FEED_FORWARD_PIECES_MIN_TOKENS", 0)
+    patch_of(pipe)._plans.clear()
+    plan = fouriscale.get_plan(pipe, 64, 96, 2)
+    assert all(plan.feed_forward_pieces)
+    seen, pieces = rows_and_latents()
+    assert seen == {before: [4, 4], inside: [4, 2, 4], join: [4, 4]}
+    _close(pieces, whole)  # each row's result is the one the whole three-branch batch gives
+
     from fouriscale.feedforward import FF_HOOK
     from fouriscale.hooks import get_hook, remove_hook
 
     hooked = {name for name, m in pipe.unet.named_modules() if get_hook(m, FF_HOOK) is not None}
-    plan = fouriscale.get_plan(pipe, 64, 96, 2)
     forked = {a.name.replace(".attn1", ".ff") for a in plan.profile.attentions if plan.fork <= a.stage <= plan.join}
     assert hooked == forked and inside[: -len(".net.0")] in hooked and before[: -len(".net.0")] not in hooked
     for name in hooked:
         remove_hook(pipe.unet.get_submodule(name), FF_HOOK)
     _close(pieces, run(pipe, generator=torch.Generator().manual_seed(0), **kwargs))
+
+
+def test_feed_forward_pieces_from_64x64_maps_on():
+    """The plan splits the feed-forward layers whose maps have 4096 tokens or more (real SD 1.5 layout)."""
+    from diffusers import UNet2DConditionModel
+
+    from fouriscale.plan import FEED_FORWARD_PIECES_MIN_TOKENS, make_plan
+    from fouriscale.testing import real_unet_config
+
+    assert FEED_FORWARD_PIECES_MIN_TOKENS == 64 * 64
+    with torch.device("meta"):
+        profile = detect_profile(UNet2DConditionModel(**real_unet_config("sd1")), 8)
+    for size, levels in ((1024, {0, 1}), (2048, {0, 1, 2}), (768, {0})):
+        plan = make_plan(profile, size, size, 10)
+        split = {a.level for a, pieces in zip(profile.attentions, plan.feed_forward_pieces) if pieces}
+        assert split == levels, size
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_the_detail_branch_never_computes_its_own_queries_and_keys(request, clean, family):
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    clean(pipe)
+    fouriscale.apply_fouriscale(pipe, start_step=1, stop_step=1, sequential_uncond=False)
+    plan = fouriscale.get_plan(pipe, 64, 96, 2)
+    forked = [a.name for a in plan.profile.attentions if plan.fork <= a.stage <= plan.join]
+    first, join = forked[0], forked[-1]
+    names = {f"{a}.{proj}" for a in (first, join) for proj in ("to_q", "to_k", "to_v")}
+    weights = {id(pipe.unet.get_submodule(name).weight): name for name in names}
+    seen = {name: [] for name in names}
+
+    class Projections(torch.overrides.TorchFunctionMode):
+        """Rows of every ``F.linear`` call with one of the named projections' weights (what is computed)."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.nn.functional.linear and id(args[1]) in weights:
+                seen[weights[id(args[1])]].append(args[0].shape[0])
+            return func(*args, **kwargs)
+
+    with Projections():
+        run(pipe, steps=2, num_images_per_prompt=2, latents=None, generator=torch.Generator().manual_seed(0))
+    # Step 0, 2 images: in a forked layer the queries and keys of [uncond, structure] (4 rows), the values of all
+    # three branches (6); at the join the layer runs [uncond, detail] and projects the structure rows' input for
+    # the detail branch's queries and keys (the 4 uncond rows and, as a call of its own, the 2 structure rows).
+    # Step 1: the stock 4 rows.
+    assert seen == {
+        f"{first}.to_q": [4, 4],
+        f"{first}.to_k": [4, 4],
+        f"{first}.to_v": [6, 4],
+        f"{join}.to_q": [2, 2, 4],
+        f"{join}.to_k": [2, 2, 4],
+        f"{join}.to_v": [4, 4],
+    }

@@ -88,6 +88,44 @@ def test_stages_attentions_and_skip_tensors_follow_the_forward(family, real_unet
     assert profile.intrablock_stages[-1] == profile.stages.index("mid_block")
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_attention_levels_are_the_feature_maps_they_see(family, real_unets):
+    """Each self-attention's level is its feature map's: ``ceil(latent / 2**level)`` per side (a meta forward)."""
+    unet = real_unets[family]
+    profile = detect_profile(unet, 8)
+    tokens = {}
+
+    def record(name):
+        return lambda m, args, kw: tokens.__setitem__(name, (args[0] if args else kw["hidden_states"]).shape[1])
+
+    handles = [
+        unet.get_submodule(a.name).register_forward_pre_hook(record(a.name), with_kwargs=True)
+        for a in profile.attentions
+    ]
+    h, w = 40, 72
+    kwargs = {}
+    if family == "sdxl":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.zeros(1, pooled, device="meta"),
+            "time_ids": torch.zeros(1, 6, device="meta"),
+        }
+    try:
+        with torch.no_grad():
+            unet(
+                torch.zeros(1, 4, h, w, device="meta"),
+                1,
+                torch.zeros(1, 77, unet.config.cross_attention_dim, device="meta"),
+                **kwargs,
+            )
+    finally:
+        for handle in handles:
+            handle.remove()
+    side = lambda n, level: -(-n // 2**level)  # noqa: E731
+    assert {a.name: side(h, a.level) * side(w, a.level) for a in profile.attentions} == tokens
+    assert {a.level for a in profile.attentions} == ({0, 1, 2, 3} if family == "sd1" else {1, 2})
+
+
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_tiny_models_get_the_same_names_as_real_ones(family, real_unets):
     tiny = detect_profile(_meta_unet(tiny_unet_config(family)), 2)

@@ -1,9 +1,10 @@
-"""FouriScale guidance in self-attention (layer 3): hooks on the outputs of ``to_q`` and ``to_k``.
+"""FouriScale guidance in self-attention (layer 3): hooks on ``to_q`` and ``to_k``.
 
 While the batch carries a structure and a detail branch, the detail branch's queries and keys are those
-of the structure branch (its values stay its own). The hooks act on the outputs of each self-attention
-layer's ``to_q`` and ``to_k`` (or on the query and key thirds of a fused ``to_qkv`` after
-``fuse_qkv_projections()``), so whatever attention processor or backend the user set runs unchanged.
+of the structure branch (its values stay its own). The hooks override each self-attention layer's ``to_q``
+and ``to_k``, which project every branch but the detail branch and hand the detail rows the structure rows'
+result (a fused ``to_qkv`` after ``fuse_qkv_projections()`` projects every row and shares its query and key
+thirds), so whatever attention processor or backend the user set runs unchanged.
 Cross-attention is never touched.
 
 At the last self-attention that reads the structure branch (the join), the structure branch's own
@@ -33,11 +34,13 @@ class QKShare:
 
 
 class QKShareHook(StageHook):
-    """``post_forward`` of a self-attention projection: detail rows := structure rows, in place.
+    """Forward override of a self-attention projection: the detail rows are the structure rows' projection.
 
-    ``fused=True`` marks a fused ``to_qkv``, whose output holds ``[q, k, v]`` along the last dimension; then
-    only the query and key thirds are shared. While the join layer runs without the structure branch, the
-    detail rows get the projection of the structure branch's input instead.
+    The detail branch's own queries and keys are never computed: the projection runs on the other rows and the
+    structure rows' result stands for the detail rows too. ``fused=True`` marks a fused ``to_qkv``, whose output
+    holds ``[q, k, v]`` along the last dimension; it runs on every row (the detail branch keeps its own values) and
+    only the query and key thirds are shared. While the join layer runs without the structure branch, the detail
+    rows get the projection of the structure branch's input instead.
     """
 
     def __init__(self, stage: int, runtime: Runtime, fused: bool = False, share: QKShare | None = None) -> None:
@@ -45,26 +48,32 @@ class QKShareHook(StageHook):
         self.fused = fused
         self.share = share
 
-    def post_forward(self, module, output: torch.Tensor) -> torch.Tensor:
+    def new_forward(self, module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        project = self.fn_ref.original_forward
         call = self.runtime.call
-        if call is None or not call.shares_qk or not call.is_forked(self.stage):
-            return output
+        if call is None or not call.shares_qk or not call.is_forked(self.stage) or args or kwargs:
+            return project(x, *args, **kwargs)
         pending = self.share.pending if self.share is not None else None
         roles = call.forked if pending is None else call.stock  # the forked roles less the structure branch
-        if output.shape[0] != len(roles) * call.rows:
+        if x.shape[0] != len(roles) * call.rows:
             raise RuntimeError(
-                f"FouriScale: a self-attention projection saw {output.shape[0]} rows, expected "
+                f"FouriScale: a self-attention projection saw {x.shape[0]} rows, expected "
                 f"{len(roles) * call.rows}; "
                 "the attention processor in use splits the batch in a way FouriScale guidance cannot follow."
             )
-        detail = call.rows_of(roles, DETAIL)
-        n = output.shape[-1] // 3 * 2 if self.fused else output.shape[-1]
-        # In place: no second copy of Q or K is ever alive (peak memory stays that of the stock layer).
-        if pending is None:
-            output[detail, ..., :n] = output[call.rows_of(roles, STRUCTURE), ..., :n]
-        else:
-            output[detail, ..., :n] = self.fn_ref.forward(pending)[..., :n]
-        return output
+        detail = call.rows_of(roles, DETAIL)  # the last branch of both layouts
+        if self.fused:
+            out = project(x)
+            n = out.shape[-1] // 3 * 2
+            # In place: no second copy of Q or K is ever alive (peak memory stays that of the stock layer).
+            shared = out[call.rows_of(roles, STRUCTURE)] if pending is None else project(pending)
+            out[detail, ..., :n] = shared[..., :n]
+            return out
+        if pending is not None:
+            shared = project(pending)
+            return torch.cat([project(x[: detail.start]), shared]) if detail.start else shared
+        head = project(x[: detail.start])  # every branch but the detail branch
+        return torch.cat([head, head[call.rows_of(roles, STRUCTURE)]])
 
 
 class JoinAttentionHook(StageHook):

@@ -161,12 +161,12 @@ class Patch:
                 self._add_fixed(
                     model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK
                 )
-            for spec, attn in zip(profile.attentions, self._attn):
+            for index, (spec, attn) in enumerate(zip(profile.attentions, self._attn)):
                 if self.fork <= spec.stage <= self.join:
                     ff = model.get_submodule(spec.name.rpartition(".")[0])._modules.get("ff")
                     if ff is not None:
                         after_join = config.share_branches and attn is self._attn[-1]
-                        self._add_fixed(ff, FeedForwardHook(spec.stage, self.runtime, after_join), FF_HOOK)
+                        self._add_fixed(ff, FeedForwardHook(spec.stage, self.runtime, index, after_join), FF_HOOK)
             last = self._attn[-1]
             if config.share_branches and last.group_norm is None and last.spatial_norm is None:
                 # The processor feeds the layer's input straight to to_q/to_k, so the join can leave the

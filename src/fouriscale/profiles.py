@@ -133,6 +133,7 @@ class AttentionSpec:
 
     name: str  # e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
     stage: int
+    level: int  # 2x downsamplings between the latent and the layer's feature map
 
 
 @dataclass(frozen=True)
@@ -196,34 +197,42 @@ def _stages(unet: nn.Module) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _candidates(unet: nn.Module, stages: tuple[str, ...]) -> list[LayerSpec]:
+def _stage_levels(unet: nn.Module, stages: tuple[str, ...]) -> tuple[int, ...]:
+    """Level (2x downsamplings below the latent) of the feature maps each stage's resnets and attentions see."""
+    levels, level = [], 0
+    for prefix in stages:
+        levels.append(level)
+        block = unet.get_submodule(prefix)
+        level += bool(getattr(block, "downsamplers", None)) - bool(getattr(block, "upsamplers", None))
+    return tuple(levels)
+
+
+def _candidates(unet: nn.Module, stages: tuple[str, ...], levels: tuple[int, ...]) -> list[LayerSpec]:
     """Every spatial (kernel > 1) conv of the resnets and resamplers, with its input level and stage."""
     specs: list[LayerSpec] = []
 
-    def add(prefix: str, name: str, module: nn.Module | None, kind: str, level: int) -> None:
+    def add(prefix: str, name: str, module: nn.Module | None, kind: str) -> None:
         conv = _conv_of(module)
         if conv is None or max(conv.kernel_size) <= 1:
             return
-        specs.append(
-            LayerSpec(f"{prefix}.{name}", kind, level, tuple(int(s) for s in conv.stride), stages.index(prefix))
-        )
+        stage = stages.index(prefix)
+        specs.append(LayerSpec(f"{prefix}.{name}", kind, levels[stage], tuple(int(s) for s in conv.stride), stage))
 
-    def add_block(prefix: str, block: nn.Module, level: int, samplers_attr: str | None, kind: str, step: int) -> int:
+    def add_block(prefix: str, samplers_attr: str | None, kind: str) -> None:
+        block = unet.get_submodule(prefix)
         for r, resnet in enumerate(getattr(block, "resnets", None) or []):
             for conv_name in ("conv1", "conv2"):
-                add(prefix, f"resnets.{r}.{conv_name}", getattr(resnet, conv_name, None), "conv", level)
+                add(prefix, f"resnets.{r}.{conv_name}", getattr(resnet, conv_name, None), "conv")
         samplers = (getattr(block, samplers_attr, None) or []) if samplers_attr else []
         for j, sampler in enumerate(samplers):
-            add(prefix, f"{samplers_attr}.{j}.conv", getattr(sampler, "conv", None), kind, level)
-        return level + step if samplers else level
+            add(prefix, f"{samplers_attr}.{j}.conv", getattr(sampler, "conv", None), kind)
 
-    level = 0
-    for i, block in enumerate(unet.down_blocks):
-        level = add_block(f"down_blocks.{i}", block, level, "downsamplers", "downsampler", 1)
+    for i in range(len(unet.down_blocks)):
+        add_block(f"down_blocks.{i}", "downsamplers", "downsampler")
     if getattr(unet, "mid_block", None) is not None:
-        add_block("mid_block", unet.mid_block, level, None, "conv", 0)
-    for i, block in enumerate(unet.up_blocks):
-        level = add_block(f"up_blocks.{i}", block, level, "upsamplers", "upsampler", -1)
+        add_block("mid_block", None, "conv")
+    for i in range(len(unet.up_blocks)):
+        add_block(f"up_blocks.{i}", "upsamplers", "upsampler")
     return specs
 
 
@@ -254,14 +263,14 @@ def _user_selection(candidates: list[LayerSpec], patterns: tuple[str, ...]) -> t
     return tuple(sorted(chosen, key=candidates.index))
 
 
-def _attentions(unet: nn.Module, stages: tuple[str, ...]) -> tuple[AttentionSpec, ...]:
+def _attentions(unet: nn.Module, stages: tuple[str, ...], levels: tuple[int, ...]) -> tuple[AttentionSpec, ...]:
     """Self-attention layers (``attn1`` of transformer blocks) in forward order."""
     found = []
     for stage, prefix in enumerate(stages):
         block = unet.get_submodule(prefix)
         for name, module in block.named_modules():
             if name.endswith("attn1") and not getattr(module, "is_cross_attention", True):
-                found.append(AttentionSpec(f"{prefix}.{name}", stage))
+                found.append(AttentionSpec(f"{prefix}.{name}", stage, levels[stage]))
     return tuple(found)
 
 
@@ -340,7 +349,8 @@ def detect_profile(unet: nn.Module, vae_scale_factor: int, layers: tuple[str, ..
         )
     fam = detect_family(config)
     stages = _stages(unet)
-    candidates = _candidates(unet, stages)
+    levels = _stage_levels(unet, stages)
+    candidates = _candidates(unet, stages, levels)
     chosen = _default_selection(candidates, fam.rule) if layers is None else _user_selection(candidates, tuple(layers))
     if not chosen:
         raise ValueError(
@@ -353,7 +363,7 @@ def detect_profile(unet: nn.Module, vae_scale_factor: int, layers: tuple[str, ..
         native_latent=native_latent(config),
         vae_scale_factor=int(vae_scale_factor),
         layers=chosen,
-        attentions=_attentions(unet, stages),
+        attentions=_attentions(unet, stages, levels),
         freeu_sites=_freeu_sites(unet),
         deepest_channels=int(config.block_out_channels[-1]),
         stages=stages,
