@@ -61,10 +61,13 @@ def test_fork_and_join_follow_the_plan(sd_pipe, sdxl_pipe):
     assert _stages(sd_pipe, low_pass=False) == (None, None)
     assert _stages(sdxl_pipe, low_pass=False) == ("down_blocks.2", "up_blocks.1")
     assert _stages(sd_pipe, attention_guidance=False) == (None, None)
+    # The batch joins after the transformer model of the last self-attention (without sharing: after conv_out).
+    assert fouriscale.get_plan(sdxl_pipe, 64, 96, 10).join_block == "up_blocks.1.attentions.2"
+    assert fouriscale.get_plan(sd_pipe, 64, 96, 10, share_branches=False).join_block == "conv_out"
     text = str(fouriscale.get_plan(sd_pipe, 64, 96, 10))
     assert (
-        "3 branches (uncond, structure, detail) for down_blocks.2..up_blocks.3; stock batch before down_blocks.2"
-        in text
+        "3 branches (uncond, structure, detail) for down_blocks.2..up_blocks.3.attentions.2; stock batch before "
+        "down_blocks.2, detail only after up_blocks.3.attentions.2" in text
     )
 
 
@@ -81,25 +84,31 @@ def _rows_seen(pipe, names):
     return seen, handles
 
 
-@pytest.mark.parametrize("family, join_inside", [("sd1", "up_blocks.3.resnets.2"), ("sdxl", "up_blocks.1.resnets.2")])
-def test_the_batch_forks_and_joins_where_planned(request, clean, family, join_inside):
+@pytest.mark.parametrize(
+    "family, join_inside, after_join",
+    [("sd1", "up_blocks.3.resnets.2", "conv_out"), ("sdxl", "up_blocks.1.resnets.2", "up_blocks.1.upsamplers.0")],
+)
+def test_the_batch_forks_and_joins_where_planned(request, clean, family, join_inside, after_join):
     pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
     clean(pipe)
     fouriscale.apply_fouriscale(pipe, start_step=1, stop_step=1, sequential_uncond=False)
-    names = ["conv_in", "down_blocks.1", "down_blocks.2.resnets.0", "mid_block.resnets.0", join_inside, "conv_out"]
+    names = ["conv_in", "down_blocks.1", "down_blocks.2.resnets.0", "mid_block.resnets.0", join_inside, after_join]
+    names += ["conv_out"] if after_join != "conv_out" else []
     seen, handles = _rows_seen(pipe, names)
     try:
         run(pipe, steps=2, num_images_per_prompt=2, latents=None, generator=torch.Generator().manual_seed(0))
     finally:
         for h in handles:
             h.remove()
-    # Step 0 (active): 2 images x [uncond, cond] = 4 rows up to the fork, 6 inside, 4 after; step 1: stock.
+    # Step 0 (active): 2 images x [uncond, cond] = 4 rows up to the fork, 6 inside, 4 after the join block (the
+    # join stage's upsampler too); step 1: stock.
     assert seen == {
         "conv_in": [4, 4],
         "down_blocks.1": [4, 4],
         "down_blocks.2.resnets.0": [6, 4],
         "mid_block.resnets.0": [6, 4],
         join_inside: [6, 4],
+        after_join: [4, 4],
         "conv_out": [4, 4],
     }
 
@@ -117,6 +126,18 @@ def test_sd_without_low_pass_never_runs_a_third_branch(sd_pipe, clean):
             h.remove()
     assert set(seen["mid_block.resnets.0"]) == {2}
     _close(shared, unshared)
+
+
+def test_a_patched_upsampler_after_the_join_block_runs_the_stock_batch(sdxl_pipe, clean):
+    """SDXL's join stage ends with an upsampler; patched by ``layers=``, it filters and dilates the stock rows."""
+    clean(sdxl_pipe)
+    layers = ("down_blocks.2.resnets.*.conv1", "up_blocks.1.resnets.*.conv2", "up_blocks.1.upsamplers.0.conv")
+    fouriscale.apply_fouriscale(sdxl_pipe, layers=layers, share_branches=False)
+    expected = run(sdxl_pipe)
+    fouriscale.apply_fouriscale(sdxl_pipe, layers=layers)
+    plan = fouriscale.get_plan(sdxl_pipe, 64, 96, 3)
+    assert [lp.forked for lp in plan.layers] == [True, True, True, True, True, False]
+    _close(run(sdxl_pipe), expected)
 
 
 def test_custom_layers_and_sequential_uncond_with_sharing(sd_pipe, clean):

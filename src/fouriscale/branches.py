@@ -6,15 +6,16 @@ The stock pipeline ``__call__`` runs untouched. Its UNet call reaches :class:`UN
 branch as a pass of its own. Inside a pass the branches are laid out by stage (:class:`CallState`):
 
 * before the fork stage, the stock batch: ``[uncond, cond]`` (``[cond]`` without CFG);
-* from the fork to the join stage, three branches: ``[uncond, structure, detail]``;
-* after the join stage, the stock batch again, the cond rows now being the detail branch.
+* from the fork stage to the join block, three branches: ``[uncond, structure, detail]``;
+* after the join block, the stock batch again, the cond rows now being the detail branch.
 
 :class:`LayoutHook` on every stage from the fork on gives each batch-shaped input of the stage (hidden
 states, time embedding, text embeddings, skip tensors, attention masks, adapter residuals, IP-Adapter
-embeddings) the layout of that stage, and the join stage returns its output in the stock layout. The
-structure branch starts as a copy of the cond rows: before the fork nothing treats it differently. The
-residuals the UNet adds between blocks (ControlNet, T2I-Adapter) are laid out by the around-hook for
-the stage they are added to.
+embeddings) the layout of that stage, and :class:`JoinHook` on the join block (``Plan.join_block``: the
+transformer model of the last self-attention, or the last stage without branch sharing) returns its output
+in the stock layout, so the rest of the join stage (its upsampler) runs the stock batch. The structure branch
+starts as a copy of the cond rows: before the fork nothing treats it differently. The residuals the UNet adds
+between blocks (ControlNet, T2I-Adapter) are laid out by the around-hook for the stage they are added to.
 """
 
 from __future__ import annotations
@@ -30,20 +31,32 @@ from .plan import COND, DETAIL, STRUCTURE, UNCOND
 from .state import CallState, StageHook
 from .steps import locate_step
 
-__all__ = ["UNetHook", "LayoutHook", "relayout", "relayout_rows", "UNET_HOOK", "LAYOUT_HOOK", "calling_pipeline"]
+__all__ = [
+    "UNetHook",
+    "LayoutHook",
+    "JoinHook",
+    "relayout",
+    "relayout_rows",
+    "UNET_HOOK",
+    "LAYOUT_HOOK",
+    "JOIN_LAYOUT_HOOK",
+    "calling_pipeline",
+]
 
 logger = logging.getLogger("fouriscale")
 
 UNET_HOOK = "fouriscale"
 LAYOUT_HOOK = "fouriscale.layout"
+JOIN_LAYOUT_HOOK = "fouriscale.layout.join"
 
 
 def _map_tensors(obj, fn):
-    """``obj`` with ``fn`` applied to every tensor nested in tuples, lists and dicts."""
+    """``obj`` with ``fn`` applied to every tensor nested in tuples, lists and dicts (a model output stays one)."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+        mapped = {k: _map_tensors(v, fn) for k, v in obj.items()}
+        return mapped if type(obj) is dict else type(obj)(**mapped)
     if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
         return type(obj)(_map_tensors(v, fn) for v in obj)
     return obj
@@ -79,7 +92,7 @@ def relayout(obj, call: CallState, target: tuple[str, ...]):
 
 
 class LayoutHook(StageHook):
-    """On one top-level stage: inputs in the stage's layout; the join stage hands its output back in stock layout."""
+    """On one top-level stage: its inputs in the stage's layout."""
 
     def pre_forward(self, module, *args, **kwargs):
         call = self.runtime.call
@@ -88,9 +101,13 @@ class LayoutHook(StageHook):
         target = call.roles_at(self.stage)
         return relayout(args, call, target), relayout(kwargs, call, target)
 
+
+class JoinHook(StageHook):
+    """On the join block: its output handed back in the stock layout (without the structure branch)."""
+
     def post_forward(self, module, output):
         call = self.runtime.call
-        if call is None or call.forked is None or self.stage != call.plan.join:
+        if call is None or call.forked is None:
             return output
         return relayout(output, call, call.stock)
 

@@ -51,7 +51,7 @@ class ConvHook(ModelHook):
             return self.fn_ref.original_forward(x, *args, **kwargs)
         plan, step = call.plan, call.step
         layer = plan.layers[self.index]
-        roles = call.roles_at(layer.spec.stage)
+        roles = call.forked if call.forked is not None and layer.forked else call.stock
         if tuple(x.shape[-2:]) != layer.input_size or x.shape[0] != len(roles) * call.rows:
             raise RuntimeError(
                 f"FouriScale: {layer.spec.name} got a {tuple(x.shape)} input, the plan expected "

@@ -5,7 +5,8 @@ tree, its parameters and its ``state_dict`` stay the stock ones):
 
 * ``fouriscale`` on the UNet: the around-hook that locates the step and runs the branches
   (:class:`~fouriscale.branches.UNetHook`); it carries the applied patch;
-* ``fouriscale.layout`` on the top-level stages from the fork on (:class:`~fouriscale.branches.LayoutHook`);
+* ``fouriscale.layout`` on the top-level stages from the fork on (:class:`~fouriscale.branches.LayoutHook`) and
+  ``fouriscale.layout.join`` on the join block (:class:`~fouriscale.branches.JoinHook`);
 * ``fouriscale.conv`` on every patched conv (:class:`~fouriscale.conv.ConvHook`; for a LoRA layer, on its
   base conv and its down-projection);
 * ``fouriscale.qk`` on ``to_q``/``to_k`` (or a fused ``to_qkv``) of every self-attention
@@ -29,13 +30,13 @@ from contextlib import contextmanager
 import torch.nn as nn
 
 from .attention import JOIN_HOOK, QK_HOOK, JoinAttentionHook, QKShare, QKShareHook
-from .branches import LAYOUT_HOOK, UNET_HOOK, LayoutHook, UNetHook
+from .branches import JOIN_LAYOUT_HOOK, LAYOUT_HOOK, UNET_HOOK, JoinHook, LayoutHook, UNetHook
 from .config import OFFICIAL_CONTROLNET, FouriScaleConfig
 from .conv import CONV_HOOK, ConvHook
 from .feedforward import FF_HOOK, FeedForwardHook
 from .freeu import FREEU_HOOK, FreeUSnapshot, PaperFreeUHook, enable_diffusers_freeu, freeu_stage
 from .hooks import add_hook, get_hook, remove_hook
-from .plan import Plan, branch_stages, make_plan
+from .plan import Plan, branch_stages, join_block, make_plan
 from .profiles import ModelProfile, detect_profile
 from .state import Runtime
 from .vae_tiling import SyncTiledDecode
@@ -161,6 +162,8 @@ class Patch:
                 self._add_fixed(
                     model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK
                 )
+            block = model.get_submodule(join_block(profile, config, self.join))
+            self._add_fixed(block, JoinHook(self.join, self.runtime), JOIN_LAYOUT_HOOK)
             for index, (spec, attn) in enumerate(zip(profile.attentions, self._attn)):
                 if self.fork <= spec.stage <= self.join:
                     ff = model.get_submodule(spec.name.rpartition(".")[0])._modules.get("ff")

@@ -80,6 +80,7 @@ class LayerPlan:
     padded: tuple[int, int] | None  # size the filter runs at (the input size without pad-then-crop); None: unfiltered
     scales: tuple[tuple[float, float] | None, ...]  # mask scale (s_h, s_w) per step; None where inactive
     differs: bool  # the structure and detail branches compute this layer differently
+    forked: bool  # on three-branch steps it runs the forked batch (between the fork and the join block)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ class Plan:
     steps: tuple[StepSetting, ...]
     fork: int | None  # first stage run as three branches; None: never more than the stock branches
     join: int | None  # last stage run as three branches
+    join_block: str | None  # the module of stage ``join`` that hands the batch back in stock layout
     sequential_uncond: bool  # with CFG, three-branch steps run the unconditional branch as a pass of its own
     feed_forward_pieces: tuple[bool, ...]  # per self-attention: its block's feed-forward runs a forked batch in pieces
 
@@ -157,9 +159,9 @@ class Plan:
         else:
             stages = p.stages
             shared = f"; stock batch before {stages[self.fork]}" if self.fork > 0 else ""
-            tail = f", detail only after {stages[self.join]}" if self.join < len(stages) - 1 else ""
+            tail = f", detail only after {self.join_block}" if self.join < len(stages) - 1 else ""
             branches = (
-                f"3 branches (uncond, structure, detail) for {stages[self.fork]}..{stages[self.join]}{shared}{tail}"
+                f"3 branches (uncond, structure, detail) for {stages[self.fork]}..{self.join_block}{shared}{tail}"
             )
         lines += [
             f"  {label:<18} {_num(bw)}x{_num(bh)}",
@@ -268,6 +270,23 @@ def branch_stages(profile: ModelProfile, config: FouriScaleConfig) -> tuple[int 
     return fork, max(readers)
 
 
+def join_block(profile: ModelProfile, config: FouriScaleConfig, join: int | None) -> str | None:
+    """The module after which the batch is the stock one again: with ``share_branches`` the block (transformer
+    model) of the last self-attention, whose output nothing of the structure branch reads; else the stage ``join``.
+    """
+    if join is None:
+        return None
+    return profile.attentions[-1].block if config.share_branches else profile.stages[join]
+
+
+def runs_forked(spec: LayerSpec, profile: ModelProfile, fork: int | None, join: int | None, block: str | None) -> bool:
+    """A patched conv sees the forked batch on three-branch steps: its stage lies in ``fork..join``, and in the join
+    stage it comes before the join block (diffusers' blocks run their resampler after every resnet and attention)."""
+    if fork is None or not fork <= spec.stage <= join:
+        return False
+    return not (spec.stage == join and block != profile.stages[join] and spec.kind != "conv")
+
+
 def make_plan(
     profile: ModelProfile, height: int, width: int, num_steps: int, config: FouriScaleConfig | None = None
 ) -> Plan:
@@ -333,6 +352,8 @@ def make_plan(
             steps.append(StepSetting(i, d_i, conv_dilation(d_i), detail_conv_dilation(d_i, divisor), amp))
 
     latent = (height // f, width // f)
+    fork, join = branch_stages(profile, config)
+    block = join_block(profile, config, join)
     layers = []
     for spec in profile.layers:
         size = _input_size(spec, latent)
@@ -349,8 +370,9 @@ def make_plan(
             else None
             for s in steps
         )
-        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, layer_differs(spec, config, divisor)))
-    fork, join = branch_stages(profile, config)
+        differs = layer_differs(spec, config, divisor)
+        forked = runs_forked(spec, profile, fork, join, block)
+        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, differs, forked))
     pieces = tuple(
         _halve(latent[0], a.level) * _halve(latent[1], a.level) >= FEED_FORWARD_PIECES_MIN_TOKENS
         for a in profile.attentions
@@ -373,6 +395,7 @@ def make_plan(
         steps=tuple(steps),
         fork=fork,
         join=join,
+        join_block=block,
         sequential_uncond=(
             config.sequential_uncond
             if config.sequential_uncond is not None

@@ -134,6 +134,7 @@ class AttentionSpec:
     name: str  # e.g. "up_blocks.1.attentions.0.transformer_blocks.0.attn1"
     stage: int
     level: int  # 2x downsamplings between the latent and the layer's feature map
+    block: str  # the stage's child module holding it, e.g. "up_blocks.1.attentions.0" (a Transformer2DModel)
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,10 @@ def _attentions(unet: nn.Module, stages: tuple[str, ...], levels: tuple[int, ...
         block = unet.get_submodule(prefix)
         for name, module in block.named_modules():
             if name.endswith("attn1") and not getattr(module, "is_cross_attention", True):
-                found.append(AttentionSpec(f"{prefix}.{name}", stage, levels[stage]))
+                parts = name.split(".")
+                # The stage's child holding the layer; a ModuleList (``attentions``) is no module of its own.
+                child = parts[:2] if isinstance(block._modules.get(parts[0]), nn.ModuleList) else parts[:1]
+                found.append(AttentionSpec(f"{prefix}.{name}", stage, levels[stage], ".".join([prefix, *child])))
     return tuple(found)
 
 
