@@ -17,7 +17,8 @@ class CallState:
 
     ``stock`` lists the branch roles of the batch the pass starts and ends with, e.g. ``("uncond", "detail")``;
     ``forked`` (or ``None``) the roles of stages ``plan.fork..plan.join``: ``stock`` with the structure branch
-    inserted before the detail branch.
+    inserted before the detail branch (in the join stage up to ``plan.join_block``; what comes after it there, an
+    upsampler, sees ``stock`` again).
     Every branch is ``rows`` rows of the batch.
     """
 
