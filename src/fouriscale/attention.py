@@ -69,11 +69,9 @@ class QKShareHook(StageHook):
             shared = out[call.rows_of(roles, STRUCTURE)] if pending is None else project(pending)
             out[detail, ..., :n] = shared[..., :n]
             return out
-        if pending is not None:
-            shared = project(pending)
-            return torch.cat([project(x[: detail.start]), shared]) if detail.start else shared
-        head = project(x[: detail.start])  # every branch but the detail branch
-        return torch.cat([head, head[call.rows_of(roles, STRUCTURE)]])
+        head = project(x[: detail.start]) if detail.start else None  # every branch but the detail branch
+        shared = head[call.rows_of(roles, STRUCTURE)] if pending is None else project(pending)
+        return shared if head is None else torch.cat([head, shared])
 
 
 class JoinAttentionHook(StageHook):
