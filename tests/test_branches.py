@@ -5,9 +5,9 @@ import torch
 
 import fouriscale
 from conftest import latents_for
-from fouriscale.patch import patch_of
+from fouriscale.diffusers.describe import detect_profile
+from fouriscale.diffusers.patch import patch_of
 from fouriscale.plan import branch_stages
-from fouriscale.profiles import detect_profile
 
 
 def run(pipe, height=64, width=96, steps=3, **kwargs):
@@ -191,8 +191,8 @@ def test_feed_forward_runs_the_forked_batch_whole_or_in_stock_sized_pieces(reque
     assert seen == {before: [4, 4], inside: [4, 2, 4], join: [4, 4]}
     _close(pieces, whole)  # each row's result is the one the whole three-branch batch gives
 
-    from fouriscale.feedforward import FF_HOOK
-    from fouriscale.hooks import get_hook, remove_hook
+    from fouriscale.diffusers.hooks import get_hook, remove_hook
+    from fouriscale.diffusers.layers import FF_HOOK
 
     hooked = {name for name, m in pipe.unet.named_modules() if get_hook(m, FF_HOOK) is not None}
     forked = {a.name.replace(".attn1", ".ff") for a in plan.profile.attentions if plan.fork <= a.stage <= plan.join}

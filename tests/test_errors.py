@@ -136,7 +136,7 @@ def test_sizes_the_model_cannot_take(sd_pipe, sdxl_pipe, clean):
     # 16:1 is beyond SDXL's 1:4 .. 4:1 buckets: the call fails before the first step with advice.
     with pytest.raises(ValueError, match="aspect ratios SDXL was trained on"):
         sdxl_pipe("a cat", height=32, width=512, num_inference_steps=2, output_type="latent")
-    from fouriscale.patch import patch_of
+    from fouriscale.diffusers.patch import patch_of
 
     assert patch_of(sdxl_pipe).runtime.call is None
     # An explicit base size makes any aspect ratio possible.
@@ -146,7 +146,7 @@ def test_sizes_the_model_cannot_take(sd_pipe, sdxl_pipe, clean):
 
 
 def test_failed_apply_leaves_no_patch(sd_pipe, monkeypatch):
-    import fouriscale.patch as patch_module
+    import fouriscale.diffusers.patch as patch_module
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")

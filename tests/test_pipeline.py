@@ -9,7 +9,7 @@ from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunD
 
 import fouriscale
 from conftest import latents_for
-from fouriscale.patch import patch_of
+from fouriscale.diffusers.patch import patch_of
 
 PROMPT = "a red cat"
 

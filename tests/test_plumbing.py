@@ -11,13 +11,15 @@ from diffusers.models.attention_processor import Attention, AttnProcessor, AttnP
 import fouriscale
 from conftest import latents_for
 from fouriscale.config import FouriScaleConfig
-from fouriscale.conv import CONV_HOOK, ConvHook, dilated_conv2d
-from fouriscale.hooks import add_hook, get_hook, remove_hook
-from fouriscale.patch import patch_of
-from fouriscale.plan import DETAIL, STRUCTURE, UNCOND, make_plan
-from fouriscale.profiles import detect_profile
+from fouriscale.diffusers.describe import detect_profile
+from fouriscale.diffusers.hooks import add_hook, get_hook, remove_hook
+from fouriscale.diffusers.layers import CONV_HOOK, ConvHook
+from fouriscale.diffusers.patch import patch_of
+from fouriscale.plan import make_plan
+from fouriscale.runtime.layout import DETAIL, STRUCTURE, UNCOND
+from fouriscale.runtime.ops import dilated_conv2d
+from fouriscale.runtime.state import CallState, Runtime
 from fouriscale.spectral import lowpass_filter
-from fouriscale.state import CallState, Runtime
 from fouriscale.testing import tiny_unet_config
 
 
@@ -164,7 +166,7 @@ def test_a_users_processor_runs_on_guided_steps_with_shared_queries_and_keys(sd_
 
 def test_qk_sharing_matches_the_formula_on_one_attention_layer():
     """``to_q``/``to_k`` hooks give the detail branch the structure branch's Q and K, its own V (any processor)."""
-    from fouriscale.attention import QK_HOOK, QKShareHook
+    from fouriscale.diffusers.layers import QK_HOOK, QKShareHook
 
     torch.manual_seed(0)
     attn = Attention(query_dim=16, heads=2, dim_head=8).eval()

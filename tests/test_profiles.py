@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import UNet2DConditionModel, UNet2DModel
 
-from fouriscale.freeu import freeu_stage
-from fouriscale.profiles import detect_profile
+from fouriscale.diffusers.describe import detect_profile
+from fouriscale.runtime.ops import freeu_stage
 from fouriscale.testing import real_unet_config, tiny_unet_config
 from reference import SD_LAYERS, SDXL_LAYERS
 

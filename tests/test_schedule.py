@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
+from fouriscale.diffusers.steps import locate_step
 from fouriscale.profiles import FAMILIES
 from fouriscale.schedule import (
     SDXL_BUCKETS,
@@ -18,7 +19,6 @@ from fouriscale.schedule import (
     sd_dilation,
     step_dilation,
 )
-from fouriscale.steps import locate_step
 
 
 def test_sd_dilation_from_latent_sizes():

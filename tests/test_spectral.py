@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fouriscale.conv import dilated_conv2d
+from fouriscale.runtime.ops import dilated_conv2d
 from fouriscale.spectral import (
     branch_lowpass_masks,
     filter_real,

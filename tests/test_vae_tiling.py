@@ -5,8 +5,8 @@ import torch
 from diffusers import AutoencoderKL
 
 import fouriscale
+from fouriscale.diffusers.vae_tiling import SyncTiledDecode, sync_tiled_decode, tile_grid
 from fouriscale.testing import tiny_vae_config
-from fouriscale.vae_tiling import SyncTiledDecode, sync_tiled_decode, tile_grid
 
 
 def _vae(seed: int, **changes):

@@ -9,8 +9,9 @@ fouriscale.remove_fouriscale(pipe)                      # back to the stock pipe
 """
 
 from .config import OFFICIAL_CONTROLNET, PAPER_PRESETS, FouriScaleConfig, Preset
-from .patch import (
+from .diffusers import (
     apply_fouriscale,
+    denoising_step,
     disabled,
     get_config,
     get_plan,
@@ -35,10 +36,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    # apply and remove (fouriscale.patch)
+    # apply and remove (fouriscale.diffusers)
     "apply_fouriscale",
     "remove_fouriscale",
     "disabled",
+    "denoising_step",
     "get_config",
     "is_fouriscale_applied",
     "get_plan",

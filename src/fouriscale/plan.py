@@ -22,10 +22,6 @@ __all__ = [
     "StepSetting",
     "LayerPlan",
     "make_plan",
-    "UNCOND",
-    "STRUCTURE",
-    "DETAIL",
-    "COND",
     "SEQUENTIAL_UNCOND_MIN_LATENT",
     "FEED_FORWARD_PIECES_MIN_TOKENS",
 ]
@@ -45,9 +41,6 @@ SEQUENTIAL_UNCOND_MIN_LATENT = 128 * 128
 # tokens x 256 or 1280 channels 3-13% slower in pieces; 4096 tokens x 64-320 channels 2-15% faster, 16384 tokens
 # 12-30% faster).
 FEED_FORWARD_PIECES_MIN_TOKENS = 64 * 64
-
-# Branch roles in the UNet batch.
-UNCOND, STRUCTURE, DETAIL, COND = "uncond", "structure", "detail", "cond"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Model families and what FouriScale patches in a UNet, read off the UNet's own structure.
+"""Model families, the backend-neutral description of a UNet, and what FouriScale patches in it (layer 2).
 
 :data:`FAMILIES` is the one table of per-family values (SD 1.x, SD 2.x, SDXL): the mask floor ``v``,
 the detail branch's dilation divisor, FreeU's values, the layer rules and the paper's start/stop
@@ -16,16 +16,19 @@ same selection:
   is ``down_blocks.2``, ``mid_block``, ``up_blocks.{0,1}`` resnets and ``up_blocks.0.upsamplers.0``.
 
 A UNet forward visits its top-level *stages* in order: ``conv_in``, the down blocks, the mid block,
-the up blocks, ``conv_out``. Every patched layer, self-attention and FreeU site records its stage, so
-the plan can decide where the structure and detail branches fork and join.
+the up blocks, ``conv_out``; each stage runs its *units* (resnets, transformer models, resamplers) in order.
+:class:`UNetDescription` lists them, named in diffusers' module paths (``down_blocks.2.resnets.0.conv1``), the
+one naming every host's reader maps its own modules to: :mod:`fouriscale.diffusers.describe` reads a diffusers
+``UNet2DConditionModel``, :mod:`fouriscale.comfyui.describe` a ComfyUI (LDM) ``UNetModel`` through ComfyUI's
+own key mapping. :func:`make_profile` turns a description into the :class:`ModelProfile` the plan reads: every
+patched layer, self-attention and FreeU site with its stage, so the plan can decide where the structure and
+detail branches fork and join.
 """
 
 from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass
-
-import torch.nn as nn
 
 from .schedule import scaled_window
 
@@ -37,9 +40,11 @@ __all__ = [
     "LayerSpec",
     "AttentionSpec",
     "FreeUSite",
+    "Unit",
+    "Stage",
+    "UNetDescription",
     "ModelProfile",
-    "detect_profile",
-    "native_latent",
+    "make_profile",
 ]
 
 
@@ -147,16 +152,60 @@ class FreeUSite:
 
 
 @dataclass(frozen=True)
+class Unit:
+    """One module a stage runs, in forward order: a resnet, a transformer model or a resampler."""
+
+    name: str  # diffusers' module path, e.g. "down_blocks.2.resnets.0", "up_blocks.1.attentions.2"
+    kind: str  # "resnet", "attention", "downsampler" or "upsampler"
+    convs: tuple[tuple[str, tuple[int, int]], ...] = ()  # spatial convs (kernel > 1) as (path, stride), in order
+    self_attentions: tuple[str, ...] = ()  # attention units: paths of the ``attn1`` layers that are self-attention
+    out_channels: int = 0  # resnets: output width
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A top-level stage of the UNet forward and its units in order."""
+
+    name: str  # "conv_in", "down_blocks.0", ..., "mid_block", "up_blocks.0", ..., "conv_out"
+    units: tuple[Unit, ...] = ()
+
+    def has(self, kind: str) -> bool:
+        return any(unit.kind == kind for unit in self.units)
+
+
+@dataclass(frozen=True)
+class UNetDescription:
+    """What a UNet is made of, the same for every host: its family, native size and stages."""
+
+    family: Family
+    native_latent: tuple[int, int]  # native latent size (h0, w0)
+    stages: tuple[Stage, ...]  # conv_in, down blocks, mid block (if any), up blocks, conv_out
+    deepest_channels: int  # width of the deepest level
+
+    def stage_levels(self) -> tuple[int, ...]:
+        """Level (2x downsamplings below the latent) of the feature maps each stage's resnets and attentions see."""
+        levels, level = [], 0
+        for stage in self.stages:
+            levels.append(level)
+            level += stage.has("downsampler") - stage.has("upsampler")
+        return tuple(levels)
+
+    def units(self, kind: str) -> list[tuple[int, Unit]]:
+        """``(stage index, unit)`` of every unit of ``kind``, in forward order."""
+        return [(i, unit) for i, stage in enumerate(self.stages) for unit in stage.units if unit.kind == kind]
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """What FouriScale needs to know about one UNet."""
 
     family: Family
-    native_latent: tuple[int, int]  # unet.config.sample_size as (h0, w0)
+    native_latent: tuple[int, int]  # native latent size (h0, w0)
     vae_scale_factor: int
     layers: tuple[LayerSpec, ...]
     attentions: tuple[AttentionSpec, ...]
     freeu_sites: tuple[FreeUSite, ...]
-    deepest_channels: int  # block_out_channels[-1]
+    deepest_channels: int  # width of the deepest level
     stages: tuple[str, ...]  # top-level modules in forward order: conv_in, down blocks, mid block, up blocks, conv_out
     res_sample_stages: tuple[int, ...]  # stage that produced each skip tensor (ControlNet residual k matches entry k)
     intrablock_stages: tuple[int, ...]  # stage fed by each T2I-Adapter intra-block residual (down blocks, then mid)
@@ -172,69 +221,19 @@ class ModelProfile:
                 return spec
         raise KeyError(name)
 
-    def stage_of(self, name: str) -> int:
-        """Stage index of the module path ``name`` (``mid_block.resnets.0`` -> the mid block's stage)."""
-        parts = name.split(".")
-        head = ".".join(parts[:2]) if parts[0] in ("down_blocks", "up_blocks") else parts[0]
-        return self.stages.index(head)
+
+_CONV_KIND = {"resnet": "conv", "downsampler": "downsampler", "upsampler": "upsampler"}
 
 
-def _conv_of(module: nn.Module | None) -> nn.Conv2d | None:
-    """The 2-D convolution behind ``module``: itself, or the base layer of a LoRA layer around it."""
-    for _ in range(3):
-        if isinstance(module, nn.Conv2d):
-            return module
-        if not isinstance(module, nn.Module):
-            return None
-        module = module._modules.get("base_layer")
-    return None
-
-
-def _stages(unet: nn.Module) -> tuple[str, ...]:
-    names = ["conv_in"] + [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
-    if getattr(unet, "mid_block", None) is not None:
-        names.append("mid_block")
-    names += [f"up_blocks.{i}" for i in range(len(unet.up_blocks))] + ["conv_out"]
-    return tuple(names)
-
-
-def _stage_levels(unet: nn.Module, stages: tuple[str, ...]) -> tuple[int, ...]:
-    """Level (2x downsamplings below the latent) of the feature maps each stage's resnets and attentions see."""
-    levels, level = [], 0
-    for prefix in stages:
-        levels.append(level)
-        block = unet.get_submodule(prefix)
-        level += bool(getattr(block, "downsamplers", None)) - bool(getattr(block, "upsamplers", None))
-    return tuple(levels)
-
-
-def _candidates(unet: nn.Module, stages: tuple[str, ...], levels: tuple[int, ...]) -> list[LayerSpec]:
-    """Every spatial (kernel > 1) conv of the resnets and resamplers, with its input level and stage."""
-    specs: list[LayerSpec] = []
-
-    def add(prefix: str, name: str, module: nn.Module | None, kind: str) -> None:
-        conv = _conv_of(module)
-        if conv is None or max(conv.kernel_size) <= 1:
-            return
-        stage = stages.index(prefix)
-        specs.append(LayerSpec(f"{prefix}.{name}", kind, levels[stage], tuple(int(s) for s in conv.stride), stage))
-
-    def add_block(prefix: str, samplers_attr: str | None, kind: str) -> None:
-        block = unet.get_submodule(prefix)
-        for r, resnet in enumerate(getattr(block, "resnets", None) or []):
-            for conv_name in ("conv1", "conv2"):
-                add(prefix, f"resnets.{r}.{conv_name}", getattr(resnet, conv_name, None), "conv")
-        samplers = (getattr(block, samplers_attr, None) or []) if samplers_attr else []
-        for j, sampler in enumerate(samplers):
-            add(prefix, f"{samplers_attr}.{j}.conv", getattr(sampler, "conv", None), kind)
-
-    for i in range(len(unet.down_blocks)):
-        add_block(f"down_blocks.{i}", "downsamplers", "downsampler")
-    if getattr(unet, "mid_block", None) is not None:
-        add_block("mid_block", None, "conv")
-    for i in range(len(unet.up_blocks)):
-        add_block(f"up_blocks.{i}", "upsamplers", "upsampler")
-    return specs
+def _candidates(description: UNetDescription, levels: tuple[int, ...]) -> list[LayerSpec]:
+    """Every spatial conv of the resnets and resamplers, with its input level and stage."""
+    return [
+        LayerSpec(name, _CONV_KIND[unit.kind], levels[i], stride, i)
+        for i, stage in enumerate(description.stages)
+        for unit in stage.units
+        if unit.kind in _CONV_KIND
+        for name, stride in unit.convs
+    ]
 
 
 def _default_selection(candidates: list[LayerSpec], rule: LayerRule) -> tuple[LayerSpec, ...]:
@@ -264,113 +263,71 @@ def _user_selection(candidates: list[LayerSpec], patterns: tuple[str, ...]) -> t
     return tuple(sorted(chosen, key=candidates.index))
 
 
-def _attentions(unet: nn.Module, stages: tuple[str, ...], levels: tuple[int, ...]) -> tuple[AttentionSpec, ...]:
-    """Self-attention layers (``attn1`` of transformer blocks) in forward order."""
-    found = []
-    for stage, prefix in enumerate(stages):
-        block = unet.get_submodule(prefix)
-        for name, module in block.named_modules():
-            if name.endswith("attn1") and not getattr(module, "is_cross_attention", True):
-                parts = name.split(".")
-                # The stage's child holding the layer; a ModuleList (``attentions``) is no module of its own.
-                child = parts[:2] if isinstance(block._modules.get(parts[0]), nn.ModuleList) else parts[:1]
-                found.append(AttentionSpec(f"{prefix}.{name}", stage, levels[stage], ".".join([prefix, *child])))
-    return tuple(found)
+def _attentions(description: UNetDescription, levels: tuple[int, ...]) -> tuple[AttentionSpec, ...]:
+    """Self-attention layers in forward order."""
+    return tuple(
+        AttentionSpec(name, i, levels[i], unit.name)
+        for i, unit in description.units("attention")
+        for name in unit.self_attentions
+    )
 
 
-def _freeu_sites(unet: nn.Module) -> tuple[FreeUSite, ...]:
+def _freeu_sites(description: UNetDescription) -> tuple[FreeUSite, ...]:
+    """Up-block resnets with the width of the hidden state entering each (the mid block's output first)."""
+    mid = [unit for i, unit in description.units("resnet") if description.stages[i].name == "mid_block"]
+    incoming = mid[-1].out_channels if mid else description.deepest_channels
     sites = []
-    if getattr(unet, "mid_block", None) is not None and getattr(unet.mid_block, "resnets", None):
-        incoming = unet.mid_block.resnets[-1].out_channels
-    else:
-        incoming = unet.config.block_out_channels[-1]
-    for i, block in enumerate(unet.up_blocks):
-        for r, resnet in enumerate(getattr(block, "resnets", None) or []):
-            sites.append(FreeUSite(f"up_blocks.{i}.resnets.{r}", i, int(incoming)))
-            incoming = resnet.out_channels
+    for i, unit in description.units("resnet"):
+        name = description.stages[i].name
+        if name.startswith("up_blocks."):
+            sites.append(FreeUSite(unit.name, int(name.split(".")[1]), int(incoming)))
+            incoming = unit.out_channels
     return tuple(sites)
 
 
-def _skip_stages(unet: nn.Module, stages: tuple[str, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _skip_stages(description: UNetDescription) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Stages producing the UNet's skip tensors (``conv_in``, then each down block's resnets and downsampler),
     and the stages fed by T2I-Adapter intra-block residuals (one per down block, then the mid block)."""
-    res = [stages.index("conv_in")]
-    intrablock = []
-    for i, block in enumerate(unet.down_blocks):
-        stage = stages.index(f"down_blocks.{i}")
-        res += [stage] * (
-            len(getattr(block, "resnets", None) or []) + (1 if getattr(block, "downsamplers", None) else 0)
-        )
-        intrablock.append(stage)
-    if "mid_block" in stages:
-        intrablock.append(stages.index("mid_block"))
+    res, intrablock = [], []
+    for i, stage in enumerate(description.stages):
+        if stage.name == "conv_in":
+            res.append(i)
+        elif stage.name.startswith("down_blocks."):
+            res += [i] * sum(unit.kind in ("resnet", "downsampler") for unit in stage.units)
+            intrablock.append(i)
+        elif stage.name == "mid_block":
+            intrablock.append(i)
     return tuple(res), tuple(intrablock)
 
 
-def native_latent(config) -> tuple[int, int]:
-    """The UNet's native latent size ``(h0, w0)`` from ``config.sample_size`` (an int or a pair)."""
-    sample = config.sample_size
-    if isinstance(sample, int):
-        return sample, sample
-    if isinstance(sample, (list, tuple)) and len(sample) == 2:
-        return int(sample[0]), int(sample[1])
-    raise ValueError(f"unknown UNet layout: sample_size={sample!r} is neither an int nor (height, width).")
+def make_profile(
+    description: UNetDescription, vae_scale_factor: int, layers: tuple[str, ...] | None = None
+) -> ModelProfile:
+    """The :class:`ModelProfile` of a described UNet: the paper's layers (or ``layers``, module paths or glob
+    patterns), its self-attentions, FreeU sites and skip tensors by stage.
 
-
-def detect_family(config) -> Family:
-    """SDXL (``addition_embed_type="text_time"``), SD 2.x (1024-wide text conditioning) or SD 1.x."""
-    embed = (
-        config.get("addition_embed_type") if hasattr(config, "get") else getattr(config, "addition_embed_type", None)
-    )
-    if embed == "text_time":
-        return FAMILIES["sdxl"]
-    cross = getattr(config, "cross_attention_dim", None)
-    if embed is None and cross is not None:
-        first = cross[0] if isinstance(cross, (list, tuple)) else cross
-        return FAMILIES["sd2" if first == 1024 else "sd1"]
-    raise ValueError(
-        f"unknown UNet layout (addition_embed_type={embed!r}); FouriScale supports Stable Diffusion 1.x/2.x and SDXL "
-        "UNets."
-    )
-
-
-def detect_profile(unet: nn.Module, vae_scale_factor: int, layers: tuple[str, ...] | None = None) -> ModelProfile:
-    """Read a :class:`ModelProfile` off a diffusers ``UNet2DConditionModel``.
-
-    Raises ``TypeError`` for objects that are not such a UNet and ``ValueError`` for UNet layouts that
-    FouriScale does not know (no down/up blocks, or an unsupported conditioning scheme).
+    Raises ``ValueError`` when no conv matches (a UNet with fewer than three resolution levels) or a pattern of
+    ``layers`` matches none.
     """
-    config = getattr(unet, "config", None)
-    if not isinstance(unet, nn.Module) or config is None:
-        raise TypeError(
-            f"expected a diffusers UNet2DConditionModel, got {type(unet).__name__}; pass a Stable Diffusion "
-            "(1.x, 2.x) or SDXL pipeline."
-        )
-    if not hasattr(unet, "down_blocks") or not hasattr(unet, "up_blocks") or len(unet.down_blocks) < 2:
-        raise ValueError(
-            f"{type(unet).__name__} has no UNet down/up blocks; FouriScale supports Stable Diffusion 1.x/2.x "
-            "and SDXL UNets (UNet2DConditionModel)."
-        )
-    fam = detect_family(config)
-    stages = _stages(unet)
-    levels = _stage_levels(unet, stages)
-    candidates = _candidates(unet, stages, levels)
-    chosen = _default_selection(candidates, fam.rule) if layers is None else _user_selection(candidates, tuple(layers))
+    levels = description.stage_levels()
+    candidates = _candidates(description, levels)
+    rule = description.family.rule
+    chosen = _default_selection(candidates, rule) if layers is None else _user_selection(candidates, tuple(layers))
     if not chosen:
         raise ValueError(
             "unknown UNet layout: no convolution matches FouriScale's layer rules (a UNet with at least three "
             "resolution levels is needed); pass layers=... to choose them yourself."
         )
-    res_stages, intrablock = _skip_stages(unet, stages)
+    res_stages, intrablock = _skip_stages(description)
     return ModelProfile(
-        family=fam,
-        native_latent=native_latent(config),
+        family=description.family,
+        native_latent=description.native_latent,
         vae_scale_factor=int(vae_scale_factor),
         layers=chosen,
-        attentions=_attentions(unet, stages, levels),
-        freeu_sites=_freeu_sites(unet),
-        deepest_channels=int(config.block_out_channels[-1]),
-        stages=stages,
+        attentions=_attentions(description, levels),
+        freeu_sites=_freeu_sites(description),
+        deepest_channels=int(description.deepest_channels),
+        stages=tuple(stage.name for stage in description.stages),
         res_sample_stages=res_stages,
         intrablock_stages=intrablock,
     )

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import FouriScaleConfig
-from .patch import apply_fouriscale, disabled, get_config, get_plan
+from .diffusers.patch import apply_fouriscale, disabled, get_config, get_plan
 
 __all__ = ["TwoPassResult", "two_pass", "first_pass_size", "UPSCALE_MODES"]
 

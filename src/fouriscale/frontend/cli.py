@@ -269,7 +269,7 @@ def _plan_for(target, args, family: str, native: tuple[int, int], vae_scale_fact
 def _check_model_and_size(args):
     """Before loading weights (folders, hub ids, tiny models): family, size, steps and plan, via the UNet's config
     on the meta device. Returns ``(the plan's values, unet, vae factor)``, or ``None`` for single files."""
-    from ..profiles import detect_profile
+    from ..diffusers.describe import detect_profile
 
     source = _profile_source(args.model, args.model_config)
     if source is None:
@@ -586,7 +586,7 @@ def cmd_upscale(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from ..profiles import detect_profile
+    from ..diffusers.describe import detect_profile
     from .loading import load_unet_profile_source
 
     unet, factor = load_unet_profile_source(args.model, args.model_config)

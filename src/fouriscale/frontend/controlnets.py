@@ -107,7 +107,7 @@ class ControlSource:
 
 
 def _summary_of_config(config) -> dict:
-    from ..profiles import detect_family
+    from ..diffusers.describe import detect_family
 
     cfg = dict(config)
     try:

@@ -129,7 +129,7 @@ def tiny_family(model: str) -> str | None:
 def _family_of_pipeline(pipe) -> str:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from ..profiles import detect_family
+    from ..diffusers.describe import detect_family
 
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise UserError(
@@ -426,7 +426,7 @@ def load_pipeline(
 
 def native_size(pipe) -> tuple[int, int]:
     """The pipeline's native image size ``(height, width)`` in pixels."""
-    from ..profiles import native_latent
+    from ..diffusers.describe import native_latent
 
     h0, w0 = native_latent(pipe.unet.config)
     return h0 * pipe.vae_scale_factor, w0 * pipe.vae_scale_factor

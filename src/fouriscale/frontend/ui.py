@@ -144,7 +144,7 @@ class Studio:
         if self.loaded is not None and self.loaded.source == name:
             return native_size(self.loaded.pipe), self.loaded.family
         if name not in self._natives:
-            from ..profiles import detect_profile
+            from ..diffusers.describe import detect_profile
             from .loading import load_unet_profile_source
 
             if Path(name).expanduser().is_file():

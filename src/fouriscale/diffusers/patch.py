@@ -1,18 +1,19 @@
-"""``apply_fouriscale`` / ``remove_fouriscale`` and friends: install and take out FouriScale (layer 3).
+"""``apply_fouriscale`` / ``remove_fouriscale`` and friends: install and take out FouriScale (layer 3, diffusers host).
 
 Applying registers named hooks through diffusers' ``HookRegistry`` on the pipeline's UNet (the module
 tree, its parameters and its ``state_dict`` stay the stock ones):
 
 * ``fouriscale`` on the UNet: the around-hook that locates the step and runs the branches
-  (:class:`~fouriscale.branches.UNetHook`); it carries the applied patch;
-* ``fouriscale.layout`` on the top-level stages from the fork on (:class:`~fouriscale.branches.LayoutHook`) and
-  ``fouriscale.layout.join`` on the join block (:class:`~fouriscale.branches.JoinHook`);
-* ``fouriscale.conv`` on every patched conv (:class:`~fouriscale.conv.ConvHook`; for a LoRA layer, on its
-  base conv and its down-projection);
+  (:class:`~fouriscale.diffusers.unet.UNetHook`); it carries the applied patch;
+* ``fouriscale.layout`` on the top-level stages from the fork on (:class:`~fouriscale.diffusers.unet.LayoutHook`)
+  and ``fouriscale.layout.join`` on the join block (:class:`~fouriscale.diffusers.unet.JoinHook`);
+* ``fouriscale.conv`` on every patched conv (:class:`~fouriscale.diffusers.layers.ConvHook`; for a LoRA layer, on
+  its base conv and its down-projection);
 * ``fouriscale.qk`` on ``to_q``/``to_k`` (or a fused ``to_qkv``) of every self-attention
-  (:class:`~fouriscale.attention.QKShareHook`);
+  (:class:`~fouriscale.diffusers.layers.QKShareHook`), and ``fouriscale.join`` on the last one that reads the
+  structure branch (:class:`~fouriscale.diffusers.layers.JoinAttentionHook`);
 * ``fouriscale.ff`` on the feed-forward layer of every transformer block in the forked stages
-  (:class:`~fouriscale.feedforward.FeedForwardHook`);
+  (:class:`~fouriscale.diffusers.layers.FeedForwardHook`);
 * ``fouriscale.freeu`` on the up-block resnets (the paper's FreeU), or diffusers' own ``enable_freeu``;
 
 and, for large images, a tiled VAE decode whose tiles share GroupNorm statistics (``vae.decode``).
@@ -24,21 +25,32 @@ so the pipeline's output is bit-identical to one that was never patched. Applyin
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 
 import torch.nn as nn
 
-from .attention import JOIN_HOOK, QK_HOOK, JoinAttentionHook, QKShare, QKShareHook
-from .branches import JOIN_LAYOUT_HOOK, LAYOUT_HOOK, UNET_HOOK, JoinHook, LayoutHook, UNetHook
-from .config import OFFICIAL_CONTROLNET, FouriScaleConfig
-from .conv import CONV_HOOK, ConvHook
-from .feedforward import FF_HOOK, FeedForwardHook
-from .freeu import FREEU_HOOK, FreeUSnapshot, PaperFreeUHook, enable_diffusers_freeu, freeu_stage
+from ..config import OFFICIAL_CONTROLNET, FouriScaleConfig
+from ..plan import Plan, branch_stages, join_block, make_plan
+from ..profiles import ModelProfile
+from ..runtime.ops import QKShare, freeu_stage
+from ..runtime.planner import Planner
+from .describe import detect_profile
+from .freeu import FreeUSnapshot, enable_diffusers_freeu
 from .hooks import add_hook, get_hook, remove_hook
-from .plan import Plan, branch_stages, join_block, make_plan
-from .profiles import ModelProfile, detect_profile
-from .state import Runtime
+from .layers import (
+    CONV_HOOK,
+    FF_HOOK,
+    FREEU_HOOK,
+    JOIN_HOOK,
+    QK_HOOK,
+    ConvHook,
+    FeedForwardHook,
+    JoinAttentionHook,
+    PaperFreeUHook,
+    QKShareHook,
+)
+from .steps import ExplicitStep
+from .unet import JOIN_LAYOUT_HOOK, LAYOUT_HOOK, UNET_HOOK, JoinHook, LayoutHook, UNetHook
 from .vae_tiling import SyncTiledDecode
 
 __all__ = [
@@ -48,24 +60,19 @@ __all__ = [
     "get_plan",
     "get_config",
     "disabled",
+    "denoising_step",
     "official_controlnet_kwargs",
 ]
 
-logger = logging.getLogger("fouriscale")
 
-_MAX_PLANS = 16
-
-
-class Patch:
-    """Everything one :func:`apply_fouriscale` installed on a UNet (and its VAE), and what it shares at run time."""
+class Patch(Planner):
+    """Everything one :func:`apply_fouriscale` installed on a UNet (and its VAE), and what it shares at run time
+    (the plans and the runtime of :class:`~fouriscale.runtime.planner.Planner`)."""
 
     def __init__(self, model: nn.Module, profile: ModelProfile, config: FouriScaleConfig) -> None:
+        super().__init__(profile, config)
         self.model = model
-        self.profile = profile
-        self.config = config
-        self.runtime = Runtime()
-        self._plans: dict[tuple[int, int, int], Plan] = {}
-        self._told: set = set()
+        self.explicit_step: ExplicitStep | None = None  # set by denoising_step()
         self._fixed: list[tuple[nn.Module, str]] = []  # hooks that stay for the patch's life
         self._layer_hooks: list[tuple[nn.Module, str]] = []  # hooks on replaceable layers (re-synced)
         self._signature: list | None = None
@@ -80,39 +87,6 @@ class Patch:
     def _slot(self, path: str) -> tuple[nn.Module, str]:
         parent, _, attr = path.rpartition(".")
         return self.model.get_submodule(parent), attr
-
-    # -- run time -------------------------------------------------------------------------------------------
-    def plan(self, height: int, width: int, num_steps: int) -> Plan:
-        """The (cached) plan for an image size in pixels and a number of denoising steps."""
-        key = (height, width, num_steps)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = make_plan(self.profile, height, width, num_steps, self.config)
-            if len(self._plans) >= _MAX_PLANS:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = plan
-            if plan.far_beyond_native:
-                self.warn_once(
-                    "far_beyond_native",
-                    f"FouriScale: {width}x{height} is {plan.dilation}x the model's reference size per side (more than "
-                    "8x); expect broken structure, and a long run.",
-                )
-            if plan.noop and (height, width) not in self._told:
-                self._told.add((height, width))
-                logger.info(
-                    "FouriScale: %dx%d is within the model's reference size %s; FouriScale is a no-op at this size.",
-                    width,
-                    height,
-                    "x".join(str(int(v)) for v in reversed(plan.base_size)),
-                )
-        return plan
-
-    def warn_once(self, key: str, message: str) -> None:
-        """Log ``message`` once per patch; the record carries ``fouriscale_warning=key`` for front ends to tell
-        warnings apart (``"far_beyond_native"``, ``"pipeline"``, ``"step"``)."""
-        if key not in self._told:
-            self._told.add(key)
-            logger.warning(message, extra={"fouriscale_warning": key})
 
     # -- layers that LoRA loading or QKV fusing can replace -----------------------------------------------------
     def _targets(self) -> tuple[list, list]:
@@ -334,6 +308,30 @@ def disabled(pipe):
     finally:
         patch.runtime.enabled = True
         ours.remove()
+
+
+@contextmanager
+def denoising_step(pipe, step: int, num_inference_steps: int, guidance: bool = True):
+    """Tell FouriScale the step of the UNet calls inside the ``with`` block: for custom denoising loops, whose step
+    FouriScale cannot read from a pipeline's scheduler.
+
+    ``step`` counts from 0 to ``num_inference_steps - 1``; ``guidance`` says the UNet batch is ``[uncond, cond]``
+    (classifier-free guidance; defaults to `True`), else ``[cond]``. Raises ``ValueError`` for steps outside the
+    schedule and ``RuntimeError`` when FouriScale is not applied to ``pipe``::
+
+        for i, t in enumerate(scheduler.timesteps):
+            with fouriscale.denoising_step(pipe, i, len(scheduler.timesteps)):
+                noise = pipe.unet(torch.cat([latents] * 2), t, encoder_hidden_states=embeddings).sample
+    """
+    explicit = ExplicitStep(step, num_inference_steps, guidance)
+    patch = patch_of(pipe)
+    if patch is None:
+        raise RuntimeError("denoising_step: FouriScale is not applied to this pipeline; call apply_fouriscale first.")
+    before, patch.explicit_step = patch.explicit_step, explicit
+    try:
+        yield pipe
+    finally:
+        patch.explicit_step = before
 
 
 def get_plan(

@@ -1,14 +1,17 @@
-"""State shared by the hooks of one patched UNet during one UNet forward (set by the UNet hook, read by the rest)."""
+"""What the patched layers of one model share during one model pass (layer 3, shared by every host).
+
+The host's model-level wrapper (diffusers: the UNet hook; ComfyUI: the diffusion-model wrapper) sets
+``Runtime.call`` for each pass it runs; every patched layer reads it and does nothing while it is ``None``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffusers.hooks import ModelHook
+from ..plan import Plan, StepSetting
+from .layout import DETAIL, STRUCTURE
 
-from .plan import DETAIL, STRUCTURE, Plan, StepSetting
-
-__all__ = ["CallState", "Runtime", "StageHook"]
+__all__ = ["CallState", "Runtime"]
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,3 @@ class Runtime:
     def __init__(self) -> None:
         self.call: CallState | None = None
         self.enabled: bool = True
-
-
-class StageHook(ModelHook):
-    """Base of the hooks on the modules of one top-level stage (index ``stage`` in ``ModelProfile.stages``) that
-    read the :class:`Runtime` of their patched UNet."""
-
-    def __init__(self, stage: int, runtime: Runtime) -> None:
-        super().__init__()
-        self.stage = stage
-        self.runtime = runtime

@@ -1,9 +1,12 @@
-"""The UNet around-hook and the stage layout hooks (layer 3): FouriScale's branches inside one UNet call.
+"""The UNet around-hook and the stage layout hooks (layer 3, diffusers host): FouriScale's branches inside one
+UNet call.
 
 The stock pipeline ``__call__`` runs untouched. Its UNet call reaches :class:`UNetHook` (a diffusers
-``new_forward``), which locates the denoising step in the calling pipeline's scheduler, takes the
-(cached) plan for the size and step count and runs the UNet once, or twice with the unconditional
-branch as a pass of its own. Inside a pass the branches are laid out by stage (:class:`CallState`):
+``new_forward``), which takes the denoising step from the step source (:mod:`.steps`: the calling pipeline's
+scheduler table, or a step given with :func:`fouriscale.denoising_step`), takes the (cached) plan for the size
+and step count and runs the UNet once, or twice with the unconditional branch as a pass of its own
+(:func:`~fouriscale.runtime.layout.passes`). Inside a pass the branches are laid out by stage
+(:class:`~fouriscale.runtime.state.CallState`):
 
 * before the fork stage, the stock batch: ``[uncond, cond]`` (``[cond]`` without CFG);
 * from the fork stage to the join block, three branches: ``[uncond, structure, detail]``;
@@ -21,74 +24,21 @@ between blocks (ControlNet, T2I-Adapter) are laid out by the around-hook for the
 from __future__ import annotations
 
 import inspect
-import logging
-import sys
 
 import torch
 from diffusers.hooks import ModelHook
 
-from .plan import COND, DETAIL, STRUCTURE, UNCOND
-from .state import CallState, StageHook
-from .steps import locate_step
+from ..runtime.layout import passes, relayout, relayout_rows, stock_roles
+from ..runtime.ops import amplify_guidance
+from ..runtime.state import CallState
+from .layers import StageHook
+from .steps import locate_call
 
-__all__ = [
-    "UNetHook",
-    "LayoutHook",
-    "JoinHook",
-    "relayout",
-    "relayout_rows",
-    "UNET_HOOK",
-    "LAYOUT_HOOK",
-    "JOIN_LAYOUT_HOOK",
-    "calling_pipeline",
-]
-
-logger = logging.getLogger("fouriscale")
+__all__ = ["UNetHook", "LayoutHook", "JoinHook", "UNET_HOOK", "LAYOUT_HOOK", "JOIN_LAYOUT_HOOK"]
 
 UNET_HOOK = "fouriscale"
 LAYOUT_HOOK = "fouriscale.layout"
 JOIN_LAYOUT_HOOK = "fouriscale.layout.join"
-
-
-def _map_tensors(obj, fn):
-    """``obj`` with ``fn`` applied to every tensor nested in tuples, lists and dicts (a model output stays one)."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, dict):
-        mapped = {k: _map_tensors(v, fn) for k, v in obj.items()}
-        return mapped if type(obj) is dict else type(obj)(**mapped)
-    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
-
-
-def _take(x: torch.Tensor, rows: int, source: tuple[str, ...], target: tuple[str, ...]) -> torch.Tensor:
-    """Rows of ``x`` (laid out as ``source``) rearranged to ``target``; a role missing from ``source`` (the
-    structure branch) copies the detail or cond rows."""
-    chunks = []
-    for role in target:
-        if role in source:
-            k = source.index(role)
-        else:
-            k = source.index(DETAIL if DETAIL in source else COND)
-        chunks.append(x[k * rows : (k + 1) * rows])
-    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-
-
-def relayout_rows(obj, rows: int, source: tuple[str, ...], target: tuple[str, ...]):
-    """Every tensor in ``obj`` batched as ``source`` (``rows`` rows a branch), laid out as ``target`` instead."""
-    if source == target:
-        return obj
-    total = len(source) * rows
-    return _map_tensors(obj, lambda x: _take(x, rows, source, target) if x.dim() and x.shape[0] == total else x)
-
-
-def relayout(obj, call: CallState, target: tuple[str, ...]):
-    """Give every batch-shaped tensor in ``obj`` (stock or forked layout) the row layout ``target``."""
-    obj = relayout_rows(obj, call.rows, call.stock, target)
-    if call.forked is not None:
-        obj = relayout_rows(obj, call.rows, call.forked, target)
-    return obj
 
 
 class LayoutHook(StageHook):
@@ -112,37 +62,6 @@ class JoinHook(StageHook):
         return relayout(output, call, call.stock)
 
 
-def calling_pipeline(unet, max_depth: int = 64):
-    """The diffusers pipeline running ``unet`` (the nearest caller on the stack that is a pipeline holding this
-    UNet), or ``None``.
-
-    FouriScale reads the scheduler and the guidance setting of that pipeline, so pipelines made with
-    ``from_pipe``, or any other pipeline given this UNet, run FouriScale with their own settings.
-    """
-    from diffusers import DiffusionPipeline
-
-    frame = sys._getframe(1)
-    for _ in range(max_depth):
-        if frame is None:
-            return None
-        code = frame.f_code
-        if code.co_argcount and code.co_varnames[0] == "self":
-            obj = frame.f_locals.get("self")
-            if isinstance(obj, DiffusionPipeline):
-                owner = getattr(obj, "unet", None)
-                if getattr(owner, "_orig_mod", owner) is unet:
-                    return obj
-        frame = frame.f_back
-    return None
-
-
-def _uses_cfg(pipe) -> bool:
-    try:
-        return bool(pipe.do_classifier_free_guidance)
-    except (AttributeError, TypeError):
-        return False
-
-
 def _base_time_ids(time_ids: torch.Tensor, height: int, width: int, base: tuple[float, float]) -> torch.Tensor:
     """SDXL micro-conditions: ``original_size``/``target_size`` left at ``(height, width)`` become the base bucket."""
     if time_ids.dim() != 2 or time_ids.shape[-1] != 6:
@@ -155,12 +74,6 @@ def _base_time_ids(time_ids: torch.Tensor, height: int, width: int, base: tuple[
         is_default = (pair == default).all(dim=1, keepdim=True)
         ids[:, lo : lo + 2] = torch.where(is_default, replacement, pair)
     return ids
-
-
-def _forked(stock: tuple[str, ...]) -> tuple[str, ...]:
-    """The stock layout with the structure branch inserted before the detail branch."""
-    k = stock.index(DETAIL)
-    return stock[:k] + (STRUCTURE,) + stock[k:]
 
 
 class UNetHook(ModelHook):
@@ -201,29 +114,14 @@ class UNetHook(ModelHook):
         sample, timestep = inputs.get("sample"), inputs.get("timestep")
         if not isinstance(sample, torch.Tensor) or sample.dim() != 4 or timestep is None:
             return None
-        pipe = calling_pipeline(module)
-        if pipe is None:
-            patch.warn_once(
-                "pipeline",
-                "FouriScale: the UNet was called outside a diffusers pipeline (its scheduler and guidance are "
-                "unknown); "
-                "running it unchanged.",
-            )
-            return None
-        located = locate_step(pipe.scheduler, timestep)
+        located = locate_call(patch, module, timestep)
         if located is None:
-            patch.warn_once(
-                "step",
-                "FouriScale: the UNet was called with a timestep that is not in the scheduler's table (outside a "
-                "denoising loop, or a custom sampler); running it unchanged.",
-            )
             return None
-        step_index, num_steps = located
+        step_index, num_steps, cfg = located
         f = patch.profile.vae_scale_factor
         plan = patch.plan(sample.shape[-2] * f, sample.shape[-1] * f, num_steps)
         if plan.noop:
             return None
-        cfg = _uses_cfg(pipe)
         n_stock = 2 if cfg else 1
         if sample.shape[0] % n_stock:
             raise RuntimeError(
@@ -241,17 +139,9 @@ class UNetHook(ModelHook):
                 ids = _base_time_ids(added["time_ids"], plan.height, plan.width, plan.base_size)
                 inputs["added_cond_kwargs"] = dict(added, time_ids=ids)
 
-        cond = DETAIL if plan.guided(step) else COND
-        stock = (UNCOND, cond) if cfg else (cond,)
-        three = plan.three_branch(step)
-        if three and cfg and plan.sequential_uncond:
-            # The unconditional branch runs as a pass of its own, so no pass is larger than the stock batch.
-            passes = [(UNCOND,), (cond,)]
-        else:
-            passes = [stock]
+        stock = stock_roles(plan, step, cfg)
         outputs = []
-        for roles in passes:
-            forked = _forked(roles) if three and DETAIL in roles else None
+        for roles, forked in passes(plan, step, stock):
             call = CallState(plan=plan, step=step, rows=rows, stock=roles, forked=forked)
             pass_inputs = relayout_rows(inputs, rows, stock, roles)
             if forked is not None:
@@ -264,8 +154,8 @@ class UNetHook(ModelHook):
         samples = [out[0] if isinstance(out, tuple) else out.sample for out in outputs]
         result = samples[0] if len(samples) == 1 else torch.cat(samples)
         if cfg and step.amp_guidance:
-            uncond, cond_rows = result[:rows], result[rows:]
-            result = torch.cat([uncond, uncond + plan.config.amp_guidance_factor * (cond_rows - uncond)])
+            uncond = result[:rows]
+            result = torch.cat([uncond, amplify_guidance(uncond, result[rows:], plan.config.amp_guidance_factor)])
         out = outputs[-1]
         if isinstance(out, tuple):
             return (result, *out[1:])
