@@ -15,6 +15,7 @@ __all__ = [
     "mask_scale",
     "step_of_timestep_index",
     "denoising_steps",
+    "step_of_sigma",
 ]
 
 # SDXL's 40 training buckets (SDXL paper, appendix) as (height, width) in pixels, in ascending
@@ -141,3 +142,15 @@ def step_of_timestep_index(k: int, order: int) -> int:
 def denoising_steps(num_timesteps: int, order: int) -> int:
     """Number of denoising steps behind ``num_timesteps`` scheduler entries."""
     return (num_timesteps + order - 1) // order
+
+
+def step_of_sigma(sigmas, sigma: float, rtol: float = 1e-5) -> tuple[int, int]:
+    """``(step, N)`` of a model call at noise level ``sigma`` in a run over ``sigmas`` (``N + 1`` descending values,
+    the last one where the run ends): the first step whose sigma is at or below ``sigma`` (values within ``rtol``
+    count as equal). A second-order sampler's extra call between two steps thus counts to the later one, as the
+    step of an entry of diffusers' interleaved timestep tables does (:func:`step_of_timestep_index`)."""
+    n = len(sigmas) - 1
+    if n < 1:
+        raise ValueError(f"a run needs at least two sigmas, got {len(sigmas)}")
+    above = sum(1 for s in sigmas[:n] if s > sigma * (1 + rtol))
+    return min(above, n - 1), n

@@ -25,6 +25,8 @@ __all__ = [
     "tiny_tokenizer",
     "save_single_file",
     "save_tiny_lora",
+    "comfy_twin_configs",
+    "comfy_model",
 ]
 
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -101,16 +103,16 @@ def tiny_unet_config(family: str, sample_size: int = 8, width: int = 8) -> dict:
 
 
 def tiny_vae_config(sample_size: int = 8, scale_factor: int = 4) -> dict:
-    """The tiny pipelines' ``AutoencoderKL`` config, downsampling by ``scale_factor`` (2 or 4; SD's VAE: 8).
+    """The tiny pipelines' ``AutoencoderKL`` config, downsampling by ``scale_factor`` (2, 4 or 8, as SD's VAE).
 
     The default factor of 4 gives a test's picture a quarter of the latent tokens a factor of 2 gives, and
     the UNet's self-attention over them is most of a tiny model's time.
     """
-    levels = {2: 2, 4: 3}.get(scale_factor)
+    levels = {2: 2, 4: 3, 8: 4}.get(scale_factor)
     if levels is None:
-        raise ValueError(f"scale_factor {scale_factor}: the tiny VAE downsamples by 2 or 4")
+        raise ValueError(f"scale_factor {scale_factor}: the tiny VAE downsamples by 2, 4 or 8")
     return dict(
-        block_out_channels=(16, 32, 32)[:levels],
+        block_out_channels=(16, 32, 32, 32)[:levels],
         down_block_types=("DownEncoderBlock2D",) * levels,
         up_block_types=("UpDecoderBlock2D",) * levels,
         latent_channels=4,
@@ -172,13 +174,16 @@ def sd_ddim_scheduler():
     )
 
 
-def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 8, vae_scale_factor: int = 4):
+def tiny_pipeline(
+    family: str = "sd1", seed: int = 0, sample_size: int = 8, vae_scale_factor: int = 4, unet_config: dict | None = None
+):
     """A tiny random diffusers pipeline (``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline``).
 
     Native latent ``sample_size`` x ``sample_size``; the VAE downsamples by ``vae_scale_factor``, so the
     native image is ``vae_scale_factor * sample_size`` pixels square (32 by default). Deterministic for a
     given ``seed``. ``sample_size=16, vae_scale_factor=2`` has the same native image size with twice the
-    latent resolution (finer feature maps for the filter, at about twice the cost).
+    latent resolution (finer feature maps for the filter, at about twice the cost). ``unet_config`` replaces
+    the UNet's config (:func:`comfy_twin_configs` gives one that ComfyUI can run too).
     """
     from diffusers import (
         AutoencoderKL,
@@ -188,7 +193,7 @@ def tiny_pipeline(family: str = "sd1", seed: int = 0, sample_size: int = 8, vae_
     )
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**tiny_unet_config(family, sample_size)).eval()
+    unet = UNet2DConditionModel(**(unet_config or tiny_unet_config(family, sample_size))).eval()
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**tiny_vae_config(sample_size, vae_scale_factor)).eval()
     scheduler = sd_ddim_scheduler()
@@ -387,3 +392,103 @@ def save_tiny_lora(path: str, pipe, rank: int = 4, seed: int = 0, conv: bool = F
         unet.delete_adapters("tiny")
     type(pipe).save_lora_weights(path, unet_lora_layers=layers, weight_name="lora.safetensors", safe_serialization=True)
     return os.path.join(path, "lora.safetensors")
+
+
+# -- ComfyUI twins -----------------------------------------------------------------------------------------------
+# ComfyUI runs SD/SDXL with the original (LDM) UNet and GroupNorms of 32 groups; a twin is that UNet and a diffusers
+# UNet with the same architecture (widths of 32 and 64), so one set of weights runs in both hosts.
+
+_LDM_COMMON = dict(
+    use_checkpoint=False,
+    image_size=32,
+    in_channels=4,
+    out_channels=4,
+    use_spatial_transformer=True,
+    legacy=False,
+    model_channels=32,
+    use_temporal_attention=False,
+    use_temporal_resblock=False,
+)
+
+
+def comfy_twin_configs(family: str, sample_size: int = 8) -> tuple[dict, dict]:
+    """``(ldm_config, diffusers_config)``: a tiny UNet with the block layout of ``family`` as ComfyUI's
+    ``UNetModel`` config (keys as ComfyUI's model detection writes them) and as a ``UNet2DConditionModel`` config.
+
+    SD 1.x: widths 32-32-64-64, one head, 32-wide text. SD 2.x: the same with linear projections, 32-channel heads
+    and 1024-wide text. SDXL: widths 32-64-64, 16-channel heads, transformer depths 1 and 2, 64-wide text and
+    SDXL's 2816-wide ``y`` (1280-wide pooled text and six 256-wide size embeddings).
+    """
+    if family in ("sd1", "sd2"):
+        sd2 = family == "sd2"
+        ldm = dict(
+            _LDM_COMMON,
+            adm_in_channels=None,
+            num_res_blocks=[2, 2, 2, 2],
+            channel_mult=[1, 1, 2, 2],
+            transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+            transformer_depth_middle=1,
+            transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+            use_linear_in_transformer=sd2,
+            context_dim=1024 if sd2 else 32,
+            num_heads=-1 if sd2 else 1,
+            num_head_channels=32 if sd2 else -1,
+        )
+        config = dict(tiny_unet_config(family, sample_size, width=32), norm_num_groups=32)
+        config.update(cross_attention_dim=ldm["context_dim"], attention_head_dim=(1, 1, 2, 2) if sd2 else 1)
+        return ldm, config
+    if family == "sdxl":
+        ldm = dict(
+            _LDM_COMMON,
+            num_classes="sequential",
+            adm_in_channels=2816,
+            num_res_blocks=[2, 2, 2],
+            channel_mult=[1, 2, 2],
+            transformer_depth=[0, 0, 1, 1, 2, 2],
+            transformer_depth_middle=2,
+            transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2],
+            use_linear_in_transformer=True,
+            context_dim=64,
+            num_heads=-1,
+            num_head_channels=16,
+        )
+        config = dict(
+            tiny_unet_config("sdxl", sample_size, width=32),
+            norm_num_groups=32,
+            cross_attention_dim=64,
+            attention_head_dim=(2, 4, 4),
+            transformer_layers_per_block=(1, 1, 2),
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+        )
+        return ldm, config
+    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+
+
+def comfy_model(family: str, unet, prediction: str = "eps"):
+    """A ComfyUI ``ModelPatcher`` (on the CPU, float32) running ``unet``'s weights: ``unet`` is a diffusers UNet
+    built from :func:`comfy_twin_configs` ``(family)[1]``; its weights are moved to the LDM layout with ComfyUI's
+    own key mapping (``comfy.utils.unet_to_diffusers``). ``prediction``: ``"eps"`` or ``"v"``. ComfyUI must be
+    importable."""
+    import comfy.model_base
+    import comfy.model_patcher
+    import comfy.supported_models as sm
+    import comfy.utils
+
+    ldm, _ = comfy_twin_configs(family)
+    heads = {k: ldm[k] for k in ("num_heads", "num_head_channels")}
+    cls = {"sd1": sm.SD15, "sd2": sm.SD20, "sdxl": sm.SDXL}[family]
+    model_config = cls({k: v for k, v in ldm.items() if k not in heads})
+    model_config.unet_config.update(heads)  # after the class's own head settings, which suit 320-wide models
+    model_config.set_inference_dtype(torch.float32, None)
+    if prediction == "v":
+        model_config.model_type = lambda state_dict, prefix="": comfy.model_base.ModelType.V_PREDICTION
+    model = model_config.get_model({})
+    mapping = comfy.utils.unet_to_diffusers(model_config.unet_config)
+    weights = unet.state_dict()
+    unmapped = sorted(set(weights) - set(mapping))
+    if unmapped:
+        raise ValueError(f"no LDM key for {unmapped[:3]}: the UNet is not built from comfy_twin_configs({family!r})")
+    model.diffusion_model.load_state_dict({mapping[k]: v for k, v in weights.items()}, strict=True)
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)

@@ -18,6 +18,7 @@ __all__ = [
     "COND",
     "map_tensors",
     "relayout_rows",
+    "take_chunks",
     "relayout",
     "forked_roles",
     "stock_roles",
@@ -62,6 +63,21 @@ def relayout_rows(obj, rows: int, source: tuple[str, ...], target: tuple[str, ..
     return map_tensors(obj, lambda x: _take(x, rows, source, target) if x.dim() and x.shape[0] == total else x)
 
 
+def take_chunks(obj, rows: int, total: int, chunks: list[int]):
+    """Every tensor in ``obj`` batched as ``total`` chunks of ``rows`` rows, as the chunks ``chunks`` in that order."""
+    if chunks == list(range(total)):
+        return obj
+    size = total * rows
+
+    def take(x: torch.Tensor) -> torch.Tensor:
+        if not x.dim() or x.shape[0] != size:
+            return x
+        parts = [x[c * rows : (c + 1) * rows] for c in chunks]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    return map_tensors(obj, take)
+
+
 def relayout(obj, call, target: tuple[str, ...]):
     """Give every batch-shaped tensor in ``obj`` (in ``call``'s stock or forked layout) the row layout ``target``."""
     obj = relayout_rows(obj, call.rows, call.stock, target)
@@ -76,11 +92,11 @@ def forked_roles(stock: tuple[str, ...]) -> tuple[str, ...]:
     return stock[:k] + (STRUCTURE,) + stock[k:]
 
 
-def stock_roles(plan, step, uncond: bool) -> tuple[str, ...]:
-    """Roles of a call's stock batch: ``[uncond,] cond``, the cond rows being the detail branch where FouriScale
-    guidance acts at ``step``."""
-    cond = DETAIL if plan.guided(step) else COND
-    return (UNCOND, cond) if uncond else (cond,)
+def stock_roles(plan, step, uncond: bool, cond: bool = True) -> tuple[str, ...]:
+    """Roles of a stock batch of unconditional and/or conditional rows, in that order: the cond rows are the detail
+    branch where FouriScale guidance acts at ``step``."""
+    cond_role = DETAIL if plan.guided(step) else COND
+    return ((UNCOND,) if uncond else ()) + ((cond_role,) if cond else ())
 
 
 def passes(plan, step, stock: tuple[str, ...]) -> list[tuple[tuple[str, ...], tuple[str, ...] | None]]:
