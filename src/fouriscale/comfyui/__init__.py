@@ -5,6 +5,6 @@
 ``import fouriscale`` never does.
 """
 
-from .patch import apply_fouriscale, get_plan, remove_fouriscale
+from .patch import apply_fouriscale, get_patch, get_plan, remove_fouriscale
 
-__all__ = ["apply_fouriscale", "remove_fouriscale", "get_plan"]
+__all__ = ["apply_fouriscale", "remove_fouriscale", "get_plan", "get_patch"]
