@@ -248,7 +248,7 @@ def test_plan_of_a_patched_pipeline_is_the_same(sd_pipe, clean):
     clean(sd_pipe)
     fouriscale.apply_fouriscale(sd_pipe)
     assert str(fouriscale.get_plan(sd_pipe, 64, 96, 20)) == before
-    assert str(fouriscale.get_plan(sd_pipe.unet, 64, 96, 20, vae_scale_factor=4)) == before
+    assert str(fouriscale.get_plan(sd_pipe.unet, 64, 96, 20, vae_scale_factor=4, vae=sd_pipe.vae)) == before
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

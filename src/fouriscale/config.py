@@ -95,7 +95,9 @@ class FouriScaleConfig:
             128x128 latents (1024 px) up.
         vae_tiling (`bool`, *optional*, defaults to `None`):
             Decode in tiles that share GroupNorm statistics (no colour or contrast seams). `None`: on for
-            images above ``vae_tiling_threshold`` pixels.
+            images above ``vae_tiling_threshold`` pixels. Only for ``AutoencoderKL`` and
+            ``AsymmetricAutoencoderKL``; other VAEs (``AutoencoderTiny``, ``ConsistencyDecoderVAE``) decode as
+            they do stock.
         vae_tiling_threshold (`int`, defaults to `2048 * 2048`):
             Pixel count above which `vae_tiling=None` tiles the decode.
         dilated_convs (`bool`, defaults to `True`):

@@ -19,6 +19,7 @@ from .spectral import padded_size
 
 __all__ = [
     "Plan",
+    "DecodePlan",
     "StepSetting",
     "LayerPlan",
     "make_plan",
@@ -77,6 +78,16 @@ class LayerPlan:
 
 
 @dataclass(frozen=True)
+class DecodePlan:
+    """How the pipeline's VAE decodes this size's latents: FouriScale's tiled decode, or the VAE's own."""
+
+    vae: str  # the VAE's class name
+    patched: bool  # FouriScale's tiled decode stands in for the VAE's `decode` (it tiles large images only)
+    tiled: bool  # ... and tiles this size
+    text: str  # the same in words (the plan text's "VAE decode" line)
+
+
+@dataclass(frozen=True)
 class Plan:
     """FouriScale's decisions for one ``(model, height, width, steps, config)``."""
 
@@ -99,6 +110,7 @@ class Plan:
     join_block: str | None  # the module of stage ``join`` that hands the batch back in stock layout
     sequential_uncond: bool  # with CFG, three-branch steps run the unconditional branch as a pass of its own
     feed_forward_pieces: tuple[bool, ...]  # per self-attention: its block's feed-forward runs a forked batch in pieces
+    vae_decode: DecodePlan | None = None  # known when the plan is made for a pipeline (or given its VAE)
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -142,9 +154,10 @@ class Plan:
             f"latent {self.latent[1]}x{self.latent[0]}, {self.num_steps} steps",
             f"  native size        {nw}x{nh}",
         ]
+        vae = [f"  VAE decode         {self.vae_decode.text}"] if self.vae_decode is not None else []
         if self.noop:
             lines.append("  dilation           1: the size fits the reference size, FouriScale is a no-op")
-            return "\n".join(lines)
+            return "\n".join(lines + vae)
         bh, bw = self.base_size
         label = "base bucket" if p.family.bucketed else "base size"
         if self.fork is None:
@@ -181,6 +194,7 @@ class Plan:
                 if self.freeu_params
                 else "off"
             ),
+            *vae,
             f"  patched layers     {len(self.layers)}",
         ]
         width = max(len(lp.spec.name) for lp in self.layers)

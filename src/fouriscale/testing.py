@@ -19,6 +19,8 @@ __all__ = [
     "real_unet_config",
     "tiny_unet_config",
     "tiny_vae_config",
+    "VAE_CLASSES",
+    "tiny_vae",
     "sd_ddim_scheduler",
     "tiny_pipeline",
     "save_tiny_pipeline",
@@ -120,6 +122,67 @@ def tiny_vae_config(sample_size: int = 8, scale_factor: int = 4) -> dict:
         layers_per_block=1,
         sample_size=scale_factor * sample_size,
     )
+
+
+#: The VAE classes people pair with SD/SDXL, which :func:`tiny_vae` builds.
+VAE_CLASSES = ("AutoencoderKL", "AsymmetricAutoencoderKL", "AutoencoderTiny", "ConsistencyDecoderVAE")
+
+
+def tiny_vae(kind: str = "AutoencoderKL", seed: int = 0, mid_attention: bool = True):
+    """A tiny random VAE of class ``kind`` (one of :data:`VAE_CLASSES`) that downsamples by 4, as the tiny
+    pipelines' ``AutoencoderKL`` does (4 latent channels, 3 levels, 8 groups per GroupNorm), in eval mode.
+
+    ``mid_attention=False`` leaves the attention out of the decoder's mid-block (then tiles that share GroupNorm
+    statistics decode exactly up to their borders): ``AutoencoderKL`` through its config, ``AsymmetricAutoencoderKL``
+    (no such option) by emptying the attention slot as ``UNetMidBlock2D(add_attention=False)`` leaves it; the other
+    classes have no GroupNorm decoder to tile. ``ConsistencyDecoderVAE``'s decoder is a two-level ``UNet2DModel``
+    run at pixel size, the cheapest that class takes.
+    """
+    import diffusers
+
+    levels, groups = 3, 8
+    if kind == "AutoencoderKL":
+        config = dict(tiny_vae_config(), mid_block_add_attention=mid_attention)
+    elif kind == "AsymmetricAutoencoderKL":
+        config = dict(
+            down_block_types=("DownEncoderBlock2D",) * levels,
+            down_block_out_channels=(16, 32, 32),
+            up_block_types=("UpDecoderBlock2D",) * levels,
+            up_block_out_channels=(16, 32, 32),
+            layers_per_down_block=1,
+            layers_per_up_block=1,
+            norm_num_groups=groups,
+            sample_size=32,
+        )
+    elif kind == "AutoencoderTiny":
+        config = dict(
+            encoder_block_out_channels=(8,) * levels,
+            decoder_block_out_channels=(8,) * levels,
+            num_encoder_blocks=(1,) * levels,
+            num_decoder_blocks=(1,) * levels,
+        )
+    elif kind == "ConsistencyDecoderVAE":
+        config = dict(
+            sample_size=32,
+            encoder_block_out_channels=(16, 32, 32),
+            encoder_down_block_types=("DownEncoderBlock2D",) * levels,
+            encoder_layers_per_block=1,
+            encoder_norm_num_groups=groups,
+            decoder_block_out_channels=(16, 32),
+            decoder_down_block_types=("ResnetDownsampleBlock2D",) * 2,
+            decoder_up_block_types=("ResnetUpsampleBlock2D",) * 2,
+            decoder_layers_per_block=1,
+            decoder_norm_num_groups=groups,
+        )
+    else:
+        raise ValueError(f"unknown VAE class {kind!r}; choose one of {VAE_CLASSES}")
+    if not mid_attention and kind not in ("AutoencoderKL", "AsymmetricAutoencoderKL"):
+        raise ValueError(f"mid_attention=False: {kind}'s decoder has no mid-block attention to leave out")
+    torch.manual_seed(seed)
+    vae = getattr(diffusers, kind)(**config).eval()
+    if not mid_attention and kind == "AsymmetricAutoencoderKL":
+        vae.decoder.mid_block.attentions[0] = None
+    return vae
 
 
 def tiny_tokenizer(directory: str | None = None):

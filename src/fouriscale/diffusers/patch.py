@@ -16,7 +16,8 @@ tree, its parameters and its ``state_dict`` stay the stock ones):
   (:class:`~fouriscale.diffusers.layers.FeedForwardHook`);
 * ``fouriscale.freeu`` on the up-block resnets (the paper's FreeU), or diffusers' own ``enable_freeu``;
 
-and, for large images, a tiled VAE decode whose tiles share GroupNorm statistics (``vae.decode``).
+and, for large images, a tiled VAE decode whose tiles share GroupNorm statistics (``vae.decode``), on the VAE
+classes whose own decode it stands in for (``AutoencoderKL``, ``AsymmetricAutoencoderKL``); other VAEs keep theirs.
 
 Layers replaced while applied (loading, fusing or unloading a LoRA; ``fuse_qkv_projections()``) are
 picked up at the next UNet call. Removing takes every hook out and restores the FreeU and VAE state,
@@ -25,6 +26,7 @@ so the pipeline's output is bit-identical to one that was never patched. Applyin
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 
 import torch.nn as nn
@@ -51,7 +53,7 @@ from .layers import (
 )
 from .steps import ExplicitStep
 from .unet import JOIN_LAYOUT_HOOK, LAYOUT_HOOK, UNET_HOOK, JoinHook, LayoutHook, UNetHook
-from .vae_tiling import SyncTiledDecode
+from .vae_tiling import SyncTiledDecode, decode_plan, tiles_exactly
 
 __all__ = [
     "apply_fouriscale",
@@ -165,7 +167,7 @@ class Patch(Planner):
         if config.freeu is not None:
             self.restorers.append(self.freeu_before)
         vae = getattr(pipe, "vae", None)
-        if config.vae_tiling is not False and vae is not None and hasattr(vae, "decoder"):
+        if config.vae_tiling is not False and vae is not None and tiles_exactly(vae):  # other VAEs keep their own
             threshold = None if config.vae_tiling else config.vae_tiling_threshold
             self.restorers.append(SyncTiledDecode(vae, threshold, self.runtime))
         self._add_fixed(model, UNetHook(self), UNET_HOOK)
@@ -342,13 +344,15 @@ def get_plan(
     config: FouriScaleConfig | None = None,
     *,
     vae_scale_factor: int | None = None,
+    vae=None,
     **overrides,
 ) -> Plan:
     """The :class:`~fouriscale.plan.Plan` FouriScale follows for a size and step count.
 
     ``pipe`` is a pipeline (its applied config is used when no ``config`` is given) or a bare UNet, which
-    may live on the meta device (then ``vae_scale_factor`` defaults to 8). Raises ``ValueError`` for sizes
-    the model cannot take.
+    may live on the meta device (then ``vae_scale_factor`` defaults to 8). The plan's ``vae_decode`` says how
+    the pipeline's VAE (or ``vae``: a VAE, its class or its class name) decodes this size; ``None`` for a bare
+    UNet without ``vae``. Raises ``ValueError`` for sizes the model cannot take.
     """
     if isinstance(pipe, nn.Module) and hasattr(pipe, "down_blocks"):
         unet, factor = pipe, vae_scale_factor or 8
@@ -356,9 +360,14 @@ def get_plan(
         unet, factor = _unet_of(pipe), vae_scale_factor or _vae_scale_factor(pipe)
         if config is None:
             config = get_config(pipe)
+        if vae is None:
+            vae = getattr(pipe, "vae", None)
     config = _resolve_config(config, overrides)
     profile = detect_profile(_structure(unet), factor, config.layers)
-    return make_plan(profile, height, width, num_inference_steps, config)
+    plan = make_plan(profile, height, width, num_inference_steps, config)
+    if vae is not None:
+        plan = dataclasses.replace(plan, vae_decode=decode_plan(vae, config, plan.latent, factor))
+    return plan
 
 
 def official_controlnet_kwargs(pipe, height: int, width: int) -> dict:

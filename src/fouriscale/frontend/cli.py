@@ -255,14 +255,14 @@ def _profile_source(model: str, model_config: str | None):
     return load_unet_profile_source(model, model_config)
 
 
-def _plan_for(target, args, family: str, native: tuple[int, int], vae_scale_factor: int | None = None):
+def _plan_for(target, args, family: str, native: tuple[int, int], vae_scale_factor: int | None = None, vae=None):
     """``(height, width, steps, config, plan)``: the options resolved and checked by the library."""
     import fouriscale
 
     height, width, steps = resolve_size(args, native, family)
     config = config_from(args, steps)
     with user_errors():
-        plan = fouriscale.get_plan(target, height, width, steps, config, vae_scale_factor=vae_scale_factor)
+        plan = fouriscale.get_plan(target, height, width, steps, config, vae_scale_factor=vae_scale_factor, vae=vae)
     return height, width, steps, config, plan
 
 
@@ -587,12 +587,12 @@ def cmd_upscale(args) -> int:
 
 def cmd_plan(args) -> int:
     from ..diffusers.describe import detect_profile
-    from .loading import load_unet_profile_source
+    from .loading import load_plan_source
 
-    unet, factor = load_unet_profile_source(args.model, args.model_config)
+    unet, factor, vae = load_plan_source(args.model, args.model_config)
     with user_errors():
         profile = detect_profile(unet, factor)
-    *_, plan = _plan_for(unet, args, profile.family.name, profile.native_size, factor)
+    *_, plan = _plan_for(unet, args, profile.family.name, profile.native_size, factor, vae)
     print(plan.describe())
     return 0
 

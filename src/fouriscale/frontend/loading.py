@@ -27,6 +27,7 @@ __all__ = [
     "LoadedModel",
     "load_pipeline",
     "load_unet_profile_source",
+    "load_plan_source",
     "native_size",
     "set_scheduler",
     "parse_lora",
@@ -451,6 +452,12 @@ def load_unet_profile_source(model: str, config: str | None = None):
     """``(unet, vae_scale_factor)`` for planning without weights: the UNet is built on the meta device from
     its config when ``model`` is a diffusers folder, cached hub id or tiny model (the same config gives the same
     UNet object: read it, never change it); single files are loaded on the CPU."""
+    return load_plan_source(model, config)[:2]
+
+
+def load_plan_source(model: str, config: str | None = None):
+    """``(unet, vae_scale_factor, vae class name)``: :func:`load_unet_profile_source` and the class of the VAE
+    (from its config's ``_class_name``), which the plan's "VAE decode" line needs."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     path = Path(model).expanduser()
@@ -459,10 +466,10 @@ def load_unet_profile_source(model: str, config: str | None = None):
         from ..testing import tiny_unet_config, tiny_vae_config
 
         unet = _meta_unet(json.dumps(tiny_unet_config(tiny), sort_keys=True))
-        return unet, _vae_factor(tiny_vae_config())
+        return unet, _vae_factor(tiny_vae_config()), "AutoencoderKL"
     if path.is_file():
         loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
-        return loaded.pipe.unet, loaded.pipe.vae_scale_factor
+        return loaded.pipe.unet, loaded.pipe.vae_scale_factor, type(loaded.pipe.vae).__name__
     if _looks_like_path(model) and not path.exists():
         raise UserError(f"--model {model}: no such file or folder")
     if path.is_dir():
@@ -483,4 +490,5 @@ def load_unet_profile_source(model: str, config: str | None = None):
             vae_config = AutoencoderKL.load_config(source, subfolder="vae")
         except Exception as exc:
             raise UserError(f"could not read the config of {model!r} ({_short(exc)})") from None
-    return _meta_unet(json.dumps(dict(unet_config), sort_keys=True)), _vae_factor(vae_config)
+    unet = _meta_unet(json.dumps(dict(unet_config), sort_keys=True))
+    return unet, _vae_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")
