@@ -1,6 +1,6 @@
 """The ``fouriscale`` command: ``generate`` images (from text, or from pictures: img2img, inpainting, ControlNet,
 two-pass), ``upscale`` pictures, show the ``plan`` for a size, ``compare`` variants, start the ``ui``, score images
-with ``eval`` and run ``benchmark-quality``.
+with ``eval``, run ``benchmark-quality`` and install the ``comfyui`` node pack.
 
 Every user mistake ends in one line on stderr and exit status 2, checked before any rendering where it can be;
 exit status 1 means a bug. ``--debug`` (before or after the sub-command) shows tracebacks and library logs.
@@ -146,6 +146,22 @@ def build_parser() -> Parser:
         "against --real and against direct inference, and write a table, the JSON and a bar chart.",
     )
     add_benchmark_arguments(bench)
+
+    comfy = _command(
+        sub,
+        "comfyui",
+        "common",
+        help="add the FouriScale nodes to a ComfyUI folder",
+        description="Manage the ComfyUI node pack of this installation.",
+    )
+    actions = comfy.add_subparsers(dest="comfyui_action", metavar="ACTION", parser_class=Parser, required=True)
+    install = actions.add_parser(
+        "install",
+        help="write the node pack into PATH/custom_nodes/fouriscale",
+        description="Write the FouriScale nodes and example workflows into PATH/custom_nodes/fouriscale, loading the "
+        "nodes from this installation; ComfyUI must run with this Python. Rerun it to update the pack.",
+    )
+    install.add_argument("path", help="the ComfyUI folder (the one holding main.py)")
     return parser
 
 
@@ -725,6 +741,15 @@ def cmd_benchmark(args) -> int:
     return cmd_benchmark_quality(args)
 
 
+def cmd_comfyui(args) -> int:
+    from ..comfyui.install import install_node_pack
+
+    with user_errors():
+        target = install_node_pack(args.path)
+    print(f"installed the FouriScale nodes in {target}; restart ComfyUI, run with {sys.executable}")
+    return 0
+
+
 COMMANDS = {
     "generate": cmd_generate,
     "upscale": cmd_upscale,
@@ -733,6 +758,7 @@ COMMANDS = {
     "ui": cmd_ui,
     "eval": cmd_eval,
     "benchmark-quality": cmd_benchmark,
+    "comfyui": cmd_comfyui,
 }
 
 
