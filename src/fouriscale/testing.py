@@ -29,6 +29,7 @@ __all__ = [
     "save_tiny_lora",
     "comfy_twin_configs",
     "comfy_model",
+    "boot_comfyui",
 ]
 
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -528,17 +529,62 @@ def comfy_twin_configs(family: str, sample_size: int = 8) -> tuple[dict, dict]:
     raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
 
 
-def comfy_model(family: str, unet, prediction: str = "eps"):
+def boot_comfyui(source):
+    """Import upstream ComfyUI from its source folder ``source`` in this process, on the CPU (ComfyUI is not a
+    package; ``../shared/NOTES.md`` says how it boots here); returns its ``nodes`` module.
+
+    ``args.cpu`` is set before ``comfy.model_management`` is imported, attention is PyTorch's SDPA, and a stand-in
+    for torchvision (whose registry wheel does not match the CPU torch) exists only while ComfyUI imports:
+    ``comfy.model_base`` imports modules of models FouriScale never runs that import it. diffusers and transformers
+    are imported (and transformers' torchvision check made) before, so they never see the stand-in.
+    """
+    import importlib.machinery
+    import sys
+    import types
+
+    import diffusers  # noqa: F401
+    import transformers.utils
+
+    transformers.utils.is_torchvision_available()
+
+    def module(name):
+        stand_in = types.ModuleType(name)
+        stand_in.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        return stand_in
+
+    names = ("torchvision", "torchvision.transforms", "torchvision.models")
+    stand_in = {name: module(name) for name in names if name not in sys.modules}
+    sys.modules.update(stand_in)
+    if str(source) not in sys.path:
+        sys.path.append(str(source))
+    threads = torch.get_num_threads()
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+        comfy.cli_args.args.use_pytorch_cross_attention = True
+        import comfy.model_management
+        import comfy.sample
+        import comfy.samplers  # noqa: F401
+        import nodes
+    finally:
+        for name in stand_in:
+            sys.modules.pop(name, None)
+    torch.set_num_threads(threads)
+    return nodes
+
+
+def comfy_model(family: str, unet, prediction: str = "eps", ldm_config: dict | None = None):
     """A ComfyUI ``ModelPatcher`` (on the CPU, float32) running ``unet``'s weights: ``unet`` is a diffusers UNet
-    built from :func:`comfy_twin_configs` ``(family)[1]``; its weights are moved to the LDM layout with ComfyUI's
-    own key mapping (``comfy.utils.unet_to_diffusers``). ``prediction``: ``"eps"`` or ``"v"``. ComfyUI must be
-    importable."""
+    built from :func:`comfy_twin_configs` ``(family)[1]`` (or of the architecture of ``ldm_config``, ComfyUI's
+    config of it); its weights are moved to the LDM layout with ComfyUI's own key mapping
+    (``comfy.utils.unet_to_diffusers``). ``prediction``: ``"eps"`` or ``"v"``. ComfyUI must be importable."""
     import comfy.model_base
     import comfy.model_patcher
     import comfy.supported_models as sm
     import comfy.utils
 
-    ldm, _ = comfy_twin_configs(family)
+    ldm = ldm_config or comfy_twin_configs(family)[0]
     heads = {k: ldm[k] for k in ("num_heads", "num_head_channels")}
     cls = {"sd1": sm.SD15, "sd2": sm.SD20, "sdxl": sm.SDXL}[family]
     model_config = cls({k: v for k, v in ldm.items() if k not in heads})
@@ -548,7 +594,7 @@ def comfy_model(family: str, unet, prediction: str = "eps"):
         model_config.model_type = lambda state_dict, prefix="": comfy.model_base.ModelType.V_PREDICTION
     model = model_config.get_model({})
     mapping = comfy.utils.unet_to_diffusers(model_config.unet_config)
-    weights = unet.state_dict()
+    weights = {k: v.to("cpu", torch.float32) for k, v in unet.state_dict().items()}
     unmapped = sorted(set(weights) - set(mapping))
     if unmapped:
         raise ValueError(f"no LDM key for {unmapped[:3]}: the UNet is not built from comfy_twin_configs({family!r})")
