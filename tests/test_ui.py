@@ -13,7 +13,8 @@ from PIL import Image
 
 import fouriscale
 from fouriscale.frontend.errors import UserError
-from fouriscale.frontend.outputs import Manifest, read_settings
+from fouriscale.frontend.files import read_settings
+from fouriscale.frontend.folder import Manifest
 from fouriscale.frontend.ui import CUSTOM, NATIVE, Studio, check_address
 from fouriscale.testing import tiny_pipeline
 from frontend_helpers import api_render, as_array, cli, error_line, generator, start_cli, write_mask, write_picture
@@ -123,7 +124,7 @@ def test_size_choices_fill_the_fields(studio):
     ],
 )
 def test_bad_input_is_a_message(studio, changes, message, monkeypatch):
-    import fouriscale.frontend.ui as ui
+    import fouriscale.frontend.ui.studio as ui
 
     monkeypatch.setattr(ui, "render_images", lambda *a, **k: pytest.fail("rendered despite bad input"))
     with pytest.raises(UserError, match=message):
@@ -411,7 +412,7 @@ def ui_pictures(tmp_path_factory):
     ],
 )
 def test_bad_pictures_are_a_message(studio, ui_pictures, monkeypatch, changes, message):
-    import fouriscale.frontend.ui as ui
+    import fouriscale.frontend.ui.studio as ui
 
     monkeypatch.setattr(ui, "render_images", lambda *a, **k: pytest.fail("rendered despite bad input"))
     changes = {k: ui_pictures.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}

@@ -78,6 +78,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .embedded import embedded_prompt, manifest_prompts
+from .errors import one_line
+
 __all__ = [
     "DEFAULT_CLIP_MODEL",
     "IMAGE_SUFFIXES",
@@ -109,7 +112,6 @@ KID_MAX_SUBSET = 1000
 KID_SUBSETS = 100
 IS_SPLITS = 10
 MIN_IMAGES = 2
-MANIFEST_NAME = "manifest.jsonl"
 METRIC_GROUPS = ("fid", "kid", "is", "clip")
 METRIC_NAMES = ("fid", "kid_mean", "kid_std", "fid_c", "kid_c_mean", "kid_c_std", "is_mean", "is_std", "clip_score")
 LOWER_IS_BETTER = {"fid", "kid_mean", "fid_c", "kid_c_mean"}
@@ -132,11 +134,6 @@ _INCEPTION_HELP = (
 
 class MetricUnavailableError(RuntimeError):
     """A metric's network (Inception, CLIP) or package cannot be loaded here; the message says what to do."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -239,57 +236,12 @@ def default_kid_subset_size(n_real: int, n_fake: int, cap: int = KID_MAX_SUBSET)
     return max(1, min(cap, n_real, n_fake))
 
 
-def _a1111_prompt(text: str) -> str | None:
-    """The prompt of an AUTOMATIC1111 ``parameters`` text: every line before ``Negative prompt:`` or the
-    final ``Steps: ...`` line."""
-    lines = []
-    for line in text.splitlines():
-        if line.startswith(("Negative prompt:", "Steps: ")):
-            break
-        lines.append(line)
-    prompt = "\n".join(lines).strip()
-    return prompt or None
-
-
 def prompt_from_info(info: Mapping) -> str | None:
     """The prompt embedded in an image's text metadata (Pillow's ``image.info``): the ``prompt`` of the
-    ``fouriscale`` JSON chunk, else the prompt part of an AUTOMATIC1111 ``parameters`` chunk, else ``None``."""
-    raw = info.get("fouriscale")
-    if isinstance(raw, (str, bytes)):
-        try:
-            settings = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            settings = None
-        if isinstance(settings, dict) and isinstance(settings.get("prompt"), str) and settings["prompt"].strip():
-            return settings["prompt"]
-    raw = info.get("parameters")
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    if isinstance(raw, str):
-        return _a1111_prompt(raw)
-    return None
-
-
-def _read_manifest(folder: Path) -> dict[str, str]:
-    """``file`` -> ``prompt`` from ``folder/manifest.jsonl`` (keys: the entry's file and its base name);
-    broken lines are skipped."""
-    path = folder / MANIFEST_NAME
-    table: dict[str, str] = {}
-    if not path.is_file():
-        return table
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return table
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("prompt"), str):
-            table.setdefault(entry["file"], entry["prompt"])
-            table.setdefault(Path(entry["file"]).name, entry["prompt"])
-    return table
+    ``fouriscale`` JSON chunk, else the prompt part of an AUTOMATIC1111 ``parameters`` chunk, else ``None``
+    (:func:`fouriscale.embedded.embedded_prompt`)."""
+    found = embedded_prompt(info)
+    return found.prompt if found is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -320,7 +272,7 @@ def _scan(files: list[Path], what: str, crop_size: int | None, want_info: bool) 
                 image.verify()
         except Exception as exc:  # noqa: BLE001 - any failure means the file is unusable
             raise ValueError(
-                f"{what} image {str(path)!r} cannot be read ({_one_line(exc)}); replace or remove it"
+                f"{what} image {str(path)!r} cannot be read ({one_line(exc, with_type=True)}); replace or remove it"
             ) from None
         if crop_size is not None and (width < crop_size or height < crop_size):
             raise ValueError(
@@ -350,7 +302,7 @@ def _attach_prompts(records: list[_Record], infos: list[dict], prompts) -> None:
             if not prompt:
                 folder = record.path.parent
                 if folder not in manifests:
-                    manifests[folder] = _read_manifest(folder)
+                    manifests[folder] = manifest_prompts(folder)
                 prompt = manifests[folder].get(record.path.name)
                 source = "manifest"
         if isinstance(prompt, str) and prompt.strip():
@@ -405,7 +357,7 @@ def _inception(feature: str, device: str) -> _SharedFeatures:
         net = tm_fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=[feature])
     except Exception as exc:  # noqa: BLE001 - missing package, no network, corrupt cache: all the same advice
         raise MetricUnavailableError(
-            f"the Inception weights could not be loaded ({_one_line(exc)}): {_INCEPTION_HELP}"
+            f"the Inception weights could not be loaded ({one_line(exc, with_type=True)}): {_INCEPTION_HELP}"
         ) from None
     width = INCEPTION_FEATURES if feature == "2048" else 1008
     return _SharedFeatures(net, width, uint8_input=True).to(device)
@@ -481,8 +433,9 @@ def _load_clip(name: str):
         model = CLIPModel.from_pretrained(name)
         processor = CLIPProcessor.from_pretrained(name)
     except Exception as exc:  # noqa: BLE001 - missing cache, no network, bad folder
+        reason = one_line(exc, with_type=True)
         raise MetricUnavailableError(
-            f"CLIP model {name!r} could not be loaded ({_one_line(exc)}): run once with network access to cache it, "
+            f"CLIP model {name!r} could not be loaded ({reason}): run once with network access to cache it, "
             "pass a local CLIP folder (clip_model= / --clip-model), or leave CLIP score out (metrics= / --metrics)"
         ) from None
     model.eval()
@@ -544,8 +497,9 @@ def _load_rgb(record: _Record, what: str) -> Image.Image:
             if rgb is image:
                 rgb = image.copy()
     except Exception as exc:  # noqa: BLE001
+        reason = one_line(exc, with_type=True)
         raise ValueError(
-            f"{what} image {str(record.path)!r} cannot be decoded ({_one_line(exc)}); replace or remove it"
+            f"{what} image {str(record.path)!r} cannot be decoded ({reason}); replace or remove it"
         ) from None
     if rgb.size != (record.width, record.height):
         raise ValueError(f"{what} image {str(record.path)!r} changed while being evaluated; rerun")

@@ -35,6 +35,9 @@ __all__ = [
 # (the SD stand-in: 1.27x batched, 1.22x split), for 1-6% of peak memory.
 SEQUENTIAL_UNCOND_MIN_LATENT = 128 * 128
 
+#: What a size beyond ``FAR_BEYOND_NATIVE`` times the native size per side leads to (every front end says it).
+FAR_BEYOND_CONSEQUENCE = "expect broken structure, and a long run"
+
 # The feed-forward layers of the forked stages run the three-branch batch in pieces of the stock batch's size from
 # this many tokens (a 64 x 64 feature map) on, where their hidden layer is the largest tensor of the step: the peak
 # stays direct inference's, and on a CPU the pieces reuse its cache and pages. On smaller maps one whole-batch call
@@ -131,6 +134,15 @@ class Plan:
         """More than ``FAR_BEYOND_NATIVE`` (8) times the reference size per side: results are unlikely to hold up."""
         return self.dilation > FAR_BEYOND_NATIVE
 
+    @property
+    def far_beyond_native_text(self) -> str:
+        """The warning every front end gives for :attr:`far_beyond_native` sizes."""
+        nh, nw = self.profile.native_size
+        return (
+            f"{self.width}x{self.height} is {self.dilation}x the model's native {nw}x{nh} per side (more than "
+            f"{FAR_BEYOND_NATIVE}x): {FAR_BEYOND_CONSEQUENCE}"
+        )
+
     def step(self, i: int) -> StepSetting:
         """Setting of denoising step ``i`` (inactive outside ``0..num_steps-1``)."""
         if self.noop or not 0 <= i < len(self.steps):
@@ -173,7 +185,9 @@ class Plan:
             f"  {label:<18} {_num(bw)}x{_num(bh)}",
             f"  dilation d         {self.dilation}"
             + (
-                " (more than 8x the reference size per side: expect broken structure)" if self.far_beyond_native else ""
+                f" (more than {FAR_BEYOND_NATIVE}x the native size per side: {FAR_BEYOND_CONSEQUENCE})"
+                if self.far_beyond_native
+                else ""
             ),
             (
                 f"  schedule           full dilation for steps < {self.start}, "

@@ -156,7 +156,7 @@ def locate_call(patch, unet, timestep) -> tuple[int, int, bool] | None:
     if pipe is None:
         patch.warn_once(
             "pipeline",
-            "FouriScale: the UNet was called outside a diffusers pipeline (its scheduler and guidance are unknown); "
+            "the UNet was called outside a diffusers pipeline (its scheduler and guidance are unknown); "
             "running it unchanged. A custom denoising loop tells FouriScale the step with "
             "fouriscale.denoising_step(pipe, i, num_inference_steps).",
         )
@@ -165,7 +165,7 @@ def locate_call(patch, unet, timestep) -> tuple[int, int, bool] | None:
     if located is None:
         patch.warn_once(
             "step",
-            "FouriScale: the UNet was called with a timestep that is not in the scheduler's table (outside a "
+            "the UNet was called with a timestep that is not in the scheduler's table (outside a "
             "denoising loop, or a custom sampler); running it unchanged.",
         )
         return None

@@ -21,8 +21,11 @@ from types import SimpleNamespace
 
 import torch
 
+from ..diffusers.describe import detect_family
+from ..profiles import FAMILIES
 from .errors import UserError, captured_logs, one_line
-from .inputs import Picture
+from .loading import PICKLE_SUFFIXES, check_hub, looks_like_path, safetensors_keys
+from .pictures import Picture
 
 __all__ = [
     "TINY",
@@ -107,8 +110,6 @@ class ControlSource:
 
 
 def _summary_of_config(config) -> dict:
-    from ..diffusers.describe import detect_family
-
     cfg = dict(config)
     try:
         family = detect_family(SimpleNamespace(**cfg)).name
@@ -180,21 +181,20 @@ def _summary_of_shapes(shapes: dict, shown: str) -> dict:
 def _hub_config(spec: str) -> dict:
     from diffusers import ControlNetModel
 
-    from .loading import _check_hub, _short
-
     try:
         return ControlNetModel.load_config(spec, local_files_only=True)
     except Exception:
         pass
     try:
-        _check_hub(spec)
+        check_hub(spec)
     except UserError as exc:
         raise UserError(f"--controlnet: {str(exc).replace('--model PATH', '--controlnet PATH')}") from None
     try:
         return ControlNetModel.load_config(spec)
     except Exception as exc:
+        reason = one_line(exc, first_line=True)
         raise UserError(
-            f"--controlnet {spec}: could not get its config from the Hugging Face Hub ({_short(exc)}); check the id, "
+            f"--controlnet {spec}: could not get its config from the Hugging Face Hub ({reason}); check the id, "
             "or pass a local folder or .safetensors file"
         ) from None
 
@@ -203,8 +203,6 @@ def check_source(spec: str, allow_pickle: bool = False) -> ControlSource:
     """Find and check ``--controlnet SPEC`` without loading weights (files present and readable, pickle refused
     unless allowed, the config readable); ``UserError`` otherwise."""
     from diffusers import ControlNetModel
-
-    from .loading import PICKLE_SUFFIXES, _looks_like_path, safetensors_keys
 
     spec = str(spec).strip()
     if not spec:
@@ -243,7 +241,7 @@ def check_source(spec: str, allow_pickle: bool = False) -> ControlSource:
         except Exception as exc:
             raise UserError(f"--controlnet {spec}: cannot read its config.json ({one_line(exc, 160)})") from None
         return ControlSource(spec, "folder", _summary_of_config(config))
-    if _looks_like_path(spec):
+    if looks_like_path(spec):
         raise UserError(f"--controlnet {spec}: no such file or folder")
     return ControlSource(spec, "hub", _summary_of_config(_hub_config(spec)))
 
@@ -263,8 +261,6 @@ _FACTS = (
 def check_fit(source: ControlSource, unet_config, vae_scale_factor: int) -> None:
     """``UserError`` when the ControlNet cannot drive this UNet: another family, or a width, channel count or
     downsampling that differs (each named with both values)."""
-    from ..profiles import FAMILIES
-
     if source.kind == "tiny":
         return
     ours = _summary_of_model(unet_config, vae_scale_factor)
@@ -345,8 +341,6 @@ def load_controlnet(source: ControlSource, pipe, allow_pickle: bool = False):
     """The ControlNet ``source`` names, checked against ``pipe``'s UNet and placed on its device and dtype."""
     from diffusers import ControlNetModel
 
-    from .loading import _short
-
     dtype = pipe.unet.dtype
     device = getattr(pipe, "_execution_device", None) or pipe.unet.device
     if source.kind == "tiny":
@@ -362,12 +356,15 @@ def load_controlnet(source: ControlSource, pipe, allow_pickle: bool = False):
                 controlnet = ControlNetModel.from_pretrained(source.spec, local_files_only=True, **kwargs)
             except Exception as exc:
                 if source.kind == "folder":
-                    raise UserError(f"--controlnet {source.spec}: could not load it ({_short(exc)})") from None
+                    raise UserError(
+                        f"--controlnet {source.spec}: could not load it ({one_line(exc, first_line=True)})"
+                    ) from None
                 try:
                     controlnet = ControlNetModel.from_pretrained(source.spec, **kwargs)
                 except Exception as exc:
+                    reason = one_line(exc, first_line=True)
                     raise UserError(
-                        f"--controlnet {source.spec}: could not get it from the Hugging Face Hub ({_short(exc)})"
+                        f"--controlnet {source.spec}: could not get it from the Hugging Face Hub ({reason})"
                     ) from None
     check_fit(
         ControlSource(source.spec, source.kind, _summary_of_config(controlnet.config)),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
+
+from ..errors import one_line
 
 __all__ = [
     "UserError",
@@ -27,23 +28,6 @@ EXIT_INTERRUPTED = 130
 
 class UserError(Exception):
     """A mistake the user can fix; front ends show its message as one line."""
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """``text`` (or an exception's message) as one line of at most ``limit`` characters, cut at a word
-    boundary with an ellipsis when it is longer. An exception with an empty message gives its type name."""
-    if isinstance(text, BaseException):
-        message = str(text).strip() or type(text).__name__
-    else:
-        message = str(text).strip()
-    message = re.sub(r"\s+", " ", message)
-    if len(message) <= limit:
-        return message
-    cut = message[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit // 2:
-        cut = cut[:space]
-    return cut.rstrip(" ,;:(") + "…"
 
 
 @contextlib.contextmanager

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import socket
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
 
+from ..diffusers.describe import detect_family, native_latent
+from ..testing import TINY_FAMILIES, tiny_pipeline, tiny_unet_config, tiny_vae_config
 from .errors import UserError, captured_logs, one_line
 
 __all__ = [
@@ -108,7 +114,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
     """Anything but ``name`` or ``org/name`` (or with a checkpoint suffix) is meant as a local path."""
     return model.lower().endswith((".safetensors",) + PICKLE_SUFFIXES) or not _HUB_ID.match(model)
 
@@ -117,8 +123,6 @@ def tiny_family(model: str) -> str | None:
     """``"tiny:sd1"`` -> ``"sd1"`` (``None`` for other model names); ``UserError`` for an unknown family."""
     if not str(model).lower().startswith(TINY_PREFIX):
         return None
-    from ..testing import FAMILIES as TINY_FAMILIES
-
     name = str(model)[len(TINY_PREFIX) :].strip().lower()
     if name not in TINY_FAMILIES:
         raise UserError(
@@ -129,8 +133,6 @@ def tiny_family(model: str) -> str | None:
 
 def _family_of_pipeline(pipe) -> str:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from ..diffusers.describe import detect_family
 
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise UserError(
@@ -193,13 +195,9 @@ def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool)
     except Exception as exc:
         hint = "" if config else "; offline, pass --config with a diffusers folder of the same architecture"
         kind = "SDXL" if is_xl else "SD"
-        raise UserError(f"could not load {path.name} as a {kind} checkpoint: {_short(exc)}{hint}") from None
-
-
-def _short(exc: BaseException) -> str:
-    """The first line of an error's message, at most 300 characters, cut at a word boundary."""
-    text = str(exc).strip().splitlines()
-    return one_line(text[0] if text else type(exc).__name__)
+        raise UserError(
+            f"could not load {path.name} as a {kind} checkpoint: {one_line(exc, first_line=True)}{hint}"
+        ) from None
 
 
 def _offline() -> bool:
@@ -212,8 +210,6 @@ def _offline() -> bool:
 def _hub_reachable() -> str | None:
     """``None`` when the Hub's host accepts a connection within :data:`HUB_TIMEOUT` seconds, else why not.
     With a proxy configured the proxy is asked instead (the connection to the Hub is then its business)."""
-    import urllib.request
-
     from huggingface_hub import constants
 
     url = urllib.parse.urlsplit(constants.ENDPOINT)
@@ -256,20 +252,21 @@ def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
         return DiffusionPipeline.from_pretrained(source, local_files_only=True, **kwargs)
     except Exception as exc:
         local_error = exc
-    message = _short(local_error)
+    message = one_line(local_error, first_line=True)
     if not is_hub:
         raise UserError(f"could not load the diffusers folder {source}: {message}") from None
-    _check_hub(source)
+    check_hub(source)
     try:
         return DiffusionPipeline.from_pretrained(source, **kwargs)
     except Exception as exc:
+        reason = one_line(exc, first_line=True)
         raise UserError(
-            f"could not get {source!r} from the Hugging Face Hub ({_short(exc)}); check the id and the network, or "
+            f"could not get {source!r} from the Hugging Face Hub ({reason}); check the id and the network, or "
             "pass a local diffusers folder or .safetensors file with --model PATH"
         ) from None
 
 
-def _check_hub(source: str) -> None:
+def check_hub(source: str) -> None:
     """Fail fast for a hub id that is not cached: offline (``HF_HUB_OFFLINE``) or the Hub unreachable."""
     hint = "download it where there is network, or pass a local diffusers folder or .safetensors file with --model PATH"
     if _offline():
@@ -282,8 +279,6 @@ def _check_hub(source: str) -> None:
 def parse_lora(spec: str) -> tuple[str, float]:
     """``PATH[:SCALE]`` -> ``(path, scale)`` (scale default 1.0). A Windows drive colon is not taken for a scale;
     a suffix after the last colon of an existing path that is not a finite number is refused as a bad scale."""
-    import math
-
     head, sep, tail = spec.rpartition(":")
     if not sep or not head or (len(head) == 1 and head.isalpha()) or Path(spec).expanduser().exists():
         return spec, 1.0
@@ -332,7 +327,7 @@ def _lora_problem(exc: BaseException, logs: list[str]) -> str:
             f"its weights do not fit this model ({name}: {shape(theirs)} in the file, {shape(ours)} in the "
             f"model{more}); is it a LoRA for another model family?"
         )
-    return f"not a LoRA this model can load ({_short(exc)})"
+    return f"not a LoRA this model can load ({one_line(exc, first_line=True)})"
 
 
 def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> None:
@@ -360,8 +355,6 @@ def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> Non
 
 def set_scheduler(pipe, name: str) -> None:
     """Swap ``pipe.scheduler`` for one of :data:`SCHEDULERS` built from its config."""
-    import diffusers
-
     if name not in SCHEDULERS:
         raise UserError(f"--scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
     cls_name, extra = SCHEDULERS[name]
@@ -398,8 +391,6 @@ def load_pipeline(
     path = Path(model).expanduser()
     tiny = tiny_family(model)
     if tiny is not None:
-        from ..testing import tiny_pipeline
-
         pipe, kind = tiny_pipeline(tiny), "tiny"
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
@@ -408,7 +399,7 @@ def load_pipeline(
     elif path.is_dir():
         _check_folder(path, allow_pickle)
         pipe, kind = _load_pretrained(str(path), torch_dtype, allow_pickle, is_hub=False), "folder"
-    elif _looks_like_path(model):
+    elif looks_like_path(model):
         raise UserError(f"--model {model}: no such file or folder")
     else:
         pipe, kind = _load_pretrained(model, torch_dtype, allow_pickle, is_hub=True), "hub"
@@ -427,8 +418,6 @@ def load_pipeline(
 
 def native_size(pipe) -> tuple[int, int]:
     """The pipeline's native image size ``(height, width)`` in pixels."""
-    from ..diffusers.describe import native_latent
-
     h0, w0 = native_latent(pipe.unet.config)
     return h0 * pipe.vae_scale_factor, w0 * pipe.vae_scale_factor
 
@@ -463,14 +452,12 @@ def load_plan_source(model: str, config: str | None = None):
     path = Path(model).expanduser()
     tiny = tiny_family(model)
     if tiny is not None:
-        from ..testing import tiny_unet_config, tiny_vae_config
-
         unet = _meta_unet(json.dumps(tiny_unet_config(tiny), sort_keys=True))
         return unet, _vae_factor(tiny_vae_config()), "AutoencoderKL"
     if path.is_file():
         loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
         return loaded.pipe.unet, loaded.pipe.vae_scale_factor, type(loaded.pipe.vae).__name__
-    if _looks_like_path(model) and not path.exists():
+    if looks_like_path(model) and not path.exists():
         raise UserError(f"--model {model}: no such file or folder")
     if path.is_dir():
         if not (path / "unet").is_dir():
@@ -483,12 +470,12 @@ def load_plan_source(model: str, config: str | None = None):
         vae_config = AutoencoderKL.load_config(source, subfolder="vae", local_files_only=True)
     except Exception as exc:
         if path.is_dir():
-            raise UserError(f"could not read the configs of {model} ({_short(exc)})") from None
-        _check_hub(model)
+            raise UserError(f"could not read the configs of {model} ({one_line(exc, first_line=True)})") from None
+        check_hub(model)
         try:
             unet_config = UNet2DConditionModel.load_config(source, subfolder="unet")
             vae_config = AutoencoderKL.load_config(source, subfolder="vae")
         except Exception as exc:
-            raise UserError(f"could not read the config of {model!r} ({_short(exc)})") from None
+            raise UserError(f"could not read the config of {model!r} ({one_line(exc, first_line=True)})") from None
     unet = _meta_unet(json.dumps(dict(unet_config), sort_keys=True))
     return unet, _vae_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from ..images import fit_image
 from .controlnets import Control, ControlSource, check_fit, check_source
+from .defaults import DEFAULT_CONTROL_SCALE, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH
 from .errors import UserError
-from .inputs import Picture, read_picture
-from .params import DEFAULT_CONTROL_SCALE, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH
+from .pictures import Picture, read_picture
 
 __all__ = [
     "CLI_LABELS",
@@ -34,7 +35,6 @@ __all__ = [
     "check_mask_sizes",
     "check_steps_run",
     "fit_warnings",
-    "line_picture",
 ]
 
 CLI_LABELS = {
@@ -179,8 +179,6 @@ def check_steps_run(strength: float | None, steps: int, labels: dict = CLI_LABEL
 
 def _note(size: tuple[int, int], height: int, width: int) -> str | None:
     """What :func:`fouriscale.images.fit_image` will do to a picture of ``size`` (w, h): its own note."""
-    from ..images import fit_image
-
     return fit_image(Image.new("L", size), height, width, mask=True)[1]
 
 
@@ -200,22 +198,3 @@ def fit_warnings(
             name = f"{picture.option} {picture.path}" if paths else picture.option
             lines.append(f"{name}: {note} to fit {width}x{height}")
     return lines
-
-
-def line_picture(line: str, number: int, prompts_file: str) -> tuple[str, Picture | None]:
-    """A prompts-file line ``PROMPT`` or ``PROMPT<TAB>PICTURE`` -> ``(prompt, picture or None)``; the picture's path
-    is relative to the prompts file's folder."""
-    from pathlib import Path
-
-    prompt, tab, path = line.rpartition("\t")
-    if not tab:
-        return line.strip(), None
-    path = path.strip()
-    if not path:
-        return prompt.strip(), None
-    if not prompt.strip():
-        raise UserError(f"--prompts {prompts_file} line {number}: a picture without a prompt")
-    resolved = Path(path).expanduser()
-    if not resolved.is_absolute():
-        resolved = Path(prompts_file).expanduser().parent / resolved
-    return prompt.strip(), read_picture(str(resolved), f"--prompts line {number}:")

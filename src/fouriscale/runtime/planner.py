@@ -37,15 +37,11 @@ class Planner:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
             if plan.far_beyond_native:
-                self.warn_once(
-                    "far_beyond_native",
-                    f"FouriScale: {width}x{height} is {plan.dilation}x the model's reference size per side (more than "
-                    "8x); expect broken structure, and a long run.",
-                )
+                self.warn_once("far_beyond_native", plan.far_beyond_native_text)
             if plan.noop and (height, width) not in self._told:
                 self._told.add((height, width))
                 logger.info(
-                    "FouriScale: %dx%d is within the model's reference size %s; FouriScale is a no-op at this size.",
+                    "%dx%d is within the model's reference size %s; FouriScale is a no-op at this size.",
                     width,
                     height,
                     "x".join(str(int(v)) for v in reversed(plan.base_size)),
@@ -53,8 +49,8 @@ class Planner:
         return plan
 
     def warn_once(self, key: str, message: str) -> None:
-        """Log ``message`` once per patch; the record carries ``fouriscale_warning=key`` for front ends to tell
-        warnings apart (``"far_beyond_native"``, ``"pipeline"``, ``"step"``)."""
+        """Log ``message`` once per patch on the ``fouriscale`` logger; the record carries ``fouriscale_warning=key``
+        for front ends to tell warnings apart (``"far_beyond_native"``, ``"pipeline"``, ``"step"``)."""
         if key not in self._told:
             self._told.add(key)
             logger.warning(message, extra={"fouriscale_warning": key})
