@@ -76,7 +76,6 @@ class LayerPlan:
     base: tuple[float, float] | None  # (hb, wb) of pad-then-crop; None: no padding
     padded: tuple[int, int] | None  # size the filter runs at (the input size without pad-then-crop); None: unfiltered
     scales: tuple[tuple[float, float] | None, ...]  # mask scale (s_h, s_w) per step; None where inactive
-    differs: bool  # the structure and detail branches compute this layer differently
     forked: bool  # on three-branch steps it runs the forked batch (between the fork and the join block)
 
 
@@ -391,9 +390,8 @@ def make_plan(
             else None
             for s in steps
         )
-        differs = layer_differs(spec, config, divisor)
         forked = runs_forked(spec, profile, fork, join, block)
-        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, differs, forked))
+        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, forked))
     pieces = tuple(
         _halve(latent[0], a.level) * _halve(latent[1], a.level) >= FEED_FORWARD_PIECES_MIN_TOKENS
         for a in profile.attentions

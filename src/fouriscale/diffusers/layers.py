@@ -41,14 +41,14 @@ __all__ = [
     "PaperFreeUHook",
     "CONV_HOOK",
     "QK_HOOK",
-    "JOIN_HOOK",
+    "JOIN_ATTENTION_HOOK",
     "FF_HOOK",
     "FREEU_HOOK",
 ]
 
 CONV_HOOK = "fouriscale.conv"
 QK_HOOK = "fouriscale.qk"
-JOIN_HOOK = "fouriscale.join"
+JOIN_ATTENTION_HOOK = "fouriscale.join.attention"
 FF_HOOK = "fouriscale.ff"
 FREEU_HOOK = "fouriscale.freeu"
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .describe import vae_scale_factor
+
 __all__ = ["tile_grid", "sync_tiled_decode", "SyncTiledDecode", "tiles_exactly", "tiles_size", "decode_plan", "TILE"]
 
 #: Latent pixels per tile side of the installed decode (latents up to this size per side are never tiled), and the
@@ -243,7 +245,7 @@ class SyncTiledDecode:
         self.threshold = threshold  # None: always tile (when larger than one tile)
         self.runtime = runtime  # its `enabled` switch (fouriscale.disabled) turns tiling off too
         self.tile, self.margin = tile, margin
-        self.scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scale = vae_scale_factor(vae.config)
         self._own = type(vae).decode
         self._signature = inspect.signature(self._own)  # with `self`; apply_forward_hook keeps it (functools.wraps)
         parameters = list(self._signature.parameters.values())

@@ -22,7 +22,7 @@ from pathlib import Path
 import diffusers
 import torch
 
-from ..diffusers.describe import detect_family, native_latent
+from ..diffusers.describe import detect_family, native_latent, vae_scale_factor
 from ..testing import TINY_FAMILIES, tiny_pipeline, tiny_unet_config, tiny_vae_config
 from .errors import UserError, captured_logs, one_line
 
@@ -432,11 +432,6 @@ def _meta_unet(config_json: str):
         return UNet2DConditionModel.from_config(json.loads(config_json))
 
 
-def _vae_factor(vae_config) -> int:
-    """How much a VAE of this config downsamples: 2 per level after the first (diffusers' ``vae_scale_factor``)."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
 def load_unet_profile_source(model: str, config: str | None = None):
     """``(unet, vae_scale_factor)`` for planning without weights: the UNet is built on the meta device from
     its config when ``model`` is a diffusers folder, cached hub id or tiny model (the same config gives the same
@@ -453,7 +448,7 @@ def load_plan_source(model: str, config: str | None = None):
     tiny = tiny_family(model)
     if tiny is not None:
         unet = _meta_unet(json.dumps(tiny_unet_config(tiny), sort_keys=True))
-        return unet, _vae_factor(tiny_vae_config()), "AutoencoderKL"
+        return unet, vae_scale_factor(tiny_vae_config()), "AutoencoderKL"
     if path.is_file():
         loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
         return loaded.pipe.unet, loaded.pipe.vae_scale_factor, type(loaded.pipe.vae).__name__
@@ -478,4 +473,4 @@ def load_plan_source(model: str, config: str | None = None):
         except Exception as exc:
             raise UserError(f"could not read the config of {model!r} ({one_line(exc, first_line=True)})") from None
     unet = _meta_unet(json.dumps(dict(unet_config), sort_keys=True))
-    return unet, _vae_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")
+    return unet, vae_scale_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")
