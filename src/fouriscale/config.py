@@ -6,6 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .errors import SettingError
+
 __all__ = [
     "FouriScaleConfig",
     "Preset",
@@ -138,7 +140,7 @@ class FouriScaleConfig:
 
     def __post_init__(self) -> None:
         def fail(name: str, problem: str) -> None:
-            raise ValueError(f"FouriScaleConfig.{name}: {problem}")
+            raise SettingError(name, f"FouriScaleConfig.{name}: {problem}", value=getattr(self, name, None))
 
         for name in (
             "progressive",

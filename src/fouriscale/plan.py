@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from .config import FAR_BEYOND_NATIVE, MAX_DILATION, MAX_PIXELS, MAX_SIDE, MAX_STEPS, FouriScaleConfig
+from .errors import SettingError
 from .profiles import LayerSpec, ModelProfile
 from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
 from .spectral import padded_size
@@ -307,33 +308,49 @@ def runs_forked(spec: LayerSpec, profile: ModelProfile, fork: int | None, join: 
     return not (spec.stage == join and block != profile.stages[join] and spec.kind != "conv")
 
 
+def _check_size_and_steps(height: int, width: int, num_steps: int, f: int, config: FouriScaleConfig) -> None:
+    """The size and step count a plan takes (:class:`~fouriscale.errors.SettingError` otherwise)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % f:
+            raise SettingError(
+                name, f"{name} must be a positive multiple of {f} pixels for this model, got {value!r}", value=value,
+                bound=f,
+            )  # fmt: skip
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= MAX_STEPS:
+        problem = f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}"
+        raise SettingError("num_inference_steps", problem, value=num_steps, bound=(1, MAX_STEPS))
+    if config.size_limit and (max(height, width) > MAX_SIDE or height * width > MAX_PIXELS):
+        raise SettingError(
+            "size",
+            f"{width}x{height} is above FouriScale's size limit ({MAX_SIDE} px per side, {MAX_PIXELS // 2**20} MP in "
+            "total); choose a smaller size",
+            value=(height, width),
+            bound=(MAX_SIDE, MAX_PIXELS),
+            remedy="lift the limit",
+            remedy_setting="size_limit",
+        )
+    for name, value in (("start_step", config.start_step), ("stop_step", config.stop_step)):
+        if value is not None and value > num_steps:
+            problem = (
+                f"{name} {value} lies beyond the {num_steps} denoising steps of this generation; choose a value up to "
+                f"{num_steps}, or leave it unset for the paper's window scaled to the step count"
+            )
+            raise SettingError(name, problem, value=value, bound=(0, num_steps))
+
+
 def make_plan(
     profile: ModelProfile, height: int, width: int, num_steps: int, config: FouriScaleConfig | None = None
 ) -> Plan:
     """Derive the :class:`Plan` for a ``height`` x ``width`` image in ``num_steps`` denoising steps.
 
-    Raises ``ValueError`` for sizes the model cannot take (non-positive, not a multiple of the VAE's
-    scale factor, or an SDXL aspect ratio outside its buckets).
+    Raises :class:`~fouriscale.errors.SettingError` (a ``ValueError``) for sizes the model cannot take (non-positive,
+    not a multiple of the VAE's scale factor, above the size limit, an SDXL aspect ratio outside its buckets, a
+    dilation above 16) and start or stop steps beyond the step count.
     """
     config = config or FouriScaleConfig()
     fam = profile.family
     f = profile.vae_scale_factor
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % f:
-            raise ValueError(f"{name} must be a positive multiple of {f} pixels for this model, got {value!r}")
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= MAX_STEPS:
-        raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}")
-    if config.size_limit and (max(height, width) > MAX_SIDE or height * width > MAX_PIXELS):
-        raise ValueError(
-            f"{width}x{height} is above FouriScale's size limit ({MAX_SIDE} px per side, {MAX_PIXELS // 2**20} MP in "
-            "total); choose a smaller size, or lift the limit with size_limit=False (--no-size-limit)"
-        )
-    for name, value in (("start_step", config.start_step), ("stop_step", config.stop_step)):
-        if value is not None and value > num_steps:
-            raise ValueError(
-                f"{name} {value} lies beyond the {num_steps} denoising steps of this generation; choose a value up to "
-                f"{num_steps}, or leave it unset for the paper's window scaled to the step count"
-            )
+    _check_size_and_steps(height, width, num_steps, f, config)
 
     if config.base_size is not None:
         base = (float(config.base_size[0]), float(config.base_size[1]))
@@ -347,11 +364,11 @@ def make_plan(
     if config.dilation is not None:
         d = config.dilation
     if d > MAX_DILATION:
-        raise ValueError(
+        problem = (
             f"{width}x{height} needs dilation {d}, more than FouriScale's {MAX_DILATION} (that many times the "
-            "reference "
-            f"size {int(base[1])}x{int(base[0])} per side); choose a smaller size"
+            f"reference size {int(base[1])}x{int(base[0])} per side); choose a smaller size"
         )
+        raise SettingError("size", problem, value=(height, width), bound=MAX_DILATION)
 
     start, stop = fam.window(d, num_steps)
     start = config.start_step if config.start_step is not None else start

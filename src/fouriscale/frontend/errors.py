@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 
-from ..errors import one_line
+from ..errors import SettingError, one_line
+from .fields import CLI_NAMES
 
 __all__ = [
     "UserError",
@@ -31,11 +33,14 @@ class UserError(Exception):
 
 
 @contextlib.contextmanager
-def user_errors(prefix: str = ""):
+def user_errors(prefix: str = "", labels: Mapping = CLI_NAMES):
     """Turn the library's ``TypeError``/``ValueError`` (bad values, sizes the model cannot take) raised inside
-    the block into a :class:`UserError` with the same message, optionally prefixed (e.g. ``"--size 0x0: "``)."""
+    the block into a :class:`UserError` with the same message, optionally prefixed (e.g. ``"--size 0x0: "``); a
+    :class:`~fouriscale.errors.SettingError`'s remedy is worded with ``labels`` (default: the CLI's options)."""
     try:
         yield
+    except SettingError as exc:
+        raise UserError(prefix + one_line(exc.worded(labels), 600)) from None
     except (TypeError, ValueError) as exc:
         raise UserError(prefix + one_line(exc, 600)) from None
 

@@ -16,6 +16,7 @@ import re
 import socket
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 from ..diffusers.describe import detect_family, native_latent, vae_scale_factor
 from ..testing import TINY_FAMILIES, tiny_pipeline, tiny_unet_config, tiny_vae_config
 from .errors import UserError, captured_logs, one_line
+from .fields import CLI_NAMES
 
 __all__ = [
     "UserError",
@@ -157,14 +159,14 @@ def safetensors_keys(path: Path, what: str) -> list[str]:
         raise UserError(f"{what} is truncated or corrupt ({one_line(exc, 160)})") from None
 
 
-def _checkpoint_keys(path: Path, allow_pickle: bool) -> list[str]:
+def _checkpoint_keys(path: Path, allow_pickle: bool, labels: Mapping) -> list[str]:
     if path.suffix.lower() == ".safetensors":
         return safetensors_keys(path, f"{path} is not a readable .safetensors checkpoint: it")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise UserError(
                 f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; convert it to "
-                ".safetensors, or pass --allow-pickle if you trust its source"
+                f".safetensors, or pass {labels['allow_pickle']} if you trust its source"
             )
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
@@ -177,10 +179,10 @@ def _checkpoint_keys(path: Path, allow_pickle: bool) -> list[str]:
     raise UserError(f"{path}: expected a .safetensors checkpoint or a diffusers folder")
 
 
-def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool):
+def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool, labels: Mapping):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    keys = _checkpoint_keys(path, allow_pickle)
+    keys = _checkpoint_keys(path, allow_pickle, labels)
     is_xl = any(k.startswith("conditioner.") or k.startswith("model.diffusion_model.label_emb") for k in keys)
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise UserError(f"{path.name} holds no Stable Diffusion UNet (no 'model.diffusion_model.*' weights)")
@@ -223,7 +225,7 @@ def _hub_reachable() -> str | None:
         return f"cannot reach {constants.ENDPOINT} ({one_line(exc, 120)})"
 
 
-def _check_folder(path: Path, allow_pickle: bool) -> None:
+def _check_folder(path: Path, allow_pickle: bool, labels: Mapping) -> None:
     """A diffusers folder's structure and weight files, before loading: ``model_index.json`` and ``unet/``
     present, every ``.safetensors`` file readable (not truncated), pickle-only components refused."""
     if not (path / "model_index.json").exists():
@@ -239,12 +241,12 @@ def _check_folder(path: Path, allow_pickle: bool) -> None:
             safetensors_keys(file, str(file))
         if not weights and not allow_pickle and any(folder.glob(f"*{suffix}") for suffix in PICKLE_SUFFIXES):
             raise UserError(
-                f"{folder} holds only pickle weights, which can run code when loaded; pass --allow-pickle if you "
-                "trust the source"
+                f"{folder} holds only pickle weights, which can run code when loaded; pass {labels['allow_pickle']} "
+                "if you trust the source"
             )
 
 
-def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
+def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool, labels: Mapping):
     from diffusers import DiffusionPipeline
 
     kwargs = {"torch_dtype": dtype, "use_safetensors": None if allow_pickle else True}
@@ -255,7 +257,7 @@ def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
     message = one_line(local_error, first_line=True)
     if not is_hub:
         raise UserError(f"could not load the diffusers folder {source}: {message}") from None
-    check_hub(source)
+    check_hub(source, option=labels["model_path"])
     try:
         return DiffusionPipeline.from_pretrained(source, **kwargs)
     except Exception as exc:
@@ -266,14 +268,15 @@ def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
         ) from None
 
 
-def check_hub(source: str) -> None:
-    """Fail fast for a hub id that is not cached: offline (``HF_HUB_OFFLINE``) or the Hub unreachable."""
-    hint = "download it where there is network, or pass a local diffusers folder or .safetensors file with --model PATH"
+def check_hub(source: str, subject: str = "model", option: str = "--model PATH") -> None:
+    """Fail fast for a hub id that is not cached: offline (``HF_HUB_OFFLINE``) or the Hub unreachable. ``subject``
+    (default ``"model"``) and ``option`` (default ``"--model PATH"``) word the message."""
+    hint = f"download it where there is network, or pass a local diffusers folder or .safetensors file with {option}"
     if _offline():
-        raise UserError(f"model {source!r} is not in the local Hugging Face cache and the Hub is offline; {hint}")
+        raise UserError(f"{subject} {source!r} is not in the local Hugging Face cache and the Hub is offline; {hint}")
     problem = _hub_reachable()
     if problem:
-        raise UserError(f"model {source!r} is not in the local Hugging Face cache and {problem}; {hint}")
+        raise UserError(f"{subject} {source!r} is not in the local Hugging Face cache and {problem}; {hint}")
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -379,11 +382,12 @@ def load_pipeline(
     loras: list[tuple[str, float]] = (),
     allow_pickle: bool = False,
     config: str | None = None,
+    labels: Mapping = CLI_NAMES,
 ) -> LoadedModel:
     """Load an SD 1.x/2.x or SDXL pipeline from a hub id, a diffusers folder, a single checkpoint file or
     ``tiny:FAMILY``, with scheduler (default ``ddim``), LoRAs, dtype (default fp16 on a GPU, fp32 on the CPU)
     and placement set. Raises :class:`UserError` for anything the user can fix, checked before the weights
-    are read where possible."""
+    are read where possible; messages name the settings with ``labels`` (default: the CLI's options)."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     check_offload(offload, device)
@@ -395,14 +399,14 @@ def load_pipeline(
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
     elif path.is_file():
-        pipe, kind = _load_single_file(path, torch_dtype, config, allow_pickle), "file"
+        pipe, kind = _load_single_file(path, torch_dtype, config, allow_pickle, labels), "file"
     elif path.is_dir():
-        _check_folder(path, allow_pickle)
-        pipe, kind = _load_pretrained(str(path), torch_dtype, allow_pickle, is_hub=False), "folder"
+        _check_folder(path, allow_pickle, labels)
+        pipe, kind = _load_pretrained(str(path), torch_dtype, allow_pickle, False, labels), "folder"
     elif looks_like_path(model):
         raise UserError(f"--model {model}: no such file or folder")
     else:
-        pipe, kind = _load_pretrained(model, torch_dtype, allow_pickle, is_hub=True), "hub"
+        pipe, kind = _load_pretrained(model, torch_dtype, allow_pickle, True, labels), "hub"
     family = _family_of_pipeline(pipe)
     if scheduler:
         set_scheduler(pipe, scheduler)
@@ -439,9 +443,9 @@ def load_unet_profile_source(model: str, config: str | None = None):
     return load_plan_source(model, config)[:2]
 
 
-def load_plan_source(model: str, config: str | None = None):
+def load_plan_source(model: str, config: str | None = None, labels: Mapping = CLI_NAMES):
     """``(unet, vae_scale_factor, vae class name)``: :func:`load_unet_profile_source` and the class of the VAE
-    (from its config's ``_class_name``), which the plan's "VAE decode" line needs."""
+    (from its config's ``_class_name``), which the plan's "VAE decode" line needs; ``labels`` word the messages."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     path = Path(model).expanduser()
@@ -450,7 +454,7 @@ def load_plan_source(model: str, config: str | None = None):
         unet = _meta_unet(json.dumps(tiny_unet_config(tiny), sort_keys=True))
         return unet, vae_scale_factor(tiny_vae_config()), "AutoencoderKL"
     if path.is_file():
-        loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
+        loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config, labels=labels)
         return loaded.pipe.unet, loaded.pipe.vae_scale_factor, type(loaded.pipe.vae).__name__
     if looks_like_path(model) and not path.exists():
         raise UserError(f"--model {model}: no such file or folder")
@@ -466,7 +470,7 @@ def load_plan_source(model: str, config: str | None = None):
     except Exception as exc:
         if path.is_dir():
             raise UserError(f"could not read the configs of {model} ({one_line(exc, first_line=True)})") from None
-        check_hub(model)
+        check_hub(model, option=labels["model_path"])
         try:
             unet_config = UNet2DConditionModel.load_config(source, subfolder="unet")
             vae_config = AutoencoderKL.load_config(source, subfolder="vae")

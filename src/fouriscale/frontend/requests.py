@@ -16,7 +16,7 @@ turn their inputs into a :class:`Request` and render the :class:`Ready` run's jo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,10 +29,11 @@ from ..two_pass import first_pass_size
 from .controlnets import combine, load_controlnet
 from .defaults import DEFAULT_ETA, DEFAULT_SCHEDULER, DEFAULT_STEPS, default_guidance, default_size
 from .errors import UserError, user_errors
+from .fields import CLI_NAMES
 from .loading import LoadedModel, load_pipeline, load_plan_source, native_size
 from .pipelines import Pipelines
 from .recipe import Recipe
-from .sources import CLI_LABELS, Sources, check_steps_run, fit_warnings
+from .sources import Sources, check_steps_run, fit_warnings
 
 __all__ = ["Size", "Request", "Prepared", "Ready", "check_request", "load_model", "get_ready", "plan_request"]
 
@@ -89,7 +90,7 @@ class Request:
     allow_pickle: bool = False
     dtype: str = "auto"
     offload: str = "none"
-    labels: dict = field(default_factory=lambda: CLI_LABELS)
+    labels: Mapping = field(default_factory=lambda: CLI_NAMES)
     name_paths: bool = True  # warnings about a picture name its file, not only its input
 
 
@@ -120,7 +121,7 @@ def plan_request(request: Request, target, family: str, native: tuple[int, int],
     """:class:`Prepared` for a pipeline or a (meta-device) UNet: size, steps and config resolved, the plan made by
     the library (a size or setting it cannot take is a :class:`UserError` with its message)."""
     height, width, steps = request.size.resolve(native, family)
-    with user_errors():
+    with user_errors(labels=request.labels):
         config = request.config(steps)
         plan = fouriscale.get_plan(target, height, width, steps, config, vae_scale_factor=vae_scale_factor, vae=vae)
     return Prepared(height, width, steps, config, plan)
@@ -147,8 +148,8 @@ def check_request(request: Request, *, check=None, inits=(), fit: bool = True) -
     ``inits`` are the pictures whose fitting to the size is reported (with ``fit``)."""
     if Path(request.model).expanduser().is_file():
         return None
-    unet, factor, vae = load_plan_source(request.model, request.model_config)
-    with user_errors():
+    unet, factor, vae = load_plan_source(request.model, request.model_config, request.labels)
+    with user_errors(labels=request.labels):
         profile = detect_profile(unet, factor)
     prepared = plan_request(request, unet, profile.family.name, profile.native_size, factor, vae)
     return _checked(request, prepared, unet, factor, check, inits, fit)
@@ -165,6 +166,7 @@ def load_model(request: Request, device: str) -> LoadedModel:
         loras=list(request.loras),
         allow_pickle=request.allow_pickle,
         config=request.model_config,
+        labels=request.labels,
     )
 
 
@@ -185,7 +187,7 @@ def get_ready(
     prepared = plan_request(request, pipe, loaded.family, native_size(pipe))
     if early is None:
         prepared = _checked(request, prepared, pipe.unet, pipe.vae_scale_factor, check, inits, fit)
-    with user_errors():
+    with user_errors(labels=request.labels):
         fouriscale.apply_fouriscale(pipe, prepared.config)
     pipes = Pipelines(pipe, _controlnet(loaded, request, controlnets))
     return Ready(loaded, pipes, _recipe(loaded, request, prepared), prepared.plan, prepared.notes)

@@ -58,16 +58,19 @@ def request_of(args, sources=None, loras=()) -> Request:
     )
 
 
-def _progress(args, pipe) -> None:
+def _progress(args, pipe=None) -> None:
+    """``--no-progress``: the libraries' loading bars off (before loading) and ``pipe``'s step bar off; else the step
+    bar under the batch's."""
     if args.no_progress:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 
         dlog.disable_progress_bar()
         tlog.disable_progress_bar()
-        pipe.set_progress_bar_config(disable=True)
-    else:
-        pipe.set_progress_bar_config(leave=False, desc="steps", position=1)
+    if pipe is not None:
+        pipe.set_progress_bar_config(
+            **({"disable": True} if args.no_progress else dict(leave=False, desc="steps", position=1))
+        )
 
 
 def prepare(args, request: Request, device: str, *, check=None, inits=(), fit=True, state=None):
@@ -79,6 +82,7 @@ def prepare(args, request: Request, device: str, *, check=None, inits=(), fit=Tr
         warn(line)
     if state is not None and device != "cpu":
         device = str(state.device)
+    _progress(args)
     loaded = load_model(request, device)
     _progress(args, loaded.pipe)
     ready = get_ready(loaded, request, early, check=check, inits=tuple(inits), fit=fit)

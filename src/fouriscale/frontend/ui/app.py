@@ -6,10 +6,10 @@ shown as a message in the page, including typed API input that is not what the f
 them (PNG with the settings embedded, manifest line, same folder lock) and offered for download.
 
 The size fields are the size that will be made: choosing a size in the dropdown fills them, editing them
-switches the dropdown to "custom". Defaults are the CLI's (:mod:`.params`): 50 steps, seed 23, guidance
+switches the dropdown to "custom". Defaults are the CLI's (:mod:`..defaults`): 50 steps, seed 23, guidance
 by family (7.5 SD, 5.0 SDXL) when the field is left empty.
 
-Pictures in follow the CLI's rules (:mod:`.sources`): an input picture (img2img, with a strength), an optional
+Pictures in follow the CLI's rules (:mod:`..sources`): an input picture (img2img, with a strength), an optional
 mask of the input picture's size (inpainting), a ControlNet with its conditioning picture, and the two-pass
 switch; pictures of another size are fitted to the target size by :func:`fouriscale.images.fit_image`, and what
 was done is said under the result. With an input picture the page also shows it, as FouriScale started from it
@@ -18,6 +18,7 @@ was done is said under the result. With an input picture the page also shows it,
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import socket
@@ -46,152 +47,191 @@ def build_app(studio: Studio):
     """The Gradio Blocks of the app (not launched)."""
     import gradio as gr
 
-    def on_generate(*values, progress=gr.Progress()):
-        try:
-            result = studio.generate(*values, progress=progress)
-        except UserError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        except Exception as exc:  # never a crash: show it in the page
-            raise gr.Error(f"{type(exc).__name__}: {one_line(exc)}", print_exception=False) from None
-        comparing = result["direct"] is not None
-        slider = (result["direct"], result["image"]) if comparing else None
-        shown = result["input"] is not None
-        return (
-            gr.update(value=None if comparing else result["image"], visible=not comparing),
-            gr.update(value=slider, visible=comparing),
-            gr.update(value=result["input"], visible=shown),
-            result["image"],
-            result["info"],
-        )
-
-    def on_size(choice, model):
-        size = studio.size_for(choice, model)
-        if size is None:
-            return gr.update(), gr.update()
-        return gr.update(value=size[1]), gr.update(value=size[0])
-
-    def on_model_guidance(model, guidance):
-        """The family's guidance when the model changes, unless the field holds a value typed by the user."""
-        native = studio.native(model)
-        defaults = {None, *(default_guidance(name) for name in FAMILIES)}
-        if native is None or guidance not in defaults:
-            return gr.update()
-        return gr.update(value=default_guidance(native[1]))
-
-    def on_mask(mask, strength):
-        """A mask given: the inpainting strength (1.0); taken away: the img2img one (0.6); a moved slider stays."""
-        if mask and strength == DEFAULT_STRENGTH:
-            return gr.update(value=DEFAULT_INPAINT_STRENGTH)
-        if not mask and strength == DEFAULT_INPAINT_STRENGTH:
-            return gr.update(value=DEFAULT_STRENGTH)
-        return gr.update()
-
-    start = studio.native(studio.default_model) if studio.default_model else None
-    first_choice = NATIVE if start else CUSTOM
-    first_h, first_w = default_size(start[0]) if start else FALLBACK_SIZE
-    guidance_label = "Guidance scale (the model's default: 7.5 SD / 5.0 SDXL; empty: the same)"
-
     with gr.Blocks(title="FouriScale") as app:
         gr.Markdown(
             "# FouriScale\nTraining-free high-resolution images from Stable Diffusion (Huang et al., ECCV 2024)."
         )
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt")
-                negative = gr.Textbox(label="Negative prompt", elem_id="negative")
-                model = gr.Textbox(
-                    label="Model (hub id, diffusers folder, .safetensors or tiny:sd1)",
-                    value=studio.default_model or "",
-                    elem_id="model",
+                fields = _request_fields(gr, studio)
+                fields.update(_picture_fields(gr))
+                fields["compare"] = gr.Checkbox(
+                    value=False, label="Compare with direct inference (same seed)", elem_id="compare"
                 )
-                size = gr.Dropdown(SIZE_CHOICES, value=first_choice, label="Size (width x height)", elem_id="size")
-                with gr.Row():
-                    width = gr.Number(value=first_w, label="Width", precision=0, elem_id="width")
-                    height = gr.Number(value=first_h, label="Height", precision=0, elem_id="height")
-                with gr.Row():
-                    steps = gr.Slider(1, MAX_UI_STEPS, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
-                    guidance = gr.Number(
-                        value=default_guidance(start[1] if start else "sd1"), label=guidance_label, elem_id="guidance"
-                    )
-                with gr.Row():
-                    seed = gr.Number(value=DEFAULT_SEED, label="Seed", precision=0, elem_id="seed")
-                    dice = gr.Button("Random seed", elem_id="dice", scale=0)
-                with gr.Accordion("FouriScale settings", open=False):
-                    freeu = gr.Checkbox(value=True, label="FreeU (as the paper applied it)")
-                    amp = gr.Checkbox(value=False, label="Amplified guidance before the start step (blurry SDXL)")
-                    low_pass = gr.Checkbox(value=True, label="Low-pass filter (structural consistency)")
-                    attention_guidance = gr.Checkbox(value=True, label="FouriScale guidance")
-                    pad_then_crop = gr.Checkbox(value=True, label="Pad-then-crop (any aspect ratio)")
-                    progressive = gr.Checkbox(value=True, label="Progressive dilation schedule")
-                with gr.Accordion(
-                    "Pictures in: img2img, inpainting, ControlNet, two-pass", open=False, elem_id="pictures-in"
-                ):
-                    init_image = gr.Image(
-                        label="Input picture (img2img; fitted to the size)", type="filepath", elem_id="init-image"
-                    )
-                    strength = gr.Slider(
-                        0.01,
-                        1.0,
-                        value=DEFAULT_STRENGTH,
-                        step=0.01,
-                        label=f"Strength ({DEFAULT_STRENGTH:g}; {DEFAULT_INPAINT_STRENGTH:g} when a mask is given)",
-                        elem_id="strength",
-                    )
-                    mask = gr.Image(
-                        label="Mask (white: repaint; the input picture's size)", type="filepath", elem_id="mask"
-                    )
-                    controlnet = gr.Textbox(
-                        label="ControlNet (hub id, diffusers folder, .safetensors or tiny)", elem_id="controlnet"
-                    )
-                    control_image = gr.Image(label="ControlNet picture", type="filepath", elem_id="control-image")
-                    control_scale = gr.Number(
-                        value=DEFAULT_CONTROL_SCALE,
-                        minimum=0,
-                        maximum=10,
-                        label="ControlNet scale",
-                        elem_id="control-scale",
-                    )
-                    two_pass = gr.Checkbox(
-                        value=False,
-                        label="Two-pass: the model's own picture at its native size first, then FouriScale img2img",
-                        elem_id="two-pass",
-                    )
-                compare = gr.Checkbox(value=False, label="Compare with direct inference (same seed)", elem_id="compare")
-                run = gr.Button("Generate", variant="primary", elem_id="generate")
+                fields["run"] = gr.Button("Generate", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
-                result = gr.Image(label="FouriScale", type="filepath", elem_id="result", interactive=False, height=640)
-                slider = gr.ImageSlider(
-                    label="Direct inference | FouriScale", type="filepath", visible=False, elem_id="slider", height=640
-                )
-                input_view = gr.Image(
-                    label="Input (as FouriScale started from it; two-pass: the first pass)",
-                    visible=False,
-                    elem_id="input-view",
-                    interactive=False,
-                    height=320,
-                )
-                info = gr.Markdown(elem_id="info")
-                download = gr.File(label="Download (PNG with settings)", elem_id="download")
-        texts, numbers = [prompt, negative, model], [width, height, steps, guidance, seed]
-        switches = [freeu, amp, low_pass, attention_guidance, pad_then_crop, progressive, compare]
-        pictures = [init_image, strength, mask, controlnet, control_image, control_scale, two_pass]
-        dice.click(lambda: random.randint(0, 2**32 - 1), outputs=seed)
-        size.change(on_size, inputs=[size, model], outputs=[width, height])
-        model.blur(on_size, inputs=[size, model], outputs=[width, height])
-        model.blur(on_model_guidance, inputs=[model, guidance], outputs=guidance)
-        mask.change(on_mask, inputs=[mask, strength], outputs=strength)
-        width.input(lambda: CUSTOM, outputs=size)
-        height.input(lambda: CUSTOM, outputs=size)
-        run.click(
-            on_generate,
-            inputs=texts + numbers + switches + pictures,
-            outputs=[result, slider, input_view, download, info],
-            concurrency_limit=1,
-            preprocess=False,
-            api_name="generate",
-        )
+                fields.update(_result_fields(gr))
+        _connect(gr, studio, fields)
     app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1)
     return app
+
+
+def _request_fields(gr, studio: Studio) -> dict:
+    """Prompt, model, size, steps, guidance, seed and the FouriScale switches, filled for the default model."""
+    start = studio.native(studio.default_model) if studio.default_model else None
+    first_h, first_w = default_size(start[0]) if start else FALLBACK_SIZE
+    guidance_label = "Guidance scale (the model's default: 7.5 SD / 5.0 SDXL; empty: the same)"
+    f = {
+        "prompt": gr.Textbox(label="Prompt", lines=3, elem_id="prompt"),
+        "negative": gr.Textbox(label="Negative prompt", elem_id="negative"),
+        "model": gr.Textbox(
+            label="Model (hub id, diffusers folder, .safetensors or tiny:sd1)",
+            value=studio.default_model or "",
+            elem_id="model",
+        ),
+        "size": gr.Dropdown(
+            SIZE_CHOICES, value=NATIVE if start else CUSTOM, label="Size (width x height)", elem_id="size"
+        ),
+    }
+    with gr.Row():
+        f["width"] = gr.Number(value=first_w, label="Width", precision=0, elem_id="width")
+        f["height"] = gr.Number(value=first_h, label="Height", precision=0, elem_id="height")
+    with gr.Row():
+        f["steps"] = gr.Slider(1, MAX_UI_STEPS, value=DEFAULT_STEPS, step=1, label="Steps", elem_id="steps")
+        guidance = default_guidance(start[1] if start else "sd1")
+        f["guidance"] = gr.Number(value=guidance, label=guidance_label, elem_id="guidance")
+    with gr.Row():
+        f["seed"] = gr.Number(value=DEFAULT_SEED, label="Seed", precision=0, elem_id="seed")
+        f["dice"] = gr.Button("Random seed", elem_id="dice", scale=0)
+    with gr.Accordion("FouriScale settings", open=False):
+        f["freeu"] = gr.Checkbox(value=True, label="FreeU (as the paper applied it)")
+        f["amp"] = gr.Checkbox(value=False, label="Amplified guidance before the start step (blurry SDXL)")
+        f["low_pass"] = gr.Checkbox(value=True, label="Low-pass filter (structural consistency)")
+        f["attention_guidance"] = gr.Checkbox(value=True, label="FouriScale guidance")
+        f["pad_then_crop"] = gr.Checkbox(value=True, label="Pad-then-crop (any aspect ratio)")
+        f["progressive"] = gr.Checkbox(value=True, label="Progressive dilation schedule")
+    return f
+
+
+def _picture_fields(gr) -> dict:
+    """The pictures a generation starts from: img2img, inpainting, ControlNet, two-pass."""
+    f = {}
+    with gr.Accordion("Pictures in: img2img, inpainting, ControlNet, two-pass", open=False, elem_id="pictures-in"):
+        f["init_image"] = gr.Image(
+            label="Input picture (img2img; fitted to the size)", type="filepath", elem_id="init-image"
+        )
+        f["strength"] = gr.Slider(
+            0.01,
+            1.0,
+            value=DEFAULT_STRENGTH,
+            step=0.01,
+            label=f"Strength ({DEFAULT_STRENGTH:g}; {DEFAULT_INPAINT_STRENGTH:g} when a mask is given)",
+            elem_id="strength",
+        )
+        f["mask"] = gr.Image(label="Mask (white: repaint; the input picture's size)", type="filepath", elem_id="mask")
+        f["controlnet"] = gr.Textbox(
+            label="ControlNet (hub id, diffusers folder, .safetensors or tiny)", elem_id="controlnet"
+        )
+        f["control_image"] = gr.Image(label="ControlNet picture", type="filepath", elem_id="control-image")
+        f["control_scale"] = gr.Number(
+            value=DEFAULT_CONTROL_SCALE, minimum=0, maximum=10, label="ControlNet scale", elem_id="control-scale"
+        )
+        f["two_pass"] = gr.Checkbox(
+            value=False,
+            label="Two-pass: the model's own picture at its native size first, then FouriScale img2img",
+            elem_id="two-pass",
+        )
+    return f
+
+
+def _result_fields(gr) -> dict:
+    """The result (or the direct/FouriScale slider), the input as FouriScale started from it, notes, download."""
+    return {
+        "result": gr.Image(label="FouriScale", type="filepath", elem_id="result", interactive=False, height=640),
+        "slider": gr.ImageSlider(
+            label="Direct inference | FouriScale", type="filepath", visible=False, elem_id="slider", height=640
+        ),
+        "input_view": gr.Image(
+            label="Input (as FouriScale started from it; two-pass: the first pass)",
+            visible=False,
+            elem_id="input-view",
+            interactive=False,
+            height=320,
+        ),
+        "info": gr.Markdown(elem_id="info"),
+        "download": gr.File(label="Download (PNG with settings)", elem_id="download"),
+    }
+
+
+#: The fields :meth:`Studio.generate` takes, in its order.
+GENERATE_INPUTS = (
+    *("prompt", "negative", "model", "width", "height", "steps", "guidance", "seed"),
+    *("freeu", "amp", "low_pass", "attention_guidance", "pad_then_crop", "progressive", "compare"),
+    *("init_image", "strength", "mask", "controlnet", "control_image", "control_scale", "two_pass"),
+)
+
+
+def _connect(gr, studio: Studio, f: dict) -> None:
+    """The page's events: the size dropdown and the model fill the fields, a mask moves the strength, Generate."""
+    f["dice"].click(lambda: random.randint(0, 2**32 - 1), outputs=f["seed"])
+    f["size"].change(lambda c, m: _size_update(gr, studio, c, m), inputs=[f["size"], f["model"]],
+                     outputs=[f["width"], f["height"]])  # fmt: skip
+    f["model"].blur(lambda c, m: _size_update(gr, studio, c, m), inputs=[f["size"], f["model"]],
+                    outputs=[f["width"], f["height"]])  # fmt: skip
+    f["model"].blur(lambda m, g: _guidance_update(gr, studio, m, g), inputs=[f["model"], f["guidance"]],
+                    outputs=f["guidance"])  # fmt: skip
+    f["mask"].change(lambda m, s: _strength_update(gr, m, s), inputs=[f["mask"], f["strength"]], outputs=f["strength"])
+    f["width"].input(lambda: CUSTOM, outputs=f["size"])
+    f["height"].input(lambda: CUSTOM, outputs=f["size"])
+
+    def on_generate(*values, progress=gr.Progress()):
+        return _generated(gr, studio, values, progress)
+
+    f["run"].click(
+        on_generate,
+        inputs=[f[name] for name in GENERATE_INPUTS],
+        outputs=[f[name] for name in ("result", "slider", "input_view", "download", "info")],
+        concurrency_limit=1,
+        preprocess=False,
+        api_name="generate",
+    )
+
+
+def _generated(gr, studio: Studio, values, progress) -> tuple:
+    """Generate and show the result: the image, or the direct/FouriScale slider; the input when there is one; a
+    mistake or failure as a message in the page, never a crash."""
+    try:
+        result = studio.generate(*values, progress=progress)
+    except UserError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    except Exception as exc:
+        raise gr.Error(f"{type(exc).__name__}: {one_line(exc)}", print_exception=False) from None
+    comparing = result["direct"] is not None
+    slider = (result["direct"], result["image"]) if comparing else None
+    shown = result["input"] is not None
+    return (
+        gr.update(value=None if comparing else result["image"], visible=not comparing),
+        gr.update(value=slider, visible=comparing),
+        gr.update(value=result["input"], visible=shown),
+        result["image"],
+        result["info"],
+    )
+
+
+def _size_update(gr, studio: Studio, choice, model):
+    """The width and height a size choice stands for (unchanged for "custom" or an unknown model)."""
+    size = studio.size_for(choice, model)
+    if size is None:
+        return gr.update(), gr.update()
+    return gr.update(value=size[1]), gr.update(value=size[0])
+
+
+def _guidance_update(gr, studio: Studio, model, guidance):
+    """The family's guidance when the model changes, unless the field holds a value typed by the user."""
+    native = studio.native(model)
+    defaults = {None, *(default_guidance(name) for name in FAMILIES)}
+    if native is None or guidance not in defaults:
+        return gr.update()
+    return gr.update(value=default_guidance(native[1]))
+
+
+def _strength_update(gr, mask, strength):
+    """A mask given: the inpainting strength (1.0); taken away: the img2img one (0.6); a moved slider stays."""
+    if mask and strength == DEFAULT_STRENGTH:
+        return gr.update(value=DEFAULT_INPAINT_STRENGTH)
+    if not mask and strength == DEFAULT_INPAINT_STRENGTH:
+        return gr.update(value=DEFAULT_STRENGTH)
+    return gr.update()
 
 
 def check_address(host: str, port) -> None:
@@ -207,8 +247,6 @@ def check_address(host: str, port) -> None:
         try:
             probe.bind(address)
         except OSError as exc:
-            import errno
-
             if exc.errno == errno.EADDRINUSE:
                 raise UserError(f"--port {port}: already in use on {host}; choose another port with --port") from None
             if exc.errno == errno.EADDRNOTAVAIL:

@@ -8,7 +8,6 @@ the page's field names.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 from pathlib import Path
@@ -27,12 +26,13 @@ from ..defaults import (
     default_size,
 )
 from ..errors import UserError
+from ..fields import UI_NAMES
 from ..folder import OutputFolder
 from ..loading import LoadedModel, load_pipeline, load_plan_source, native_size, resolve_device
 from ..recipe import Job, Recipe, finished_settings, output_name
 from ..render import render_images
 from ..requests import Request, Size, get_ready
-from ..sources import UI_LABELS, check_sources
+from ..sources import check_sources
 
 __all__ = ["Studio", "SIZE_CHOICES", "NATIVE", "CUSTOM", "MAX_UI_STEPS"]
 
@@ -51,22 +51,6 @@ def _picture_path(value, label: str) -> str | None:
     if isinstance(value, str):
         return value
     raise UserError(f"{label} must be a picture file, got {type(value).__name__}")
-
-
-@contextlib.contextmanager
-def _worded_for_the_page():
-    """Library messages without the hints that name CLI options or API arguments the UI does not have."""
-    try:
-        yield
-    except UserError as exc:
-        message = re.sub(r", or set an explicit base size \(.*\)\.?$", ".", str(exc))
-        message = re.sub(r", or lift the limit with size_limit=False \(--no-size-limit\)", "", message)
-        message = (
-            message.replace("--controlnet:", "the ControlNet:")
-            .replace("--controlnet ", "the ControlNet ")
-            .replace("--allow-pickle", "fouriscale ui --allow-pickle")
-        )
-        raise UserError(message) from None
 
 
 def _optional(value, check, name: str):
@@ -116,6 +100,7 @@ class Studio:
                 config=self.model_config,
                 offload=self.offload,
                 allow_pickle=self.allow_pickle,
+                labels=UI_NAMES,
             )
             self.loaded.pipe.set_progress_bar_config(disable=True)
         return self.loaded
@@ -205,15 +190,13 @@ class Studio:
             two_pass=two_pass,
         )
         pictures = dict(init=init_image, mask=mask, control_image=control_image)
-        with _worded_for_the_page():
-            request, seed = self._request(
-                prompt, negative, model, width, height, steps, guidance, seed, switches, pictures, strength, controlnet,
-                control_scale,
-            )  # fmt: skip
+        request, seed = self._request(
+            prompt, negative, model, width, height, steps, guidance, seed, switches, pictures, strength, controlnet,
+            control_scale,
+        )  # fmt: skip
         with self._lock:
             loaded = self.model(request.model)
-            with _worded_for_the_page():
-                ready = get_ready(loaded, request, inits=(request.sources.init,), controlnets=self._controlnets)
+            ready = get_ready(loaded, request, inits=(request.sources.init,), controlnets=self._controlnets)
             job = self._claim_index(seed, prompt.strip())
             try:
                 paths, images = self._render(ready, job, progress)
@@ -244,7 +227,7 @@ class Studio:
         strength = _optional(strength, check_strength, "strength")
         control_scale = _optional(control_scale, check_control_scale, "ControlNet scale")
         flags = {name: as_bool(value, name.replace("_", " ")) for name, value in switches.items()}
-        paths = {name: _picture_path(value, UI_LABELS[name]) for name, value in pictures.items()}
+        paths = {name: _picture_path(value, UI_NAMES[name]) for name, value in pictures.items()}
         spec = (controlnet or "").strip()
         # The page always sends its strength and scale fields: they count where they apply (a strength with an
         # input picture or two-pass, a scale with a ControlNet), as the fields sit under those inputs.
@@ -261,7 +244,7 @@ class Studio:
             strength=strength,
             two_pass=flags["two_pass"],
             allow_pickle=self.allow_pickle,
-            labels=UI_LABELS,
+            labels=UI_NAMES,
         )
         config = FouriScaleConfig(
             freeu="paper" if flags["freeu"] else None,
@@ -282,7 +265,7 @@ class Studio:
             sources=sources,
             compare=flags["compare"],
             allow_pickle=self.allow_pickle,
-            labels=UI_LABELS,
+            labels=UI_NAMES,
             name_paths=False,
         )
         return request, seed
