@@ -28,10 +28,16 @@ class SettingError(ValueError):
         bound=None,
         remedy: str | None = None,
         remedy_setting: str | None = None,
+        names: Mapping[str, str | None] = API_NAMES,
     ) -> None:
         self.setting, self.problem, self.value, self.bound = setting, problem, value, bound
         self.remedy, self.remedy_setting = remedy, remedy_setting
-        super().__init__(self.worded(API_NAMES))
+        super().__init__(self.worded(names))
+
+    def reworded(self, names: Mapping[str, str | None]) -> SettingError:
+        """The same error, its message worded with ``names`` (for a front end that shows it as it is)."""
+        data = dict(value=self.value, bound=self.bound, remedy=self.remedy, remedy_setting=self.remedy_setting)
+        return SettingError(self.setting, self.problem, **data, names=names)
 
     def worded(self, names: Mapping[str, str | None]) -> str:
         """The message with the remedy's setting named by ``names`` (setting -> name; a missing name drops the

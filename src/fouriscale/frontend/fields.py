@@ -3,14 +3,15 @@ UI's fields, one table each with the same keys.
 
 Front-end checks word their messages with a table (``labels[...]``); the library's
 :class:`~fouriscale.errors.SettingError` is worded with one through :func:`~fouriscale.frontend.errors.user_errors`.
-A name of ``None`` is a setting the front end does not offer: a remedy through it is left out.
+A name of ``None`` is a setting the front end does not offer: a remedy through it is left out. The ComfyUI nodes'
+widgets are named as the config fields, so they need only :data:`NODE_NAMES` for what they lack.
 """
 
 from __future__ import annotations
 
 from types import MappingProxyType
 
-__all__ = ["CLI_NAMES", "UI_NAMES"]
+__all__ = ["CLI_NAMES", "UI_NAMES", "NODE_NAMES"]
 
 CLI_NAMES = MappingProxyType(
     {
@@ -50,3 +51,6 @@ UI_NAMES = MappingProxyType(
         "size_limit": None,
     }
 )
+
+#: The ComfyUI nodes: no base size or size limit widget (ComfyUI's own latent size bound applies).
+NODE_NAMES = MappingProxyType({"base_size": None, "size_limit": None})

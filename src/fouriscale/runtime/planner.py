@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from ..config import FouriScaleConfig
+from ..errors import API_NAMES, SettingError
 from ..plan import Plan, make_plan
 from ..profiles import ModelProfile
 from .state import Runtime
@@ -23,6 +25,8 @@ class Planner:
     def __init__(self, profile: ModelProfile, config: FouriScaleConfig) -> None:
         self.profile = profile
         self.config = config
+        #: How a :class:`~fouriscale.errors.SettingError` of a plan names other settings (a front end sets its own).
+        self.names: Mapping[str, str | None] = API_NAMES
         self.runtime = Runtime()
         self._plans: dict[tuple[int, int, int], Plan] = {}
         self._told: set = set()
@@ -32,7 +36,10 @@ class Planner:
         key = (height, width, num_steps)
         plan = self._plans.get(key)
         if plan is None:
-            plan = make_plan(self.profile, height, width, num_steps, self.config)
+            try:
+                plan = make_plan(self.profile, height, width, num_steps, self.config)
+            except SettingError as exc:
+                raise (exc if self.names is API_NAMES else exc.reworded(self.names)) from None
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
