@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import SettingError
+from .profiles import FAMILIES
+from .schedule import choose_bucket, sd_dilation
 
 __all__ = [
     "FouriScaleConfig",
@@ -248,9 +250,6 @@ _PAPER_SIZES = {
 
 
 def _paper_presets() -> dict[str, Preset]:
-    from .profiles import FAMILIES
-    from .schedule import choose_bucket, sd_dilation
-
     presets = {}
     for name, sizes in _PAPER_SIZES.items():
         fam = FAMILIES[name]

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 from PIL import Image, PngImagePlugin
 
+from .config import FouriScaleConfig
+
 __all__ = [
     "MANIFEST_NAME",
     "SETTINGS_CHUNK",
@@ -96,8 +98,6 @@ def _fouriscale_summary(settings: dict) -> str | None:
     """Short human form: the plan, then every option that differs from the paper's defaults."""
     if settings.get("method") != "fouriscale" or "fouriscale" not in settings:
         return None
-    from .config import FouriScaleConfig
-
     parts = []
     plan = settings.get("plan")
     if plan:

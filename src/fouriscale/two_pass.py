@@ -34,6 +34,8 @@ from PIL import Image
 from .config import FouriScaleConfig
 from .diffusers.patch import apply_fouriscale, disabled, get_config, get_plan
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = ["TwoPassResult", "two_pass", "first_pass_size", "two_pass_settings", "UPSCALE_MODES"]
 
 UPSCALE_MODES = ("pixel", "latent")

@@ -33,6 +33,8 @@ import torch.nn as nn
 
 from .describe import vae_scale_factor
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = ["tile_grid", "sync_tiled_decode", "SyncTiledDecode", "tiles_exactly", "tiles_size", "decode_plan", "TILE"]
 
 #: Latent pixels per tile side of the installed decode (latents up to this size per side are never tiled), and the

@@ -21,6 +21,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from ..diffusers.describe import detect_family
 from ..profiles import FAMILIES
@@ -29,6 +31,8 @@ from .fields import CLI_NAMES
 from .loading import PICKLE_SUFFIXES, check_hub, looks_like_path, safetensors_keys
 from .pictures import Picture
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = [
     "TINY",
     "Control",
@@ -152,8 +156,6 @@ def _summary_of_model(unet_config, vae_scale_factor: int) -> dict:
 
 def _summary_of_header(path: Path, shown: str) -> dict:
     """Architecture facts from a ``.safetensors`` header (diffusers or original key layout), no tensors read."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
@@ -316,8 +318,6 @@ def _load_file(source: ControlSource, pipe, allow_pickle: bool):
 
     path = Path(source.spec).expanduser()
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         if not allow_pickle:  # checked before; kept here so the loader never reads a pickle unasked

@@ -22,12 +22,16 @@ from pathlib import Path
 
 import diffusers
 import torch
+from huggingface_hub import constants
+from safetensors import safe_open
 
 from ..diffusers.describe import detect_family, native_latent, vae_scale_factor
 from ..testing import TINY_FAMILIES, tiny_pipeline, tiny_unet_config, tiny_vae_config
 from .errors import UserError, captured_logs, one_line
 from .fields import CLI_NAMES
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = [
     "UserError",
     "TINY_PREFIX",
@@ -150,8 +154,6 @@ def _family_of_pipeline(pipe) -> str:
 def safetensors_keys(path: Path, what: str) -> list[str]:
     """The tensor names of a ``.safetensors`` file; a truncated or corrupt file (the header's offsets must
     cover the file) is a ``UserError`` starting with ``what`` (e.g. the path)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             return list(fh.keys())
@@ -204,16 +206,12 @@ def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool,
 
 def _offline() -> bool:
     """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
 def _hub_reachable() -> str | None:
     """``None`` when the Hub's host accepts a connection within :data:`HUB_TIMEOUT` seconds, else why not.
     With a proxy configured the proxy is asked instead (the connection to the Hub is then its business)."""
-    from huggingface_hub import constants
-
     url = urllib.parse.urlsplit(constants.ENDPOINT)
     proxy = urllib.request.getproxies().get(url.scheme)
     target = urllib.parse.urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else url

@@ -9,7 +9,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from diffusers.utils import logging as dlog
 from PIL import Image
+from transformers.utils import logging as tlog
 
 import fouriscale
 
@@ -62,9 +64,6 @@ def _progress(args, pipe=None) -> None:
     """``--no-progress``: the libraries' loading bars off (before loading) and ``pipe``'s step bar off; else the step
     bar under the batch's."""
     if args.no_progress:
-        from diffusers.utils import logging as dlog
-        from transformers.utils import logging as tlog
-
         dlog.disable_progress_bar()
         tlog.disable_progress_bar()
     if pipe is not None:

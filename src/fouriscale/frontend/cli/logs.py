@@ -8,6 +8,9 @@ import os
 import sys
 import warnings
 
+from diffusers.utils import logging as dlog
+from transformers.utils import logging as tlog
+
 __all__ = ["warn", "quiet_libraries", "CommandLog"]
 
 _LIBRARIES = r"(diffusers|transformers|huggingface_hub|accelerate|peft|torch|torchmetrics|gradio)(\.|$)"
@@ -49,9 +52,6 @@ def quiet_libraries() -> CommandLog:
     _LOGGER.propagate = False
     for name in ("diffusers", "transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
     dlog.set_verbosity_error()
     tlog.set_verbosity_error()
     return log
