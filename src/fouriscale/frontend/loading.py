@@ -312,23 +312,27 @@ def check_lora_files(loras: list[tuple[str, float]], allow_pickle: bool = False)
             safetensors_keys(file, f"--lora {path}: not a readable .safetensors file, it")
 
 
-def _lora_problem(exc: BaseException, logs: list[str]) -> str:
-    """One line for a LoRA that did not load: the first mismatched weight and how many there are."""
-    text = str(exc) + "\n" + "\n".join(logs)
-    mismatches = re.findall(
-        r"size mismatch for ([^:\s]+): copying a param with shape (torch.Size\(\[[^\]]*\]\)) "
-        r"from checkpoint, the shape in current model is (torch.Size\(\[[^\]]*\]\))",
-        text,
-    )
-    if mismatches:
-        name, theirs, ours = mismatches[0]
-        shape = lambda s: s.replace("torch.Size(", "").rstrip(")")  # noqa: E731
-        more = f" and {len(mismatches) - 1} more" if len(mismatches) > 1 else ""
-        return (
-            f"its weights do not fit this model ({name}: {shape(theirs)} in the file, {shape(ours)} in the "
-            f"model{more}); is it a LoRA for another model family?"
-        )
-    return f"not a LoRA this model can load ({one_line(exc, first_line=True)})"
+def _lora_fit_problem(pipe, state: dict) -> str | None:
+    """The first LoRA weight that does not fit ``pipe`` (its layer missing, or of another width), and how many more,
+    from diffusers' reading of the file (``lora_A``: rank x input width, ``lora_B``: output width x rank)."""
+    problems = []
+    for key, tensor in state.items():
+        component, _, rest = key.partition(".")
+        name, _, kind = rest.rpartition(".lora_")
+        module = getattr(pipe, component, None)
+        layer = dict(module.named_modules()).get(name) if isinstance(module, torch.nn.Module) else None
+        if layer is None or not hasattr(layer, "weight"):
+            problems.append(f"{component}.{name} is not in the model")
+            continue
+        axis, dim = (1, 1) if kind.startswith("A") else (0, 0)
+        given, needed = tensor.shape[axis], layer.weight.shape[dim]
+        if given != needed:
+            width = "input" if axis else "output"
+            problems.append(f"{component}.{name}: {width} width {given} in the file, {needed} in the model")
+    if not problems:
+        return None
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"its weights do not fit this model ({problems[0]}{more}); is it a LoRA for another model family?"
 
 
 def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> None:
@@ -343,11 +347,20 @@ def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> Non
             source = str(p.parent)
         else:
             source = str(p)
-        with captured_logs() as logs:
+        with captured_logs():
+            try:
+                read = pipe.lora_state_dict(source, **{k: v for k, v in kwargs.items() if k != "adapter_name"})
+            except Exception as exc:
+                reason = one_line(exc, first_line=True)
+                raise UserError(f"--lora {path}: not a LoRA file diffusers can read ({reason})") from None
+            problem = _lora_fit_problem(pipe, read[0] if isinstance(read, tuple) else read)
+            if problem is not None:
+                raise UserError(f"--lora {path}: {problem}")
             try:
                 pipe.load_lora_weights(source, **kwargs)
             except Exception as exc:
-                raise UserError(f"--lora {path}: {_lora_problem(exc, logs)}") from None
+                reason = one_line(exc, first_line=True)
+                raise UserError(f"--lora {path}: not a LoRA this model can load ({reason})") from None
         names.append(name)
         scales.append(scale)
     if names:
