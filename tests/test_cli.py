@@ -204,6 +204,9 @@ def test_plan_command_and_preset_windows(tiny_dirs, files, capsys):
     assert cli("plan", "--model", "tiny:sd1", "--preset", "sd1-1024x1024", "--size", "64x64", "--steps", "10") == 0
     out = capsys.readouterr().out
     assert "full dilation for steps < 2, progressive for 2 <= i < 6, plain convs from step 6" in out
+    # the pipeline's size rule: the tiny models' VAE factor is 4, diffusers' pipelines want multiples of 8
+    assert cli("plan", "--model", "tiny:sd1", "--size", "68x68") == 2
+    assert "height must be a positive multiple of 8 pixels for this model, got 68" in error_line(capsys)
 
 
 def test_no_size_limit_lifts_the_bound(capsys):
@@ -271,9 +274,10 @@ def test_shared_options_are_declared_once():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--size", "0x0"], "positive multiple of 4 pixels"),
+        (["--size", "0x0"], "positive multiple of 8 pixels"),
         (["--width", "0"], "width must be a positive multiple"),
-        (["--size", "64x65"], "multiple of 4 pixels"),
+        (["--size", "64x65"], "multiple of 8 pixels"),
+        (["--size", "68x68"], "multiple of 8 pixels"),
         (["--size", "sixtyfour"], "WIDTHxHEIGHT"),
         (["--size", "64x64", "--height", "64"], "not both"),
         (["--steps", "0"], "from 1 to 1000"),

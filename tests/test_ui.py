@@ -101,7 +101,8 @@ def test_size_choices_fill_the_fields(studio):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(width=65), "multiple of 4 pixels"),
+        (dict(width=65), "multiple of 8 pixels"),
+        (dict(width=68), "multiple of 8 pixels"),
         (dict(width=64.5), "width must be a whole number, got 64.5"),
         (dict(width="wide"), "width must be a whole number"),
         (dict(width=None), "width must be a whole number"),
@@ -295,7 +296,7 @@ def test_app_in_a_headless_browser(tmp_path):
         width.send_keys("65", Keys.TAB)
         wait.until(lambda b: _field(b, "size").get_attribute("value") == CUSTOM)
         browser.find_element(By.CSS_SELECTOR, "#generate").click()
-        wait.until(lambda b: "multiple of 4 pixels" in b.page_source)
+        wait.until(lambda b: "multiple of 8 pixels" in b.page_source)
         assert browser.find_elements(By.CSS_SELECTOR, "#generate")
         width = _field(browser, "width")
         width.send_keys(Keys.CONTROL, "a")

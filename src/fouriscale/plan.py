@@ -26,6 +26,8 @@ __all__ = [
     "make_plan",
     "SEQUENTIAL_UNCOND_MIN_LATENT",
     "FEED_FORWARD_PIECES_MIN_TOKENS",
+    "PIPELINE_MULTIPLE",
+    "size_multiple",
 ]
 
 # `sequential_uncond=None` runs the unconditional branch as its own pass from this latent area on
@@ -46,6 +48,16 @@ FAR_BEYOND_CONSEQUENCE = "expect broken structure, and a long run"
 # tokens x 256 or 1280 channels 3-13% slower in pieces; 4096 tokens x 64-320 channels 2-15% faster, 16384 tokens
 # 12-30% faster).
 FEED_FORWARD_PIECES_MIN_TOKENS = 64 * 64
+
+#: diffusers' SD and SDXL text-to-image, inpainting and adapter pipelines refuse sides not divisible by 8 in their
+#: ``check_inputs``, whatever the VAE's factor (img2img and ControlNet text-to-image take multiples of the factor).
+PIPELINE_MULTIPLE = 8
+
+
+def size_multiple(vae_scale_factor: int) -> int:
+    """What every image side must be a multiple of: the VAE's factor and :data:`PIPELINE_MULTIPLE` (8 for the
+    real VAEs, also 8 for the tiny ones, whose factor is 4)."""
+    return math.lcm(int(vae_scale_factor), PIPELINE_MULTIPLE)
 
 
 @dataclass(frozen=True)
@@ -310,6 +322,7 @@ def runs_forked(spec: LayerSpec, profile: ModelProfile, fork: int | None, join: 
 
 def _check_size_and_steps(height: int, width: int, num_steps: int, f: int, config: FouriScaleConfig) -> None:
     """The size and step count a plan takes (:class:`~fouriscale.errors.SettingError` otherwise)."""
+    f = size_multiple(f)
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % f:
             raise SettingError(
@@ -344,7 +357,7 @@ def make_plan(
     """Derive the :class:`Plan` for a ``height`` x ``width`` image in ``num_steps`` denoising steps.
 
     Raises :class:`~fouriscale.errors.SettingError` (a ``ValueError``) for sizes the model cannot take (non-positive,
-    not a multiple of the VAE's scale factor, above the size limit, an SDXL aspect ratio outside its buckets, a
+    not a multiple of :func:`size_multiple`, above the size limit, an SDXL aspect ratio outside its buckets, a
     dilation above 16) and start or stop steps beyond the step count.
     """
     config = config or FouriScaleConfig()

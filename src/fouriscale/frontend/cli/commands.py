@@ -18,6 +18,7 @@ import fouriscale
 from ...comfyui.install import install_node_pack
 from ...diffusers.describe import detect_profile
 from ...embedded import read_embedded_prompt
+from ...plan import size_multiple
 from ..batch import distributed_state, run_batch
 from ..compare import VARIANTS, check_layout, comparison_grid, render_variants, require_matplotlib, spectrum_plot
 from ..defaults import MAX_SEED
@@ -180,8 +181,10 @@ def _upscale_prompts(args, pictures):
 
 
 def _scaled(picture, scale: float, factor: int) -> tuple[int, int]:
-    """``(height, width)``: the picture's size times ``scale``, to the nearest multiple of the VAE's factor."""
-    return tuple(max(factor, round(side * scale / factor) * factor) for side in (picture.height, picture.width))
+    """``(height, width)``: the picture's size times ``scale``, to the nearest size the pipeline takes (a multiple of
+    the VAE's factor and of 8: :func:`fouriscale.plan.size_multiple`)."""
+    unit = size_multiple(factor)
+    return tuple(max(unit, round(side * scale / unit) * unit) for side in (picture.height, picture.width))
 
 
 def cmd_upscale(args) -> int:
