@@ -351,11 +351,17 @@ def test_existing_different_image_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "o"
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--out", out, *FAST) == 0
     before = (out / image_name(0, 23, "a cat")).read_bytes()
-    assert cli("generate", "a cat", "--model", "tiny:sd1", "--guidance", "3", "--out", out, *FAST) == 2
+    capsys.readouterr()
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--guidance", "3", "--out", out, *FAST) == 0
+    assert "1 image(s) written, 0 already done" in capsys.readouterr().out  # another image: the next number
+    assert (out / image_name(0, 23, "a cat")).read_bytes() == before
+    assert read_settings(out / image_name(1, 23, "a cat"))["guidance_scale"] == 3.0
+    # a file replaced by hand (its manifest line says other settings) is refused, not overwritten
+    (out / image_name(0, 23, "a cat")).write_bytes((out / image_name(1, 23, "a cat")).read_bytes())
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--out", out, *FAST) == 2
     line = error_line(capsys)
     assert "00000-23-a-cat.png already holds an image made with other settings" in line
-    assert "guidance_scale: 7.5 there, 3.0 here" in line
-    assert (out / image_name(0, 23, "a cat")).read_bytes() == before
+    assert "guidance_scale: 3.0 there, 7.5 here" in line
 
 
 def test_hostile_prompt_end_to_end(tmp_path):

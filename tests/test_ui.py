@@ -78,6 +78,11 @@ def test_generate_writes_the_cli_format_and_keeps_the_model(studio, api_pipe):
         stock = api_render(api_pipe, "a red cat", seed=6)
     assert (np.asarray(Image.open(again["direct"]).convert("RGB")) == stock).all()
     assert sorted(e["file"] for e in Manifest(studio.out).entries()) == sorted(p.name for p in studio.out.glob("*.png"))
+    # the same request again: the image the folder holds (identity is the settings, as in a batch), not a copy
+    same = _ask(studio, progress=lambda value, desc="": pytest.fail("rendered again"))
+    assert same["image"] == result["image"] and "not rendered again" in same["info"]
+    keys = [e["key"] for e in Manifest(studio.out).entries()]
+    assert len(keys) == len(set(keys))
 
 
 def test_guidance_defaults_by_family_as_in_the_cli(studio):
@@ -88,7 +93,7 @@ def test_guidance_defaults_by_family_as_in_the_cli(studio):
 
 def test_progress_is_reported(studio):
     seen = []
-    _ask(studio, progress=lambda value, desc="": seen.append(value))
+    _ask(studio, seed=7, progress=lambda value, desc="": seen.append(value))
     assert len(seen) == 2 and seen[-1] == pytest.approx(1.0)
 
 
@@ -213,7 +218,9 @@ def test_the_api_refuses_typed_input_with_a_message(tmp_path, capsys, monkeypatc
         with_picture = comparing[:15] + [handle_file(picture), 0.5] + comparing[17:]
         _, slider, shown, _, info = client.predict(*with_picture, api_name="/generate")
         assert slider["visible"] is True and shown["visible"] is True  # input, direct and FouriScale
-        settings = read_settings(next(p for p in (tmp_path / "out").glob("*.png") if p.name.startswith("00002-")))
+        # the comparing request added a direct image beside the first request's (same settings); this one is new
+        assert (tmp_path / "out" / "00000-5-a-cat-direct.png").is_file()
+        settings = read_settings(next(p for p in (tmp_path / "out").glob("*.png") if p.name.startswith("00001-")))
         assert settings["inputs"]["strength"] == 0.5 and settings["inputs"]["init_image"]["size"] == [32, 32]
     finally:
         app.close()

@@ -155,11 +155,12 @@ def test_img2img_equals_the_api_resumes_and_a_changed_picture_is_not_taken_for_d
     assert cli(*args) == 0
     assert "0 image(s) written, 1 already done" in capsys.readouterr().out
     before = name.read_bytes()
-    write_picture(init, 32, 32, seed=5)  # the same path, another picture
-    assert cli(*args) == 2
-    line = error_line(capsys)
-    assert "already holds an image made with other settings (inputs.init_image:" in line
+    write_picture(init, 32, 32, seed=5)  # the same path, another picture: another image, under the next number
+    assert cli(*args) == 0
+    assert "1 image(s) written, 0 already done" in capsys.readouterr().out
     assert name.read_bytes() == before
+    changed = read_settings(out / image_name(1, 23, "a cat"))["inputs"]["init_image"]
+    assert changed != read_settings(name)["inputs"]["init_image"]
 
 
 def test_inpainting_equals_the_api(tmp_path, base):

@@ -22,7 +22,7 @@ from filelock import FileLock
 
 from ..embedded import MANIFEST_NAME
 from .errors import UserError
-from .files import DISK_FULL, atomic_write_bytes, encode_png, unlink
+from .files import DISK_FULL, atomic_write_bytes, encode_png, read_settings, unlink
 
 __all__ = [
     "OutputFolder",
@@ -205,6 +205,31 @@ class OutputFolder:
     def release_all(self) -> None:
         for name in list(self._claims):
             self.release(name)
+
+    def known_images(self) -> tuple[dict[str, str], set[str]]:
+        """``(keys, names)``: the settings key of every finished image in the folder -> its file (from the manifest,
+        and for a PNG the manifest does not list, the key embedded in it), and every file name in use (call under
+        the lock). A key listed twice (by an earlier version) maps to a file that is there."""
+        names = {entry.name for entry in os.scandir(self.path) if not entry.name.startswith(".")}
+        keys: dict[str, str] = {}
+        listed = set()
+        for entry in self.manifest.entries():
+            key, file = entry.get("key"), entry.get("file")
+            if isinstance(key, str) and isinstance(file, str):
+                listed.add(file)
+                if key not in keys or (keys[key] not in names and file in names):
+                    keys[key] = file
+        for name in sorted(names - listed):
+            if name.endswith(".png"):
+                key = (read_settings(self.path / name) or {}).get("key")
+                if isinstance(key, str):
+                    keys.setdefault(key, name)
+        return keys, names | listed
+
+    def holds(self, settings: dict) -> bool:
+        """Whether ``settings["file"]`` is in the folder with ``settings``' key (a finished image)."""
+        existing = read_settings(self.path / settings["file"])
+        return existing is not None and existing.get("key") == settings["key"]
 
     def save(self, image, settings: dict, rank: int = 0) -> None:
         """Write a finished image as ``settings["file"]`` with its settings embedded (atomic PNG) and its manifest
