@@ -324,7 +324,20 @@ def test_bad_values_are_refused_before_any_work(tmp_path, capsys, monkeypatch, a
         argv.remove("a cat")
     assert cli(*argv, *args) == 2
     assert message in error_line(capsys)
-    assert not list(tmp_path.rglob("*.png"))
+    assert not (tmp_path / "o").exists()  # a refused run creates no folder and no file
+
+
+@pytest.mark.parametrize("args", [["--size", "66x66"], ["--steps", "0"], ["--size", "64x64", "--width", "64"]])
+def test_a_refused_run_leaves_nothing_behind(tmp_path, capsys, monkeypatch, args):
+    """Issue 24: refused runs created ./outputs and left a 0-byte lock file in it."""
+    monkeypatch.chdir(tmp_path)
+    assert cli("generate", "a cat", "--model", "tiny:sd1", *args) == 2
+    error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "outputs").mkdir()
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--no-progress", *args) == 2
+    error_line(capsys)
+    assert list((tmp_path / "outputs").iterdir()) == []
 
 
 def test_conflicting_and_missing_prompts(tmp_path, capsys):

@@ -92,12 +92,13 @@ def prepare(args, request: Request, device: str, *, check=None, inits=(), fit=Tr
 
 
 def runtime_checks(args):
-    """Device, offload, LoRA files and the output folder, before any model is loaded: ``(device, loras, state)``."""
+    """Device, offload, LoRA files and the output folder (checked, not yet created), before any model is loaded:
+    ``(device, loras, state)``."""
     device = resolve_device(args.device)
     check_offload(args.offload, device)
     loras = tuple(parse_lora(spec) for spec in args.lora)
     check_lora_files(list(loras), args.allow_pickle)
-    OutputFolder(args.out).prepare()
+    OutputFolder(args.out).check()
     return device, loras, distributed_state(device)
 
 
@@ -319,13 +320,14 @@ def cmd_compare(args) -> int:
     crop = _parse_crop(args.crop)
     require_matplotlib("fouriscale compare")
     device = resolve_device(args.device)
-    folder = OutputFolder(args.out).prepare()
+    folder = OutputFolder(args.out).check()
 
     def layout(height, width):
         with user_errors("--crop/--column-width: " if crop else "--column-width: "):
             check_layout((width, height), len(variants), args.column_width, crop)
 
     ready = prepare(args, request_of(args), device, check=layout)
+    folder.prepare()
     recipe = ready.recipe
     targets = _compare_targets(args, ready, variants)
     done = _finished_variants(folder, targets)

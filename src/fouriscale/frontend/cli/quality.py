@@ -202,12 +202,13 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
             f"--n {n}: FID and KID need at least 2 images per method (and many more for meaningful numbers)"
         )
     device = resolve_device(args.device)
-    out = OutputFolder(args.out).prepare()
+    out = OutputFolder(args.out).check()
     check_real(args.real)
     extractor = load_feature_extractor(args.feature_extractor) if args.feature_extractor else None
     check_metrics_available(groups, extractor)
     state = distributed_state(device)
     ready = prepare(args, request_of(args), device, state=state)
+    out.prepare()
     folders = generate_methods(ready, methods, prompts, n, args.seed, out, state, progress=not args.no_progress)
     if state is not None and state.num_processes > 1:  # sharded: every share is done, one process scores
         state.wait_for_everyone()

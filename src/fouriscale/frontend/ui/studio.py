@@ -67,7 +67,7 @@ class Studio:
     """The app's state and work, independent of Gradio: keeps one loaded model, renders one request at a time.
 
     ``out_dir`` (default ``outputs``) is checked when the studio is made: it must be (or become) a writable
-    folder.
+    folder; it is created when the first image is saved.
     """
 
     def __init__(
@@ -80,7 +80,7 @@ class Studio:
         offload: str = "none",
         allow_pickle: bool = False,
     ) -> None:
-        self.folder = OutputFolder(out_dir).prepare()
+        self.folder = OutputFolder(out_dir).check()  # made when the first image is saved
         self.out = self.folder.path
         self.device = resolve_device(device)
         self.dtype, self.model_config, self.offload, self.allow_pickle = dtype, model_config, offload, allow_pickle
