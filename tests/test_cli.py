@@ -4,6 +4,9 @@ in-process through ``main([...])``: defaults, what every option reaches, values 
 line and exit status 2, exit status 1 only for a bug."""
 
 import json
+import signal
+import subprocess
+import sys
 import time
 import warnings
 
@@ -16,7 +19,7 @@ from fouriscale.frontend.cli import main
 from fouriscale.frontend.files import image_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import FAST, api_render, cli, close, error_line, pixels, run_cli
+from frontend_helpers import FAST, api_render, cli, close, env, error_line, pixels, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -416,8 +419,32 @@ def test_a_bug_exits_1_and_debug_shows_the_traceback(tmp_path, capsys, monkeypat
     assert cli("plan", "--model", "tiny:sd1") == 1
     line = error_line(capsys)
     assert "RuntimeError: something inside broke" in line and "a bug" in line
-    with pytest.raises(RuntimeError):
-        cli("plan", "--model", "tiny:sd1", "--debug")  # --debug after the sub-command works too
+    # --debug (after the sub-command too) adds the traceback; the exit status stays (issue 24: a mistake exited 1)
+    assert cli("plan", "--model", "tiny:sd1", "--debug") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "Traceback (most recent call last):" and "a bug" in err[-1]
+    assert cli("--debug", "generate", "a cat", "--model", "tiny:sd1", "--size", "68x68", "--out", tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" in err[0] and err[-1].startswith("fouriscale: error: height must be a positive multiple of 8")
+
+
+def test_version(capsys):
+    import importlib.metadata
+
+    assert cli("--version") == 0
+    assert capsys.readouterr().out.strip() == f"fouriscale {importlib.metadata.version('fouriscale')}"
+
+
+def test_an_interrupt_during_start_up_is_one_line_and_exit_130(tmp_path):
+    """Ctrl+C while the command line still imports torch and diffusers (seconds): one line, exit status 130 (issue 24:
+    a 67-line KeyboardInterrupt traceback). A new interpreter, as a shell starts it."""
+    command = [sys.executable, "-m", "fouriscale", "plan", "--model", "tiny:sd1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == ["fouriscale: interrupted"] and out == ""
 
 
 def test_library_warnings_are_filtered_by_category_and_module(capsys):

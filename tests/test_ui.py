@@ -3,6 +3,7 @@ input, start-up problems, its URL), a subprocess smoke test, and the real page i
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import urllib.request
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 import fouriscale
+from fouriscale.frontend.cli.dispatch import INTERRUPTED
 from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.files import read_settings
 from fouriscale.frontend.folder import Manifest
@@ -237,9 +239,14 @@ def test_smoke_ui_prints_its_url_and_serves(tmp_path):
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
             assert page.status == 200 and b"FouriScale" in page.read()
+        proc.send_signal(signal.SIGINT)  # Ctrl+C: one line and exit status 130, as every command (issue 24: was 0)
+        assert proc.wait(timeout=60) == 130
+        assert proc.stderr.read().strip().splitlines() == [INTERRUPTED["ui"]]
+        assert not (tmp_path / "out").exists()  # nothing rendered: no folder made
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def _browser():
