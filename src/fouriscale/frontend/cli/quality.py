@@ -190,8 +190,9 @@ def _methods(text: str) -> list[str]:
 def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     """Generate ``--n`` images per method into ``--out/METHOD`` (resumable), score each method against ``--real``
     (when given) and against direct inference, write ``benchmark.txt``, ``benchmark.json`` and ``benchmark.png``.
-    Everything that can be checked before rendering is checked first (prompts, methods, metrics, the metric
-    networks, the reference folder, the output folder, the model and size)."""
+    Everything that can be checked before rendering is checked first (prompts, methods, metrics, the reference
+    folder, the output folder, the model and size, then the metric networks: Inception's weights and the CLIP
+    model cached or downloadable now)."""
     require_matplotlib("fouriscale benchmark-quality")
     prompts = read_prompts(None, args.prompts)
     methods = _methods(args.methods)
@@ -205,9 +206,12 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     out = OutputFolder(args.out).check()
     check_real(args.real)
     extractor = load_feature_extractor(args.feature_extractor) if args.feature_extractor else None
-    check_metrics_available(groups, extractor)
     state = distributed_state(device)
-    ready = prepare(args, request_of(args), device, state=state)
+
+    def networks(height, width):  # after the model's and the size's own checks, before the weights are loaded
+        check_metrics_available(groups, extractor, args.clip_model)
+
+    ready = prepare(args, request_of(args), device, check=networks, state=state)
     out.prepare()
     folders = generate_methods(ready, methods, prompts, n, args.seed, out, state, progress=not args.no_progress)
     if state is not None and state.num_processes > 1:  # sharded: every share is done, one process scores
