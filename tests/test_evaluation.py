@@ -745,6 +745,28 @@ def tiny_folder(root: Path, name: str, n: int, size=(64, 64)) -> Path:
     return folder
 
 
+def test_a_run_folder_gives_only_its_images(tmp_path):
+    """In a folder with a manifest.jsonl (a fouriscale run) eval takes the images it lists, not the grid and spectrum
+    compare wrote beside them nor files it does not list, and says what it left out (issue 24: they were counted)."""
+    fake = tiny_folder(tmp_path, "fake", 5)
+    lines = [
+        {"file": "00.png", "method": "fouriscale", "key": "a"},
+        {"file": "01.png", "method": "fouriscale", "key": "b"},
+        {"file": "02.png", "method": "direct", "key": "c"},
+        {"file": "03.png", "method": "grid", "key": "d"},
+    ]
+    (fake / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    real = tiny_folder(tmp_path, "real", 3)
+    _, report = evaluate_with_report(real, fake, feature_extractor=TinyFeatureNet(), metrics=["fid"])
+    assert report["images_fake"] == 3 and report["images_real"] == 3
+    notes = " | ".join(report["notes"])
+    assert "fake: 2 file(s) left out" in notes and "03.png, 04.png" in notes
+    assert "images of several methods taken together (fouriscale: 2, direct: 1)" in notes
+    (fake / "manifest.jsonl").write_text(json.dumps({"file": "03.png", "method": "grid"}) + "\n")
+    with pytest.raises(ValueError, match="holds no image listed in its manifest.jsonl"):
+        evaluate(real, fake, feature_extractor=TinyFeatureNet(), metrics=["fid"])
+
+
 def test_bad_inputs_fail_early_with_one_line(tmp_path, sets):
     good = tiny_folder(tmp_path, "good", 4)
     empty = tmp_path / "empty"

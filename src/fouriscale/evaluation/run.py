@@ -82,7 +82,7 @@ def evaluate_with_report(
         progress=progress,
     )
     notes: list[str] = []
-    images = scan_sets(real, fake, options.scan_crop_size, want_info="clip" in options.groups)
+    images = scan_sets(real, fake, options.scan_crop_size, want_info="clip" in options.groups, notes=notes)
     images.prompted = prompted_images(images, options, notes)
     kid_subsets = kid_subset_sizes(options, len(images.real), len(images.fake), notes)
     # the networks: each can be had (cached, or its host reachable) before any is loaded, the first heavy step
