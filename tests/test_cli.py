@@ -19,7 +19,7 @@ from fouriscale.frontend.cli import main
 from fouriscale.frontend.files import image_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import FAST, api_render, cli, close, env, error_line, pixels, run_cli
+from frontend_helpers import FAST, IDLE_LOW_PASS, api_render, cli, close, env, error_line, pixels, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +193,7 @@ def test_num_images_and_seed_lists(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--num-images", "2", "--seed", "5", "--out", out, *FAST) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["00000-5-a-cat.png", "00001-6-a-cat.png"]
+    capsys.readouterr()
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--num-images", "3", "--seed", "1,2", "--out", out) == 2
     assert "does not match" in error_line(capsys)
 
@@ -375,7 +376,7 @@ def test_existing_different_image_is_never_overwritten(tmp_path, capsys):
     # a file replaced by hand (its manifest line says other settings) is refused, not overwritten
     (out / image_name(0, 23, "a cat")).write_bytes((out / image_name(1, 23, "a cat")).read_bytes())
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--out", out, *FAST) == 2
-    line = error_line(capsys)
+    line = error_line(capsys, after=(IDLE_LOW_PASS,))
     assert "00000-23-a-cat.png already holds an image made with other settings" in line
     assert "guidance_scale: 3.0 there, 7.5 here" in line
 
@@ -402,7 +403,7 @@ def test_out_of_memory_gives_a_hint_and_keeps_finished_images(tmp_path, capsys, 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", call)
     out = tmp_path / "o"
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--seed", "1-3", "--out", out, *FAST) == 2
-    line = error_line(capsys)
+    line = error_line(capsys, after=(IDLE_LOW_PASS,))
     assert "out of GPU memory" in line and "--offload" in line
     assert [p.name for p in out.glob("*.png")] == ["00000-1-a-cat.png"]
     assert [e["file"] for e in Manifest(out).entries()] == ["00000-1-a-cat.png"]

@@ -16,7 +16,7 @@ from .config import FAR_BEYOND_NATIVE, MAX_DILATION, MAX_PIXELS, MAX_SIDE, MAX_S
 from .errors import SettingError
 from .profiles import LayerSpec, ModelProfile
 from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
-from .spectral import padded_size
+from .spectral import lowpass_passes_all, padded_size
 
 __all__ = [
     "Plan",
@@ -155,6 +155,32 @@ class Plan:
             f"{FAR_BEYOND_NATIVE}x): {FAR_BEYOND_CONSEQUENCE}"
         )
 
+    @property
+    def low_pass_idle(self) -> bool:
+        """The low-pass filter is on but changes nothing at this size: at every step it acts, every filtered feature
+        map's masks (strong and weak) pass every frequency, so the image is the same without it (small maps)."""
+        filtered = [lp for lp in self.layers if lp.filtered]
+        if self.noop or not filtered:
+            return False
+        return all(
+            lowpass_passes_all(size, scale, self.mask_floor, weak)
+            for lp in filtered
+            for scales in lp.scales
+            if scales is not None
+            for size, scale in zip(lp.padded, scales)
+            for weak in (False, True)
+        )
+
+    @property
+    def low_pass_idle_text(self) -> str:
+        """What every front end says when :attr:`low_pass_idle`."""
+        side = max(max(lp.padded) for lp in self.layers if lp.filtered)
+        return (
+            f"at {self.width}x{self.height} the low-pass filter changes nothing: its masks pass every frequency of the "
+            f"filtered feature maps (at most {side} px a side), so the image is the same without it; a larger size "
+            "shows what it does"
+        )
+
     def step(self, i: int) -> StepSetting:
         """Setting of denoising step ``i`` (inactive outside ``0..num_steps-1``)."""
         if self.noop or not 0 <= i < len(self.steps):
@@ -208,8 +234,9 @@ class Plan:
             )
             if c.dilated_convs
             else "  schedule           convs not dilated (dilated_convs=False)",
-            f"  masks              floor v={self.mask_floor:g}; low-pass {'on' if c.low_pass else 'off'}; "
-            f"pad-then-crop {'on' if c.pad_then_crop else 'off'}",
+            f"  masks              floor v={self.mask_floor:g}; low-pass {'on' if c.low_pass else 'off'}"
+            + (" (no effect at this size: every mask passes all frequencies)" if self.low_pass_idle else "")
+            + f"; pad-then-crop {'on' if c.pad_then_crop else 'off'}",
             f"  guidance           {branches}"
             + (f"; detail dilation ceil(max(d_i/{self.detail_divisor:g}, 1))" if self.detail_divisor != 1 else "")
             + (f"; amp x{c.amp_guidance_factor:g} before step {self.start}" if c.amp_guidance else ""),
