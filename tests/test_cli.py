@@ -429,6 +429,18 @@ def test_a_bug_exits_1_and_debug_shows_the_traceback(tmp_path, capsys, monkeypat
     assert "Traceback" in err[0] and err[-1].startswith("fouriscale: error: height must be a positive multiple of 8")
 
 
+def test_a_prompt_the_text_encoder_cuts_is_named_with_where(tmp_path, capsys):
+    """Issue 24: prompts longer than the text encoder's 77 tokens were cut without a word unless --debug. The tiny
+    models' tokenizer has a token per character: 75 fit between the start and end tokens."""
+    prompt = "a photograph of a very small cat sitting on a red carpet in a sunny room with many plants and a window"
+    assert cli("generate", prompt, "--model", "tiny:sd1", "--size", "96x96", "--out", tmp_path, *FAST) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"fouriscale: warning: prompt {prompt[:40].rstrip() + '…'!r} is longer than the text encoder's 77 tokens and "
+        "is cut after '…t in a sunny room with many plants and a'; the rest is ignored: 'window'"
+    ]
+
+
 def test_version(capsys):
     import importlib.metadata
 

@@ -93,6 +93,11 @@ def test_guidance_defaults_by_family_as_in_the_cli(studio):
     assert read_settings(_ask(studio, model="tiny:sdxl", guidance=3)["image"])["guidance_scale"] == 3.0
 
 
+def test_a_prompt_the_text_encoder_cuts_is_noted(studio):
+    result = _ask(studio, prompt="a cat " * 20, seed=11)
+    assert "is longer than the text encoder's 77 tokens and is cut after" in result["info"]
+
+
 def test_progress_is_reported(studio):
     seen = []
     _ask(studio, seed=7, progress=lambda value, desc="": seen.append(value))

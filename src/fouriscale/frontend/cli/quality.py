@@ -25,7 +25,7 @@ from ..quality import (
     score_methods,
     write_benchmark,
 )
-from .commands import prepare, request_of
+from .commands import prepare, request_of, warn_cut
 
 __all__ = ["add_eval_arguments", "add_metric_arguments", "add_benchmark_arguments", "cmd_eval", "cmd_benchmark_quality"]
 
@@ -212,6 +212,7 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
         check_metrics_available(groups, extractor, args.clip_model)
 
     ready = prepare(args, request_of(args), device, check=networks, state=state)
+    warn_cut(ready, prompts, [args.negative])
     out.prepare()
     folders = generate_methods(ready, methods, prompts, n, args.seed, out, state, progress=not args.no_progress)
     if state is not None and state.num_processes > 1:  # sharded: every share is done, one process scores

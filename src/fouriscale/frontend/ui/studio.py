@@ -33,6 +33,7 @@ from ..errors import UserError
 from ..fields import UI_NAMES
 from ..folder import OutputFolder
 from ..loading import LoadedModel, load_pipeline, load_plan_source, native_size, resolve_device
+from ..prompts import cut_prompts
 from ..recipe import Job, Recipe
 from ..render import render_images
 from ..requests import Request, Size, get_ready
@@ -203,6 +204,8 @@ class Studio:
         with self._lock:
             loaded = self.model(request.model)
             ready = get_ready(loaded, request, inits=(request.sources.init,), controlnets=self._controlnets)
+            cut = cut_prompts(loaded.pipe, [prompt.strip()])
+            cut += cut_prompts(loaded.pipe, [request.negative or ""], "negative prompt")
             unit = self._claim(ready, Job(0, prompt.strip(), seed))
             try:
                 paths, images, found = self._render(ready, unit, progress)
@@ -213,7 +216,7 @@ class Studio:
             "direct": paths.get("direct"),
             "first": paths.get("first"),
             "input": self._shown_input(ready.recipe, images),
-            "info": _info(ready, seed, found),
+            "info": _info(ready, seed, found, cut),
         }
 
     def _request(self, prompt, negative, model, width, height, steps, guidance, seed, switches, pictures, strength,
@@ -330,14 +333,15 @@ def _opened(path: str) -> Image.Image:
         return image.convert("RGB")
 
 
-def _info(ready, seed: int, found: list[str] = ()) -> str:
-    """The text under the result: size, steps, seed, guidance, the plan's dilation and base size, and notes."""
+def _info(ready, seed: int, found: list[str] = (), cut: list[str] = ()) -> str:
+    """The text under the result: size, steps, seed, guidance, the plan's dilation and base size, and notes (the
+    request's, prompts the text encoder cuts, an image the folder already held)."""
     recipe, plan = ready.recipe, ready.plan
-    again = "\n\nNote: the output folder already held this image (the same settings): shown, not rendered again"
+    again = ["the output folder already held this image (the same settings): shown, not rendered again"]
+    notes = [*ready.notes, *cut, *(again if "fouriscale" in found else [])]
     return (
         f"{recipe.width}x{recipe.height}, {recipe.steps} steps, seed {seed}, guidance {recipe.guidance_scale:g}: "
         f"dilation {plan.dilation}, base {plan.base_size[1]:g}x{plan.base_size[0]:g}"
         + (" (FouriScale is a no-op at this size)" if plan.noop else "")
-        + "".join(f"\n\nNote: {line}" for line in ready.notes)
-        + (again if "fouriscale" in found else "")
+        + "".join(f"\n\nNote: {line}" for line in notes)
     )
