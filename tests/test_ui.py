@@ -354,6 +354,45 @@ def test_app_in_a_headless_browser(tmp_path):
         app.close()
 
 
+@pytest.mark.skipif(not os.environ.get("FOURISCALE_UI_SCREENSHOT"), reason="only when asked for the README's picture")
+def test_app_screenshot_in_a_headless_browser(tmp_path):
+    """The README's picture of the page: ``FOURISCALE_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k
+    screenshot`` renders a comparison on the tiny model at 96x96 in the real page and saves the whole page there."""
+    pytest.importorskip("gradio")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fouriscale.frontend.ui import launch
+
+    port = _free_port()
+    browser = _browser()
+    app = launch(model="tiny:sd1", port=port, device="cpu", out_dir=str(tmp_path / "out"), block=False)
+    try:
+        browser.get(f"http://127.0.0.1:{port}")
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#generate"))
+        browser.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys("an astronaut riding a horse, detailed")
+        for elem_id, value in (("width", "96"), ("height", "96")):
+            field = _field(browser, elem_id)
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(value, Keys.TAB)
+        steps = browser.find_element(By.CSS_SELECTOR, "#steps input[type=number]")
+        steps.send_keys(Keys.CONTROL, "a")
+        steps.send_keys("4", Keys.TAB)
+        browser.find_element(By.CSS_SELECTOR, "#compare input").click()
+        browser.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#slider img")) == 2)
+        wait.until(lambda b: "96x96, 4 steps, seed 23" in b.page_source)
+        browser.execute_script("window.scrollTo(0, 0)")
+        bottom = browser.execute_script("return document.querySelector('#generate').getBoundingClientRect().bottom")
+        browser.set_window_size(1400, int(bottom) + 160)  # down to the Generate button, window frame included
+        browser.save_screenshot(os.environ["FOURISCALE_UI_SCREENSHOT"])
+    finally:
+        browser.quit()
+        app.close()
+
+
 # ------------------------------------------------------------------------------------------------ pictures in
 
 
