@@ -410,6 +410,32 @@ def test_out_of_memory_gives_a_hint_and_keeps_finished_images(tmp_path, capsys, 
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".fouriscale.lock"]  # no claim left
 
 
+def test_an_interrupt_while_rendering_is_one_line_and_keeps_finished_images(tmp_path, capsys, monkeypatch):
+    import fouriscale.frontend.batch as batch
+
+    real_render, calls = batch.render_images, []
+
+    def render(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "render_images", render)
+    out = tmp_path / "o"
+    args = ["generate", "a cat", "--model", "tiny:sd1", "--size", "96x96", "--seed", "1-3", "--out", out, *FAST]
+    assert cli(*args) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "fouriscale: interrupted; finished images are kept, rerun the same command to resume"
+    ]
+    assert [p.name for p in out.glob("*.png")] == ["00000-1-a-cat.png"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".fouriscale.lock"]  # no claim left
+    calls.clear()
+    assert cli(*args, "--debug") == 130  # --debug: the traceback too, the same status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" in err[0] and err[-1].startswith("fouriscale: interrupted")
+
+
 def test_a_bug_exits_1_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
     import fouriscale.frontend.cli as cli_module
 
@@ -441,11 +467,13 @@ def test_a_prompt_the_text_encoder_cuts_is_named_with_where(tmp_path, capsys):
     ]
 
 
-def test_version(capsys):
+def test_version_and_model_help(capsys):
     import importlib.metadata
 
     assert cli("--version") == 0
     assert capsys.readouterr().out.strip() == f"fouriscale {importlib.metadata.version('fouriscale')}"
+    assert cli("generate", "--help") == 0
+    assert "tiny:sd1 / tiny:sd2 / tiny:sdxl" in " ".join(capsys.readouterr().out.split())
 
 
 def test_an_interrupt_during_start_up_is_one_line_and_exit_130(tmp_path):
