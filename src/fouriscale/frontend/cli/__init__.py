@@ -14,6 +14,7 @@ handler of its own in place, so that Ctrl-C during start-up is answered like Ctr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -36,22 +37,21 @@ def main(argv: list[str] | None = None) -> int:
         return _EXIT_INTERRUPTED
 
 
-class _start_up:
+@contextlib.contextmanager
+def _start_up():
     """While the commands are imported (torch, diffusers: seconds), Ctrl+C prints one line and ends the process with
     status 130 at once: nothing has been written yet, and a KeyboardInterrupt raised inside the libraries' imports
     (some run code through ``exec``) can make Python end by the signal after all, whatever ``main`` returns. Only
     where Python's own handler is in place (not under a host that set its own, nor where SIGINT is ignored)."""
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                self.previous = signal.signal(signal.SIGINT, _exit_interrupted)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _exit_interrupted(signum, frame) -> None:
