@@ -73,7 +73,7 @@ def serve(path: str) -> None:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: F401
     from transformers import CLIPTextModel, CLIPTokenizer  # noqa: F401
 
-    import fouriscale.frontend.cli  # noqa: F401
+    import fouriscale.frontend.cli.dispatch  # noqa: F401
     import fouriscale.testing  # noqa: F401
 
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

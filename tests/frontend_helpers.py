@@ -14,6 +14,8 @@ from fouriscale.frontend.cli import main
 
 TESTS = Path(__file__).parent
 FAST = ["--steps", "2", "--no-progress"]
+#: The warning every run at 64x64 on the tiny models gives (feature maps too small for the low-pass to act).
+IDLE_LOW_PASS = "at 64x64 the low-pass filter changes nothing"
 
 
 def cli(*args) -> int:
@@ -21,9 +23,12 @@ def cli(*args) -> int:
     return main([str(a) for a in args])
 
 
-def error_line(capsys) -> str:
-    """The one stderr line of a failed command (asserted to be exactly one, with no traceback)."""
+def error_line(capsys, after: tuple[str, ...] = ()) -> str:
+    """The one stderr line of a failed command (asserted to be exactly one, with no traceback); ``after``: warnings
+    the run gave before it failed (beginnings of the lines), asserted to be the lines before it."""
     err = capsys.readouterr().err.strip().splitlines()
+    warned, err = err[: len(after)], err[len(after) :]
+    assert len(warned) == len(after) and all(w.startswith(f"fouriscale: warning: {a}") for w, a in zip(warned, after))
     assert len(err) == 1 and err[0].startswith("fouriscale: error:"), err
     assert "Traceback" not in err[0]
     return err[0]

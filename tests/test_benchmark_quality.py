@@ -136,3 +136,24 @@ def test_bad_input_is_refused_before_rendering(inputs, tmp_path, capsys, monkeyp
     monkeypatch.setattr(batch, "render_images", lambda *a, **k: pytest.fail("rendered before refusing"))
     assert cli(*_args(inputs, tmp_path / "bench", *extra)) == 2
     assert message in error_line(capsys)
+
+
+def test_metric_networks_are_checked_before_rendering(inputs, tmp_path, capsys, monkeypatch):
+    """Issue 24: without the Inception weights every image was rendered, then the run stopped. Now the weights (and
+    the CLIP model) are checked after the model's and the size's checks, before anything is loaded or rendered."""
+    import torch
+    import torchmetrics.image.fid as tm_fid
+
+    import fouriscale.frontend.batch as batch
+    import fouriscale.frontend.requests as requests
+
+    monkeypatch.setattr(batch, "render_images", lambda *a, **k: pytest.fail("rendered before refusing"))
+    monkeypatch.setattr(requests, "load_pipeline", lambda *a, **k: pytest.fail("loaded before refusing"))
+    monkeypatch.setattr(tm_fid, "_TORCH_FIDELITY_AVAILABLE", True)  # torch-fidelity "installed", its weights not
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    args = [a for a in _args(inputs, tmp_path / "bench") if a not in HOOK]
+    assert cli(*args, "--metrics", "fid") == 2
+    assert "the Inception weights are not cached" in error_line(capsys)
+    assert cli(*_args(inputs, tmp_path / "bench", "--metrics", "fid,clip")) == 2  # the default CLIP-L, not cached
+    assert "CLIP model 'openai/clip-vit-large-patch14' is not in the local Hugging Face cache" in error_line(capsys)
+    assert not (tmp_path / "bench").exists()

@@ -4,6 +4,9 @@ in-process through ``main([...])``: defaults, what every option reaches, values 
 line and exit status 2, exit status 1 only for a bug."""
 
 import json
+import signal
+import subprocess
+import sys
 import time
 import warnings
 
@@ -16,7 +19,7 @@ from fouriscale.frontend.cli import main
 from fouriscale.frontend.files import image_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import FAST, api_render, cli, close, error_line, pixels, run_cli
+from frontend_helpers import FAST, IDLE_LOW_PASS, api_render, cli, close, env, error_line, pixels, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +193,7 @@ def test_num_images_and_seed_lists(tmp_path, capsys):
     out = tmp_path / "out"
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--num-images", "2", "--seed", "5", "--out", out, *FAST) == 0
     assert sorted(p.name for p in out.glob("*.png")) == ["00000-5-a-cat.png", "00001-6-a-cat.png"]
+    capsys.readouterr()
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--num-images", "3", "--seed", "1,2", "--out", out) == 2
     assert "does not match" in error_line(capsys)
 
@@ -204,6 +208,9 @@ def test_plan_command_and_preset_windows(tiny_dirs, files, capsys):
     assert cli("plan", "--model", "tiny:sd1", "--preset", "sd1-1024x1024", "--size", "64x64", "--steps", "10") == 0
     out = capsys.readouterr().out
     assert "full dilation for steps < 2, progressive for 2 <= i < 6, plain convs from step 6" in out
+    # the pipeline's size rule: the tiny models' VAE factor is 4, diffusers' pipelines want multiples of 8
+    assert cli("plan", "--model", "tiny:sd1", "--size", "68x68") == 2
+    assert "height must be a positive multiple of 8 pixels for this model, got 68" in error_line(capsys)
 
 
 def test_no_size_limit_lifts_the_bound(capsys):
@@ -271,9 +278,10 @@ def test_shared_options_are_declared_once():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--size", "0x0"], "positive multiple of 4 pixels"),
+        (["--size", "0x0"], "positive multiple of 8 pixels"),
         (["--width", "0"], "width must be a positive multiple"),
-        (["--size", "64x65"], "multiple of 4 pixels"),
+        (["--size", "64x65"], "multiple of 8 pixels"),
+        (["--size", "68x68"], "multiple of 8 pixels"),
         (["--size", "sixtyfour"], "WIDTHxHEIGHT"),
         (["--size", "64x64", "--height", "64"], "not both"),
         (["--steps", "0"], "from 1 to 1000"),
@@ -320,7 +328,20 @@ def test_bad_values_are_refused_before_any_work(tmp_path, capsys, monkeypatch, a
         argv.remove("a cat")
     assert cli(*argv, *args) == 2
     assert message in error_line(capsys)
-    assert not list(tmp_path.rglob("*.png"))
+    assert not (tmp_path / "o").exists()  # a refused run creates no folder and no file
+
+
+@pytest.mark.parametrize("args", [["--size", "66x66"], ["--steps", "0"], ["--size", "64x64", "--width", "64"]])
+def test_a_refused_run_leaves_nothing_behind(tmp_path, capsys, monkeypatch, args):
+    """Issue 24: refused runs created ./outputs and left a 0-byte lock file in it."""
+    monkeypatch.chdir(tmp_path)
+    assert cli("generate", "a cat", "--model", "tiny:sd1", *args) == 2
+    error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "outputs").mkdir()
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--no-progress", *args) == 2
+    error_line(capsys)
+    assert list((tmp_path / "outputs").iterdir()) == []
 
 
 def test_conflicting_and_missing_prompts(tmp_path, capsys):
@@ -347,11 +368,17 @@ def test_existing_different_image_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "o"
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--out", out, *FAST) == 0
     before = (out / image_name(0, 23, "a cat")).read_bytes()
-    assert cli("generate", "a cat", "--model", "tiny:sd1", "--guidance", "3", "--out", out, *FAST) == 2
-    line = error_line(capsys)
-    assert "00000-23-a-cat.png already holds an image made with other settings" in line
-    assert "guidance_scale: 7.5 there, 3.0 here" in line
+    capsys.readouterr()
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--guidance", "3", "--out", out, *FAST) == 0
+    assert "1 image(s) written, 0 already done" in capsys.readouterr().out  # another image: the next number
     assert (out / image_name(0, 23, "a cat")).read_bytes() == before
+    assert read_settings(out / image_name(1, 23, "a cat"))["guidance_scale"] == 3.0
+    # a file replaced by hand (its manifest line says other settings) is refused, not overwritten
+    (out / image_name(0, 23, "a cat")).write_bytes((out / image_name(1, 23, "a cat")).read_bytes())
+    assert cli("generate", "a cat", "--model", "tiny:sd1", "--out", out, *FAST) == 2
+    line = error_line(capsys, after=(IDLE_LOW_PASS,))
+    assert "00000-23-a-cat.png already holds an image made with other settings" in line
+    assert "guidance_scale: 3.0 there, 7.5 here" in line
 
 
 def test_hostile_prompt_end_to_end(tmp_path):
@@ -376,11 +403,37 @@ def test_out_of_memory_gives_a_hint_and_keeps_finished_images(tmp_path, capsys, 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", call)
     out = tmp_path / "o"
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--seed", "1-3", "--out", out, *FAST) == 2
-    line = error_line(capsys)
+    line = error_line(capsys, after=(IDLE_LOW_PASS,))
     assert "out of GPU memory" in line and "--offload" in line
     assert [p.name for p in out.glob("*.png")] == ["00000-1-a-cat.png"]
     assert [e["file"] for e in Manifest(out).entries()] == ["00000-1-a-cat.png"]
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".fouriscale.lock"]  # no claim left
+
+
+def test_an_interrupt_while_rendering_is_one_line_and_keeps_finished_images(tmp_path, capsys, monkeypatch):
+    import fouriscale.frontend.batch as batch
+
+    real_render, calls = batch.render_images, []
+
+    def render(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "render_images", render)
+    out = tmp_path / "o"
+    args = ["generate", "a cat", "--model", "tiny:sd1", "--size", "96x96", "--seed", "1-3", "--out", out, *FAST]
+    assert cli(*args) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "fouriscale: interrupted; finished images are kept, rerun the same command to resume"
+    ]
+    assert [p.name for p in out.glob("*.png")] == ["00000-1-a-cat.png"]
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".fouriscale.lock"]  # no claim left
+    calls.clear()
+    assert cli(*args, "--debug") == 130  # --debug: the traceback too, the same status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" in err[0] and err[-1].startswith("fouriscale: interrupted")
 
 
 def test_a_bug_exits_1_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
@@ -393,8 +446,46 @@ def test_a_bug_exits_1_and_debug_shows_the_traceback(tmp_path, capsys, monkeypat
     assert cli("plan", "--model", "tiny:sd1") == 1
     line = error_line(capsys)
     assert "RuntimeError: something inside broke" in line and "a bug" in line
-    with pytest.raises(RuntimeError):
-        cli("plan", "--model", "tiny:sd1", "--debug")  # --debug after the sub-command works too
+    # --debug (after the sub-command too) adds the traceback; the exit status stays (issue 24: a mistake exited 1)
+    assert cli("plan", "--model", "tiny:sd1", "--debug") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "Traceback (most recent call last):" and "a bug" in err[-1]
+    assert cli("--debug", "generate", "a cat", "--model", "tiny:sd1", "--size", "68x68", "--out", tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" in err[0] and err[-1].startswith("fouriscale: error: height must be a positive multiple of 8")
+
+
+def test_a_prompt_the_text_encoder_cuts_is_named_with_where(tmp_path, capsys):
+    """Issue 24: prompts longer than the text encoder's 77 tokens were cut without a word unless --debug. The tiny
+    models' tokenizer has a token per character: 75 fit between the start and end tokens."""
+    prompt = "a photograph of a very small cat sitting on a red carpet in a sunny room with many plants and a window"
+    assert cli("generate", prompt, "--model", "tiny:sd1", "--size", "96x96", "--out", tmp_path, *FAST) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"fouriscale: warning: prompt {prompt[:40].rstrip() + '…'!r} is longer than the text encoder's 77 tokens and "
+        "is cut after '…t in a sunny room with many plants and a'; the rest is ignored: 'window'"
+    ]
+
+
+def test_version_and_model_help(capsys):
+    import importlib.metadata
+
+    assert cli("--version") == 0
+    assert capsys.readouterr().out.strip() == f"fouriscale {importlib.metadata.version('fouriscale')}"
+    assert cli("generate", "--help") == 0
+    assert "tiny:sd1 / tiny:sd2 / tiny:sdxl" in " ".join(capsys.readouterr().out.split())
+
+
+def test_an_interrupt_during_start_up_is_one_line_and_exit_130(tmp_path):
+    """Ctrl+C while the command line still imports torch and diffusers (seconds): one line, exit status 130 (issue 24:
+    a 67-line KeyboardInterrupt traceback). A new interpreter, as a shell starts it."""
+    command = [sys.executable, "-m", "fouriscale", "plan", "--model", "tiny:sd1"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines() == ["fouriscale: interrupted"] and out == ""
 
 
 def test_library_warnings_are_filtered_by_category_and_module(capsys):

@@ -21,7 +21,7 @@ from fouriscale.frontend.compare import (
 from fouriscale.frontend.files import compare_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import FAST, api_render, cli, close, error_line, pixels, run_cli
+from frontend_helpers import FAST, IDLE_LOW_PASS, api_render, cli, close, error_line, pixels, run_cli
 
 
 def _image(seed, smooth=False, size=(96, 64)):
@@ -102,6 +102,26 @@ def test_variants_equal_renders_through_the_public_api(pipe, clean):
     assert (np.asarray(images["direct"]) != np.asarray(images["no-attention-guidance"])).any()
 
 
+def test_the_plan_says_when_the_low_pass_changes_nothing(pipe, capsys):
+    """Issue 24: at the quick start's 64x64 the no-low-pass variant was pixel-identical to FouriScale without a word
+    (the tiny models' filtered feature maps are 8 px or less, where the paper's masks at d=2 pass everything). The
+    plan says so, the CLI warns, and at 96x96 (the README's quick start) the variants differ."""
+    call = dict(num_inference_steps=2, guidance_scale=7.5, eta=1.0)
+    for size, idle in ((64, True), (96, False)):
+        assert fouriscale.get_plan(pipe, size, size, 2).low_pass_idle is idle
+        images = render_variants(pipe, "a cat", seed=3, height=size, width=size, variants=VARIANT_PAIR, **call)
+        same = (np.asarray(images["fouriscale"]) == np.asarray(images["no-low-pass"])).all()
+        assert same is np.bool_(idle), size
+    assert cli("plan", "--model", "tiny:sd1", "--size", "64x64", "--steps", "2") == 0
+    assert "low-pass on (no effect at this size: every mask passes all frequencies)" in capsys.readouterr().out
+    assert cli("plan", "--model", "tiny:sd1", "--size", "96x96", "--steps", "2") == 0
+    assert "no effect" not in capsys.readouterr().out
+    assert not fouriscale.get_plan(pipe, 64, 64, 2, fouriscale.FouriScaleConfig(low_pass=False)).low_pass_idle
+
+
+VARIANT_PAIR = ["fouriscale", "no-low-pass"]
+
+
 def test_smoke_compare_command(tmp_path):
     out = tmp_path / "cmp"
     done = run_cli(
@@ -154,7 +174,7 @@ def test_compare_resumes_and_never_overwrites(tmp_path, capsys, monkeypatch):
     assert cli(*args) == 0  # the same again: nothing rendered
     assert "0 image(s) (2 already there)" in capsys.readouterr().out
     assert cli(*args[:-3], "--steps", "3", "--no-progress") == 2
-    line = error_line(capsys)
+    line = error_line(capsys, after=(IDLE_LOW_PASS,))  # at 64x64 the no-low-pass variant is FouriScale's image
     assert "compare-23-a-cat-direct.png already exists with other settings (steps: 2 there, 3 here" in line
     assert (out / compare_name(23, "a cat", "no-low-pass")).read_bytes() == before
 

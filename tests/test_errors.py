@@ -113,7 +113,7 @@ def test_unknown_layer_names_fail_cleanly(sd_pipe):
 
 
 def test_sizes_the_model_cannot_take(sd_pipe, sdxl_pipe, clean):
-    with pytest.raises(ValueError, match="positive multiple of 4"):
+    with pytest.raises(ValueError, match="positive multiple of 8"):
         fouriscale.get_plan(sd_pipe, 65, 64)
     with pytest.raises(ValueError, match="positive"):
         fouriscale.get_plan(sd_pipe, 0, 64)
@@ -186,3 +186,44 @@ def test_failed_apply_leaves_no_patch(sd_pipe, monkeypatch):
     assert dict(sd_pipe.unet.named_modules()).keys() == before.keys()
     assert not fouriscale.is_fouriscale_applied(sd_pipe)
     assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for m in sd_pipe.unet.modules())
+
+
+class _Reached(Exception):
+    """The pipeline got past its own input checks to the first UNet call."""
+
+
+def _pipeline_takes(pipe, height: int, width: int) -> bool:
+    def stop(module, args):
+        raise _Reached
+
+    handle = pipe.unet.register_forward_pre_hook(stop)
+    try:
+        pipe("x", height=height, width=width, num_inference_steps=1, output_type="latent")
+    except _Reached:
+        return True
+    except ValueError as exc:
+        assert "divisible by" in str(exc), exc
+        return False
+    finally:
+        handle.remove()
+    raise AssertionError("the UNet was never called")
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_the_plan_takes_exactly_the_sizes_the_pipeline_takes(family):
+    """Sizes around the boundary (the tiny models' VAE factor is 4, diffusers' pipelines want multiples of 8): the
+    plan, and so every front end, accepts a size exactly when the stock pipeline does."""
+    from fouriscale.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(family)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.vae_scale_factor == 4
+    for height, width in ((64, 64), (68, 68), (72, 68), (68, 72), (72, 72), (60, 64), (76, 80), (80, 80)):
+        try:
+            fouriscale.get_plan(pipe, height, width, 1)
+            planned = True
+        except ValueError as exc:
+            assert "multiple of 8 pixels" in str(exc)
+            planned = False
+        assert planned == _pipeline_takes(pipe, height, width), (family, height, width)
+        assert planned == (height % 8 == 0 and width % 8 == 0)

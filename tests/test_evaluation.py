@@ -512,9 +512,64 @@ def test_long_prompts_are_truncated_keeping_the_end_token(clip_sets, tiny_clip):
 
 def test_clip_model_unavailable_is_one_line(clip_sets, tmp_path, monkeypatch):
     attempts = guard_network(monkeypatch)
-    with pytest.raises(MetricUnavailableError, match="CLIP model .* could not be loaded") as info:
+    with pytest.raises(MetricUnavailableError, match="CLIP model .*no-such-clip': no such folder") as info:
         clip_run(clip_sets, "embedded", str(tmp_path / "no-such-clip"))
     assert "\n" not in str(info.value) and attempts == []
+    with pytest.raises(MetricUnavailableError, match="not in the local Hugging Face cache and the Hub is offline"):
+        clip_run(clip_sets, "embedded", "someone/not-cached-clip")
+    assert attempts == []
+
+
+def test_clip_model_behind_an_unreachable_hub_fails_at_once(clip_sets, monkeypatch):
+    """Issue 24: without HF_HUB_OFFLINE and without a network the CLIP look-up retried for 46 s; now one connection
+    test, then one line."""
+    from huggingface_hub import constants
+
+    attempts = guard_network(monkeypatch)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    start = time.monotonic()
+    with pytest.raises(MetricUnavailableError, match="not in the local Hugging Face cache and cannot reach http://127"):
+        clip_run(clip_sets, "embedded", "someone/not-cached-clip")
+    assert attempts == [("127.0.0.1", 9)] and time.monotonic() - start < 10  # one connection test, no retries
+
+
+def test_a_torchvision_for_another_torch_is_one_actionable_line(tmp_path, monkeypatch):
+    """A torchvision wheel built for another torch breaks torch-fidelity's import (and so torchmetrics' FID module):
+    one line naming the fix, with Inception and with a custom feature network alike, instead of a traceback."""
+    import sys
+
+    import torchmetrics.image
+
+    good = tiny_folder(tmp_path, "good", 3)
+    monkeypatch.delattr(torchmetrics.image, "fid")
+    monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)  # its import now fails
+    for extra in ({}, {"feature_extractor": TinyFeatureNet()}):
+        with pytest.raises(MetricUnavailableError, match="torchvision built for the installed torch") as info:
+            evaluate(good, good, metrics=["fid"], **extra)
+        assert "\n" not in str(info.value) and "--index-url" in str(info.value)
+
+
+def test_inception_weights_are_checked_before_any_network_is_loaded(tmp_path, monkeypatch):
+    """torch-fidelity there, its weights not cached and downloads off: one line before any network is loaded."""
+    import torchmetrics.image.fid as tm_fid
+
+    import fouriscale.evaluation.run as run_module
+
+    good = tiny_folder(tmp_path, "good", 3)
+    attempts = guard_network(monkeypatch)
+    monkeypatch.setattr(tm_fid, "_TORCH_FIDELITY_AVAILABLE", True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(run_module, "load_networks", lambda *a: pytest.fail("loaded a network"))
+    with pytest.raises(MetricUnavailableError, match="the Inception weights are not cached .* downloads are off"):
+        evaluate(good, good, metrics=["fid"])
+    assert attempts == []
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)  # cached: no complaint (the loading itself is stubbed)
+    (tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")
+    with pytest.raises(pytest.fail.Exception, match="loaded a network"):
+        evaluate(good, good, metrics=["fid"])
 
 
 # ---------------------------------------------------------------------------------------------- report and JSON
@@ -690,6 +745,28 @@ def tiny_folder(root: Path, name: str, n: int, size=(64, 64)) -> Path:
     return folder
 
 
+def test_a_run_folder_gives_only_its_images(tmp_path):
+    """In a folder with a manifest.jsonl (a fouriscale run) eval takes the images it lists, not the grid and spectrum
+    compare wrote beside them nor files it does not list, and says what it left out (issue 24: they were counted)."""
+    fake = tiny_folder(tmp_path, "fake", 5)
+    lines = [
+        {"file": "00.png", "method": "fouriscale", "key": "a"},
+        {"file": "01.png", "method": "fouriscale", "key": "b"},
+        {"file": "02.png", "method": "direct", "key": "c"},
+        {"file": "03.png", "method": "grid", "key": "d"},
+    ]
+    (fake / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    real = tiny_folder(tmp_path, "real", 3)
+    _, report = evaluate_with_report(real, fake, feature_extractor=TinyFeatureNet(), metrics=["fid"])
+    assert report["images_fake"] == 3 and report["images_real"] == 3
+    notes = " | ".join(report["notes"])
+    assert "fake: 2 file(s) left out" in notes and "03.png, 04.png" in notes
+    assert "images of several methods taken together (fouriscale: 2, direct: 1)" in notes
+    (fake / "manifest.jsonl").write_text(json.dumps({"file": "03.png", "method": "grid"}) + "\n")
+    with pytest.raises(ValueError, match="holds no image listed in its manifest.jsonl"):
+        evaluate(real, fake, feature_extractor=TinyFeatureNet(), metrics=["fid"])
+
+
 def test_bad_inputs_fail_early_with_one_line(tmp_path, sets):
     good = tiny_folder(tmp_path, "good", 4)
     empty = tmp_path / "empty"
@@ -780,6 +857,9 @@ def test_inception_weights_unreachable_is_one_actionable_line(tmp_path, monkeypa
 
     monkeypatch.setattr(tm_fid, "_TORCH_FIDELITY_AVAILABLE", True)
     monkeypatch.setattr(tm_fid, "NoTrainInceptionV3", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # "cached", yet failing to load
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth").write_bytes(b"x")
     with pytest.raises(MetricUnavailableError, match="Inception weights could not be loaded .*URLError") as info:
         evaluate(good, good, metrics=["kid"])
     assert "\n" not in str(info.value) and "run once with network access" in str(info.value) and attempts == []

@@ -1,5 +1,6 @@
-"""Batches (frontend/jobs.py): seeds, resume after a kill, sharding across processes, and runs that share an
-output folder: equal settings split the work, different settings stop the later run before it renders."""
+"""Batches (frontend/batch.py): seeds, resume after a kill, sharding across processes, identity by settings (a batch
+grown, shrunk or reordered renders only what is new), and runs that share an output folder: equal settings split the
+work, other settings number their images after the rest."""
 
 import json
 import os
@@ -118,35 +119,56 @@ def test_waits_for_a_job_another_run_holds(pipe, tmp_path):
     files_match_manifest(tmp_path)
 
 
-def test_a_live_run_with_other_settings_stops_this_one_before_it_renders(pipe, tmp_path, monkeypatch):
+def test_a_live_run_with_other_settings_keeps_its_names(pipe, tmp_path):
+    """A live run's registered names are taken: this run, with other settings, numbers its images after them."""
+    from fouriscale.frontend.recipe import finished_settings
+
     jobs = make_jobs(["a cat"], [1])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from fouriscale.frontend.recipe import finished_settings, recipe_settings
-
         theirs = finished_settings(tiny_recipe(steps=20), jobs[0], "fouriscale", "00000-1-a-cat.png")
         registration = {
             "pid": other.pid,
             "host": os.uname()[1],
             "start": "",
             "token": "y",
-            "recipe": recipe_settings(theirs),
             "names": {"00000-1-a-cat.png": [theirs["key"], "a cat", "fouriscale"]},
         }
         (tmp_path / ".fouriscale-run.y.json").write_text(json.dumps(registration))
-        import fouriscale.frontend.batch as batch_module
-
-        monkeypatch.setattr(batch_module, "render_images", lambda *a, **k: pytest.fail("rendered despite the conflict"))
-        pattern = r"00000-1-a-cat.png is being made right now by another run \(pid \d+\) with other settings \("
-        with pytest.raises(UserError, match=pattern + r"steps: 20 there, 2 here\)"):
-            run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False)
+        assert run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False).written == ["00001-1-a-cat.png"]
     finally:
         other.kill()
         other.wait()
-    # once that run is gone its registration is stale and removed
-    monkeypatch.undo()
-    assert run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False).written == ["00000-1-a-cat.png"]
+    # once that run is gone its registration is stale and removed; this run's image is found by its settings
+    assert run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False).skipped == ["00001-1-a-cat.png"]
     assert leftovers(tmp_path) == []
+
+
+def test_a_batch_grown_shrunk_or_reordered_renders_only_what_is_new(pipe, tmp_path):
+    """An image's identity is its settings, not its place in the batch (issue 24: --seed 1-3 rerun as 1-5 rendered
+    the finished images again under new numbers, with colliding prefixes and keys listed twice)."""
+    recipe = tiny_recipe()
+    first = run_batch(pipe, recipe, make_jobs(["a cat", "a dog"], [1, 2]), tmp_path, progress=False)
+    assert first.written == ["00000-1-a-cat.png", "00001-2-a-cat.png", "00002-1-a-dog.png", "00003-2-a-dog.png"]
+    grown = run_batch(pipe, recipe, make_jobs(["a cat", "a dog"], [1, 2, 3]), tmp_path, progress=False)
+    assert grown.written == ["00004-3-a-cat.png", "00005-3-a-dog.png"]
+    assert sorted(grown.skipped) == sorted(first.written)
+    # reordered and shrunk, with a new prompt in front: only the new prompt's images are made, numbered after the rest
+    again = run_batch(pipe, recipe, make_jobs(["a cow", "a dog", "a cat"], [3, 1]), tmp_path, progress=False)
+    assert again.written == ["00006-3-a-cow.png", "00007-1-a-cow.png"]
+    assert again.skipped == ["00005-3-a-dog.png", "00002-1-a-dog.png", "00004-3-a-cat.png", "00000-1-a-cat.png"]
+    # a job given twice is made once
+    twice = run_batch(pipe, recipe, make_jobs(["a cat", "a cat"], [1]), tmp_path, progress=False)
+    assert twice.written == [] and twice.skipped == ["00000-1-a-cat.png"]
+    # another setting: a new image under a new number, the old one untouched
+    before = (tmp_path / "00000-1-a-cat.png").read_bytes()
+    changed = run_batch(pipe, tiny_recipe(steps=3), make_jobs(["a cat"], [1]), tmp_path, progress=False)
+    assert changed.written == ["00008-1-a-cat.png"]
+    assert (tmp_path / "00000-1-a-cat.png").read_bytes() == before
+    names = files_match_manifest(tmp_path)
+    keys = [e["key"] for e in Manifest(tmp_path).entries()]
+    assert len(keys) == len(set(keys)) == len(names) == 9
+    assert len({name.split("-")[0] for name in names}) == 9  # no two files share a number
 
 
 def test_resume_after_a_killed_run_removes_stale_temp_files(tmp_path):
@@ -193,18 +215,28 @@ def test_two_runs_with_equal_settings_split_the_work(tmp_path):
     assert leftovers(out) == []
 
 
-def test_two_runs_with_different_settings_stop_the_later_one(tmp_path):
-    out, runs = _concurrent(tmp_path, ["--steps", "3"])
-    codes = sorted(code for code, _, _ in runs)
-    assert codes == [0, 2], runs
-    loser = next(r for r in runs if r[0] == 2)
-    line = loser[2].strip()
-    assert "\n" not in line and line.startswith("fouriscale: error: ") and "-a-" in line and ".png" in line
-    assert "steps: 2 there, 3 here" in line or "steps: 3 there, 2 here" in line
+def test_two_runs_of_a_grown_batch_share_the_folder(tmp_path):
+    """Started together, one with --seed 1-2 and one with --seed 1-3: each image is made once, numbers unique."""
+    out, runs = _concurrent(tmp_path, ["--steps", "2", "--seed", "1-3"])
+    for code, _, stderr in runs:
+        assert code == 0, stderr[-2000:]
+    written = [int(stdout.split(" image(s) written")[0].split()[-1]) for _, stdout, _ in runs]
+    assert sum(written) == 9
     names = files_match_manifest(out)
-    assert len(names) == 6
-    steps = {read_settings(out / n)["steps"] for n in names}
-    assert len(steps) == 1  # every file from the run that went on; nothing overwritten
+    assert len(names) == 9 and len({n.split("-")[0] for n in names}) == 9
+    assert {(read_settings(out / n)["prompt"], read_settings(out / n)["seed"]) for n in names} == {
+        (p, seed) for p in ("a cat", "a dog", "a cow") for seed in (1, 2, 3)
+    }
+    assert leftovers(out) == []
+
+
+def test_two_runs_with_different_settings_both_finish_under_their_own_numbers(tmp_path):
+    out, runs = _concurrent(tmp_path, ["--steps", "3"])
+    for code, _, stderr in runs:
+        assert code == 0, stderr[-2000:]
+    names = files_match_manifest(out)
+    assert len(names) == 12 and len({n.split("-")[0] for n in names}) == 12  # nothing overwritten, no name shared
+    assert sorted(read_settings(out / n)["steps"] for n in names) == [2] * 6 + [3] * 6
     assert leftovers(out) == []
 
 

@@ -173,6 +173,10 @@ def test_folder_checks_before_any_work(tmp_path):
         OutputFolder(file / "sub").prepare()  # below a regular file: no permission trick needed as root
     with pytest.raises(UserError, match=r"MiB free, the next image needs up to"):
         OutputFolder(tmp_path / "ok").prepare(bytes_needed=2**62)
+    with pytest.raises(UserError, match="cannot create the folder"):
+        OutputFolder(file / "sub").check()
+    OutputFolder(tmp_path / "new" / "deeper").check()  # can be made: checked, nothing created
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_manifest_is_strict_deduplicated_and_survives_torn_lines(tmp_path):

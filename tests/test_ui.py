@@ -3,6 +3,7 @@ input, start-up problems, its URL), a subprocess smoke test, and the real page i
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import urllib.request
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 import fouriscale
+from fouriscale.frontend.cli.dispatch import INTERRUPTED
 from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.files import read_settings
 from fouriscale.frontend.folder import Manifest
@@ -78,6 +80,11 @@ def test_generate_writes_the_cli_format_and_keeps_the_model(studio, api_pipe):
         stock = api_render(api_pipe, "a red cat", seed=6)
     assert (np.asarray(Image.open(again["direct"]).convert("RGB")) == stock).all()
     assert sorted(e["file"] for e in Manifest(studio.out).entries()) == sorted(p.name for p in studio.out.glob("*.png"))
+    # the same request again: the image the folder holds (identity is the settings, as in a batch), not a copy
+    same = _ask(studio, progress=lambda value, desc="": pytest.fail("rendered again"))
+    assert same["image"] == result["image"] and "not rendered again" in same["info"]
+    keys = [e["key"] for e in Manifest(studio.out).entries()]
+    assert len(keys) == len(set(keys))
 
 
 def test_guidance_defaults_by_family_as_in_the_cli(studio):
@@ -86,9 +93,14 @@ def test_guidance_defaults_by_family_as_in_the_cli(studio):
     assert read_settings(_ask(studio, model="tiny:sdxl", guidance=3)["image"])["guidance_scale"] == 3.0
 
 
+def test_a_prompt_the_text_encoder_cuts_is_noted(studio):
+    result = _ask(studio, prompt="a cat " * 20, seed=11)
+    assert "is longer than the text encoder's 77 tokens and is cut after" in result["info"]
+
+
 def test_progress_is_reported(studio):
     seen = []
-    _ask(studio, progress=lambda value, desc="": seen.append(value))
+    _ask(studio, seed=7, progress=lambda value, desc="": seen.append(value))
     assert len(seen) == 2 and seen[-1] == pytest.approx(1.0)
 
 
@@ -101,7 +113,8 @@ def test_size_choices_fill_the_fields(studio):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(width=65), "multiple of 4 pixels"),
+        (dict(width=65), "multiple of 8 pixels"),
+        (dict(width=68), "multiple of 8 pixels"),
         (dict(width=64.5), "width must be a whole number, got 64.5"),
         (dict(width="wide"), "width must be a whole number"),
         (dict(width=None), "width must be a whole number"),
@@ -212,7 +225,9 @@ def test_the_api_refuses_typed_input_with_a_message(tmp_path, capsys, monkeypatc
         with_picture = comparing[:15] + [handle_file(picture), 0.5] + comparing[17:]
         _, slider, shown, _, info = client.predict(*with_picture, api_name="/generate")
         assert slider["visible"] is True and shown["visible"] is True  # input, direct and FouriScale
-        settings = read_settings(next(p for p in (tmp_path / "out").glob("*.png") if p.name.startswith("00002-")))
+        # the comparing request added a direct image beside the first request's (same settings); this one is new
+        assert (tmp_path / "out" / "00000-5-a-cat-direct.png").is_file()
+        settings = read_settings(next(p for p in (tmp_path / "out").glob("*.png") if p.name.startswith("00001-")))
         assert settings["inputs"]["strength"] == 0.5 and settings["inputs"]["init_image"]["size"] == [32, 32]
     finally:
         app.close()
@@ -229,9 +244,14 @@ def test_smoke_ui_prints_its_url_and_serves(tmp_path):
         )
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
             assert page.status == 200 and b"FouriScale" in page.read()
+        proc.send_signal(signal.SIGINT)  # Ctrl+C: one line and exit status 130, as every command (issue 24: was 0)
+        assert proc.wait(timeout=60) == 130
+        assert proc.stderr.read().strip().splitlines() == [INTERRUPTED["ui"]]
+        assert not (tmp_path / "out").exists()  # nothing rendered: no folder made
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def _browser():
@@ -295,7 +315,7 @@ def test_app_in_a_headless_browser(tmp_path):
         width.send_keys("65", Keys.TAB)
         wait.until(lambda b: _field(b, "size").get_attribute("value") == CUSTOM)
         browser.find_element(By.CSS_SELECTOR, "#generate").click()
-        wait.until(lambda b: "multiple of 4 pixels" in b.page_source)
+        wait.until(lambda b: "multiple of 8 pixels" in b.page_source)
         assert browser.find_elements(By.CSS_SELECTOR, "#generate")
         width = _field(browser, "width")
         width.send_keys(Keys.CONTROL, "a")
@@ -329,6 +349,45 @@ def test_app_in_a_headless_browser(tmp_path):
         model.send_keys(Keys.CONTROL, "a")
         model.send_keys("tiny:sdxl", Keys.TAB)
         wait.until(lambda b: _field(b, "guidance").get_attribute("value") == "5")
+    finally:
+        browser.quit()
+        app.close()
+
+
+@pytest.mark.skipif(not os.environ.get("FOURISCALE_UI_SCREENSHOT"), reason="only when asked for the README's picture")
+def test_app_screenshot_in_a_headless_browser(tmp_path):
+    """The README's picture of the page: ``FOURISCALE_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k
+    screenshot`` renders a comparison on the tiny model at 96x96 in the real page and saves the whole page there."""
+    pytest.importorskip("gradio")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from fouriscale.frontend.ui import launch
+
+    port = _free_port()
+    browser = _browser()
+    app = launch(model="tiny:sd1", port=port, device="cpu", out_dir=str(tmp_path / "out"), block=False)
+    try:
+        browser.get(f"http://127.0.0.1:{port}")
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#generate"))
+        browser.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys("an astronaut riding a horse, detailed")
+        for elem_id, value in (("width", "96"), ("height", "96")):
+            field = _field(browser, elem_id)
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(value, Keys.TAB)
+        steps = browser.find_element(By.CSS_SELECTOR, "#steps input[type=number]")
+        steps.send_keys(Keys.CONTROL, "a")
+        steps.send_keys("4", Keys.TAB)
+        browser.find_element(By.CSS_SELECTOR, "#compare input").click()
+        browser.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#slider img")) == 2)
+        wait.until(lambda b: "96x96, 4 steps, seed 23" in b.page_source)
+        browser.execute_script("window.scrollTo(0, 0)")
+        bottom = browser.execute_script("return document.querySelector('#generate').getBoundingClientRect().bottom")
+        browser.set_window_size(1400, int(bottom) + 160)  # down to the Generate button, window frame included
+        browser.save_screenshot(os.environ["FOURISCALE_UI_SCREENSHOT"])
     finally:
         browser.quit()
         app.close()

@@ -19,6 +19,7 @@ from fouriscale.images import fit_image
 from fouriscale.testing import tiny_pipeline
 from frontend_helpers import (
     FAST,
+    IDLE_LOW_PASS,
     api_render,
     as_array,
     cli,
@@ -64,7 +65,8 @@ def api(cls_name, base, prompt="a cat", steps=2, seed=23, controlnet=None, **cal
 
 
 def only_line(capsys, prefix="fouriscale: warning: "):
-    err = capsys.readouterr().err.strip().splitlines()
+    """The one stderr line beside the warning every 64x64 run on the tiny models gives (the idle low-pass)."""
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if IDLE_LOW_PASS not in line]
     assert len(err) == 1 and err[0].startswith(prefix), err
     return err[0]
 
@@ -155,11 +157,12 @@ def test_img2img_equals_the_api_resumes_and_a_changed_picture_is_not_taken_for_d
     assert cli(*args) == 0
     assert "0 image(s) written, 1 already done" in capsys.readouterr().out
     before = name.read_bytes()
-    write_picture(init, 32, 32, seed=5)  # the same path, another picture
-    assert cli(*args) == 2
-    line = error_line(capsys)
-    assert "already holds an image made with other settings (inputs.init_image:" in line
+    write_picture(init, 32, 32, seed=5)  # the same path, another picture: another image, under the next number
+    assert cli(*args) == 0
+    assert "1 image(s) written, 0 already done" in capsys.readouterr().out
     assert name.read_bytes() == before
+    changed = read_settings(out / image_name(1, 23, "a cat"))["inputs"]["init_image"]
+    assert changed != read_settings(name)["inputs"]["init_image"]
 
 
 def test_inpainting_equals_the_api(tmp_path, base):

@@ -24,6 +24,7 @@ from .config import FouriScaleConfig
 
 __all__ = [
     "MANIFEST_NAME",
+    "manifest_entries",
     "SETTINGS_CHUNK",
     "EmbeddedPrompt",
     "a1111_parameters",
@@ -207,23 +208,31 @@ def read_embedded_prompt(path: str | Path) -> EmbeddedPrompt | None:
     return embedded_prompt(info, comment)
 
 
-def manifest_prompts(folder: str | Path) -> dict[str, str]:
-    """``file`` -> ``prompt`` from ``folder/manifest.jsonl`` (keys: each entry's file and its base name); broken
-    lines are skipped."""
+def manifest_entries(folder: str | Path) -> list[dict] | None:
+    """The entries of ``folder/manifest.jsonl`` that name a file (broken lines skipped); ``None`` without a
+    manifest."""
     path = Path(folder) / MANIFEST_NAME
-    table: dict[str, str] = {}
-    if not path.is_file():
-        return table
     try:
         lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
-        return table
+        return None
+    entries = []
     for line in lines:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("prompt"), str):
+        if isinstance(entry, dict) and isinstance(entry.get("file"), str):
+            entries.append(entry)
+    return entries
+
+
+def manifest_prompts(folder: str | Path) -> dict[str, str]:
+    """``file`` -> ``prompt`` from ``folder/manifest.jsonl`` (keys: each entry's file and its base name); broken
+    lines are skipped."""
+    table: dict[str, str] = {}
+    for entry in manifest_entries(folder) or ():
+        if isinstance(entry.get("prompt"), str):
             table.setdefault(entry["file"], entry["prompt"])
             table.setdefault(Path(entry["file"]).name, entry["prompt"])
     return table

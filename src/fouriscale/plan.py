@@ -16,7 +16,7 @@ from .config import FAR_BEYOND_NATIVE, MAX_DILATION, MAX_PIXELS, MAX_SIDE, MAX_S
 from .errors import SettingError
 from .profiles import LayerSpec, ModelProfile
 from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
-from .spectral import padded_size
+from .spectral import lowpass_passes_all, padded_size
 
 __all__ = [
     "Plan",
@@ -26,6 +26,8 @@ __all__ = [
     "make_plan",
     "SEQUENTIAL_UNCOND_MIN_LATENT",
     "FEED_FORWARD_PIECES_MIN_TOKENS",
+    "PIPELINE_MULTIPLE",
+    "size_multiple",
 ]
 
 # `sequential_uncond=None` runs the unconditional branch as its own pass from this latent area on
@@ -46,6 +48,16 @@ FAR_BEYOND_CONSEQUENCE = "expect broken structure, and a long run"
 # tokens x 256 or 1280 channels 3-13% slower in pieces; 4096 tokens x 64-320 channels 2-15% faster, 16384 tokens
 # 12-30% faster).
 FEED_FORWARD_PIECES_MIN_TOKENS = 64 * 64
+
+#: diffusers' SD and SDXL text-to-image, inpainting and adapter pipelines refuse sides not divisible by 8 in their
+#: ``check_inputs``, whatever the VAE's factor (img2img and ControlNet text-to-image take multiples of the factor).
+PIPELINE_MULTIPLE = 8
+
+
+def size_multiple(vae_scale_factor: int) -> int:
+    """What every image side must be a multiple of: the VAE's factor and :data:`PIPELINE_MULTIPLE` (8 for the
+    real VAEs, also 8 for the tiny ones, whose factor is 4)."""
+    return math.lcm(int(vae_scale_factor), PIPELINE_MULTIPLE)
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,32 @@ class Plan:
             f"{FAR_BEYOND_NATIVE}x): {FAR_BEYOND_CONSEQUENCE}"
         )
 
+    @property
+    def low_pass_idle(self) -> bool:
+        """The low-pass filter is on but changes nothing at this size: at every step it acts, every filtered feature
+        map's masks (strong and weak) pass every frequency, so the image is the same without it (small maps)."""
+        filtered = [lp for lp in self.layers if lp.filtered]
+        if self.noop or not filtered:
+            return False
+        return all(
+            lowpass_passes_all(size, scale, self.mask_floor, weak)
+            for lp in filtered
+            for scales in lp.scales
+            if scales is not None
+            for size, scale in zip(lp.padded, scales)
+            for weak in (False, True)
+        )
+
+    @property
+    def low_pass_idle_text(self) -> str:
+        """What every front end says when :attr:`low_pass_idle`."""
+        side = max(max(lp.padded) for lp in self.layers if lp.filtered)
+        return (
+            f"at {self.width}x{self.height} the low-pass filter changes nothing: its masks pass every frequency of the "
+            f"filtered feature maps (at most {side} px a side), so the image is the same without it; a larger size "
+            "shows what it does"
+        )
+
     def step(self, i: int) -> StepSetting:
         """Setting of denoising step ``i`` (inactive outside ``0..num_steps-1``)."""
         if self.noop or not 0 <= i < len(self.steps):
@@ -196,8 +234,9 @@ class Plan:
             )
             if c.dilated_convs
             else "  schedule           convs not dilated (dilated_convs=False)",
-            f"  masks              floor v={self.mask_floor:g}; low-pass {'on' if c.low_pass else 'off'}; "
-            f"pad-then-crop {'on' if c.pad_then_crop else 'off'}",
+            f"  masks              floor v={self.mask_floor:g}; low-pass {'on' if c.low_pass else 'off'}"
+            + (" (no effect at this size: every mask passes all frequencies)" if self.low_pass_idle else "")
+            + f"; pad-then-crop {'on' if c.pad_then_crop else 'off'}",
             f"  guidance           {branches}"
             + (f"; detail dilation ceil(max(d_i/{self.detail_divisor:g}, 1))" if self.detail_divisor != 1 else "")
             + (f"; amp x{c.amp_guidance_factor:g} before step {self.start}" if c.amp_guidance else ""),
@@ -310,6 +349,7 @@ def runs_forked(spec: LayerSpec, profile: ModelProfile, fork: int | None, join: 
 
 def _check_size_and_steps(height: int, width: int, num_steps: int, f: int, config: FouriScaleConfig) -> None:
     """The size and step count a plan takes (:class:`~fouriscale.errors.SettingError` otherwise)."""
+    f = size_multiple(f)
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % f:
             raise SettingError(
@@ -344,7 +384,7 @@ def make_plan(
     """Derive the :class:`Plan` for a ``height`` x ``width`` image in ``num_steps`` denoising steps.
 
     Raises :class:`~fouriscale.errors.SettingError` (a ``ValueError``) for sizes the model cannot take (non-positive,
-    not a multiple of the VAE's scale factor, above the size limit, an SDXL aspect ratio outside its buckets, a
+    not a multiple of :func:`size_multiple`, above the size limit, an SDXL aspect ratio outside its buckets, a
     dilation above 16) and start or stop steps beyond the step count.
     """
     config = config or FouriScaleConfig()

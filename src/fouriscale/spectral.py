@@ -26,6 +26,7 @@ __all__ = [
     "weak_radius",
     "lowpass_profile",
     "lowpass_mask",
+    "lowpass_passes_all",
     "freeu_skip_mask",
     "real_filter_mask",
     "filter_real",
@@ -68,6 +69,13 @@ def lowpass_profile(
     g = (1 - v) / R * (half / s + 1 - k) + 1
     g = torch.clamp(g, min=v, max=1.0)
     return torch.cat([torch.flip(g[:half], dims=[0]), g])
+
+
+@lru_cache(maxsize=1024)
+def lowpass_passes_all(P: int, s: float, v: float, weak: bool = False) -> bool:
+    """Whether the 1-D mask :func:`lowpass_profile` is all ones: the filter changes nothing along that axis (the ramp
+    starts beyond the highest frequency, as on small feature maps at small scales)."""
+    return bool(torch.all(lowpass_profile(P, s, v, weak) == 1))
 
 
 def lowpass_mask(

@@ -1,5 +1,7 @@
-"""Offline stand-ins for real models: tiny random pipelines with the real block layouts, and the real
-UNet architectures (for benchmarks). Nothing here downloads anything.
+"""Offline stand-ins for real models: tiny random pipelines with the real block layouts, a tiny ControlNet for them,
+and the real UNet architectures (for benchmarks). Nothing here downloads anything. A public module: the command
+line's ``tiny:sd1`` / ``tiny:sd2`` / ``tiny:sdxl`` models are :func:`tiny_pipeline`, its ``--controlnet tiny`` is
+:func:`tiny_controlnet`.
 
 The tiny models keep the module names of SD 1.5 and SDXL (``down_blocks.2.resnets.0.conv1``, ...) and
 their block types, with few channels and a small native size so that a whole generation takes a
@@ -9,6 +11,7 @@ second on a CPU.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 
@@ -25,6 +28,7 @@ __all__ = [
     "tiny_vae",
     "sd_ddim_scheduler",
     "tiny_pipeline",
+    "tiny_controlnet",
     "save_tiny_pipeline",
     "tiny_tokenizer",
     "save_single_file",
@@ -293,6 +297,38 @@ def tiny_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+#: The conditioning embedding's widths of the published ControlNets.
+_CONDITIONING = (16, 32, 96, 256)
+#: A ControlNet's zero-initialised output layers (re-initialised with noise by :func:`tiny_controlnet`).
+_ZERO_INIT = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+
+
+def _conditioning_widths(vae_scale_factor: int) -> tuple[int, ...]:
+    stages = round(math.log2(vae_scale_factor))
+    return (_CONDITIONING + (_CONDITIONING[-1],) * stages)[: stages + 1]
+
+
+def tiny_controlnet(unet, vae_scale_factor: int = 4, seed: int = 0):
+    """A random ControlNet for ``unet`` (e.g. ``tiny_pipeline(...).unet``): ``ControlNetModel.from_unet`` with its
+    conditioning embedding downsampling by ``vae_scale_factor`` (the pipeline's; a plain ``from_unet`` downsamples
+    by 8, which does not fit the tiny models' factor of 4), and the zero-initialised output convs re-initialised
+    with noise seeded by ``seed``, so it changes the result. Deterministic (the fresh layers are initialised under
+    ``seed`` too, the global RNG left as it was); on the UNet's device and dtype."""
+    from diffusers import ControlNetModel
+
+    with torch.random.fork_rng(devices=[]):  # the conditioning embedding's default init draws from the global RNG
+        torch.manual_seed(seed)
+        controlnet = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=_conditioning_widths(vae_scale_factor)
+        )
+    generator = torch.Generator("cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, param in controlnet.named_parameters():
+            if name.startswith(_ZERO_INIT):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return controlnet.to(device=unet.device, dtype=unet.dtype).eval()
 
 
 def save_tiny_pipeline(path: str, family: str = "sd1", seed: int = 0, **sizes) -> str:

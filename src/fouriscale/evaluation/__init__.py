@@ -54,7 +54,10 @@ records every choice in the report. The protocol (also in :data:`PROTOCOL`):
 
 Inputs are checked before any network is loaded: missing or empty folders, unreadable images, images
 smaller than the crop size and too few images all raise a one-line ``ValueError``; a metric whose
-network cannot be loaded raises :class:`MetricUnavailableError` (a ``RuntimeError``) saying what to do.
+network cannot be had raises :class:`MetricUnavailableError` (a ``RuntimeError``) saying what to do, before
+any network is loaded: torch-fidelity missing (or broken by a torchvision built for another torch), the
+Inception weights or a CLIP model from the Hub neither cached nor downloadable now (``HF_HUB_OFFLINE`` set, or
+the host not answering within 5 s: no retries).
 Images are streamed in batches of ``batch_size``, so memory does not grow with the number of images
 (KID and IS keep the features, not the images).
 """
@@ -63,7 +66,7 @@ from __future__ import annotations
 
 from .images import crop_boxes, find_images, resize_image, to_rgb
 from .metrics import default_kid_subset_size
-from .networks import MetricUnavailableError, check_inception_available, metric_input_size
+from .networks import MetricUnavailableError, check_clip_available, check_inception_available, metric_input_size
 from .prompts import prompt_from_info
 from .protocol import (
     DEFAULT_CLIP_MODEL,
@@ -84,6 +87,7 @@ __all__ = [
     "METRIC_NAMES",
     "PROTOCOL",
     "MetricUnavailableError",
+    "check_clip_available",
     "check_inception_available",
     "crop_boxes",
     "default_kid_subset_size",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..embedded import MANIFEST_NAME, manifest_entries
 from ..errors import one_line
 from .protocol import IMAGE_SUFFIXES, MIN_IMAGES
 
@@ -20,6 +22,8 @@ __all__ = [
     "Batch",
     "ImageRecord",
     "ImageSets",
+    "COMPOSITE_METHODS",
+    "run_images",
     "crop_boxes",
     "decode_batch",
     "find_images",
@@ -166,11 +170,43 @@ def scan_images(
     return records, infos
 
 
-def scan_sets(real, fake, crop_size: int | None, want_info: bool) -> ImageSets:
-    """Find the real then the fake images, check there are enough of each, then scan real then fake
-    (:func:`scan_images`; the fake images' metadata kept when ``want_info``)."""
-    real_files = find_images(real, "real")
-    fake_files = find_images(fake, "fake")
+#: What a fouriscale run writes beside its images (``method`` in the manifest): side by sides, compare's grid and plot.
+COMPOSITE_METHODS = ("side-by-side", "grid", "spectrum")
+
+
+def run_images(source, files: list[Path], what: str, notes: list[str]) -> list[Path]:
+    """The images of a run: in a folder with a ``manifest.jsonl`` (a fouriscale output folder) only the images it
+    lists, not its composite pictures (:data:`COMPOSITE_METHODS`) nor files it does not list; what is left out, and
+    images of several methods or variants taken together, are said in ``notes``. Other sources: ``files``."""
+    entries = manifest_entries(source) if isinstance(source, (str, os.PathLike)) else None
+    if entries is None:
+        return files
+    images = {
+        e["file"]: e.get("variant") or e.get("method") for e in entries if e.get("method") not in COMPOSITE_METHODS
+    }
+    kept = [p for p in files if p.name in images]
+    left = [p.name for p in files if p.name not in images]
+    if left:
+        shown = ", ".join(left[:3]) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        notes.append(
+            f"{what}: {len(left)} file(s) left out, not images of the run in {MANIFEST_NAME} (comparison pictures, "
+            f"or files it does not list): {shown}"
+        )
+    kinds = Counter(images[p.name] for p in kept)
+    if len(kinds) > 1:
+        notes.append(
+            f"{what}: images of several methods taken together ({', '.join(f'{k}: {n}' for k, n in kinds.items())})"
+        )
+    if not kept:
+        raise ValueError(f"{what} folder {str(source)!r} holds no image listed in its {MANIFEST_NAME}")
+    return kept
+
+
+def scan_sets(real, fake, crop_size: int | None, want_info: bool, notes: list[str]) -> ImageSets:
+    """Find the real then the fake images (a run's images only, :func:`run_images`), check there are enough of each,
+    then scan real then fake (:func:`scan_images`; the fake images' metadata kept when ``want_info``)."""
+    real_files = run_images(real, find_images(real, "real"), "real", notes)
+    fake_files = run_images(fake, find_images(fake, "fake"), "fake", notes)
     for what, files in (("real", real_files), ("fake", fake_files)):
         if len(files) < MIN_IMAGES:
             raise ValueError(

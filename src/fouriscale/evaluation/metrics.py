@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from .images import Batch, ImageSets
-from .networks import Networks, TruncatingProcessor, feature_batch, load_clip
+from .networks import Networks, TruncatingProcessor, feature_batch, image_metric_classes, load_clip
 from .options import Options
 from .protocol import IS_SPLITS, KID_MAX_SUBSET, KID_SUBSETS, METRIC_NAMES
 
@@ -73,10 +73,7 @@ class Metrics:
 
     def add_image_metrics(self, options: Options) -> None:
         """FID, KID, FID_c, KID_c and IS for the chosen groups, on the shared feature networks."""
-        from torchmetrics.image.fid import FrechetInceptionDistance
-        from torchmetrics.image.inception import InceptionScore
-        from torchmetrics.image.kid import KernelInceptionDistance
-
+        FrechetInceptionDistance, KernelInceptionDistance, InceptionScore = image_metric_classes()  # noqa: N806
         features, device = self.networks.features, self.device
         want_fid, want_kid, use_crops = "fid" in options.groups, "kid" in options.groups, options.use_crops
         with warnings.catch_warnings():

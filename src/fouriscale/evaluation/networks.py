@@ -3,15 +3,26 @@ and CLIP with a prompt-truncating processor; one-line errors saying what to do w
 
 from __future__ import annotations
 
+import urllib.parse
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from huggingface_hub import try_to_load_from_cache
 from PIL import Image
 
 from ..errors import one_line
+from ..hub import hub_unreachable, offline, unreachable
 from .options import Options
-from .protocol import INCEPTION_FEATURES, INCEPTION_HELP, INCEPTION_NAME, INCEPTION_SIZE
+from .protocol import (
+    INCEPTION_FEATURES,
+    INCEPTION_HELP,
+    INCEPTION_NAME,
+    INCEPTION_SIZE,
+    INCEPTION_WEIGHTS_URL,
+    TORCHVISION_HELP,
+)
 
 __all__ = [
     "ClipModelAdapter",
@@ -19,7 +30,11 @@ __all__ = [
     "Networks",
     "SharedFeatures",
     "TruncatingProcessor",
+    "check_clip_available",
     "check_inception_available",
+    "check_networks",
+    "image_metric_classes",
+    "inception_weights_path",
     "custom_network",
     "feature_batch",
     "inception_network",
@@ -77,21 +92,53 @@ class SharedFeatures(torch.nn.Module):
         self._last_input = self._last_output = None
 
 
+def _fid_module():
+    """torchmetrics' FID module; a torchvision built for another torch (it breaks torch-fidelity's import, and so
+    torchmetrics' image metrics) is a :class:`MetricUnavailableError`."""
+    try:
+        from torchmetrics.image import fid as tm_fid
+    except Exception as exc:  # noqa: BLE001 - e.g. RuntimeError: operator torchvision::nms does not exist
+        raise MetricUnavailableError(
+            f"torchmetrics' image metrics do not import here ({one_line(exc, 160, with_type=True)}): {TORCHVISION_HELP}"
+        ) from None
+    return tm_fid
+
+
+def image_metric_classes() -> tuple[type, type, type]:
+    """``(FrechetInceptionDistance, KernelInceptionDistance, InceptionScore)`` from torchmetrics (see
+    :func:`_fid_module` for what can go wrong)."""
+    tm_fid = _fid_module()
+    from torchmetrics.image.inception import InceptionScore
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    return tm_fid.FrechetInceptionDistance, KernelInceptionDistance, InceptionScore
+
+
+def inception_weights_path() -> Path:
+    """Where torch-fidelity keeps the Inception weights once downloaded (torch's hub cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlsplit(INCEPTION_WEIGHTS_URL).path).name
+
+
 def check_inception_available() -> None:
     """Raise :class:`MetricUnavailableError` (one line saying what to do) when FID's standard Inception network
-    cannot be used here (torch-fidelity missing); front ends call it before rendering anything."""
-    from torchmetrics.image import fid as tm_fid
-
-    if not tm_fid._TORCH_FIDELITY_AVAILABLE:
+    cannot be used here: torch-fidelity missing or not importable, or its weights neither cached nor downloadable
+    now (offline, or their host unreachable: found at once, not after a download's retries). Front ends call it
+    before rendering or reading any image."""
+    if not _fid_module()._TORCH_FIDELITY_AVAILABLE:
         raise MetricUnavailableError(
             f"FID/KID/IS need the Inception network but the torch-fidelity package is not installed: {INCEPTION_HELP}"
         )
+    path = inception_weights_path()
+    if path.is_file():
+        return
+    problem = "downloads are off (HF_HUB_OFFLINE)" if offline() else unreachable(INCEPTION_WEIGHTS_URL)
+    if problem:
+        raise MetricUnavailableError(f"the Inception weights are not cached ({path}) and {problem}: {INCEPTION_HELP}")
 
 
 def inception_network(feature: str, device: str) -> SharedFeatures:
     """torch-fidelity's Inception-v3 as torchmetrics builds it (``feature``: "2048" or "logits_unbiased")."""
-    from torchmetrics.image import fid as tm_fid
-
+    tm_fid = _fid_module()
     try:
         net = tm_fid.NoTrainInceptionV3(name="inception-v3-compat", features_list=[feature])
     except Exception as exc:  # noqa: BLE001 - missing package, no network, corrupt cache: all the same advice
@@ -140,6 +187,15 @@ class Networks:
         for shared in (self.features, self.is_features):
             if shared is not None:
                 shared.clear()
+
+
+def check_networks(options: Options, clip: bool) -> None:
+    """Every network the evaluation will load can be had now (:func:`check_inception_available` unless a custom
+    extractor replaces Inception; :func:`check_clip_available` when ``clip``); before any network is loaded."""
+    if options.need_features and options.feature_extractor is None:
+        check_inception_available()
+    if clip:
+        check_clip_available(options.clip_model)
 
 
 def load_networks(options: Options, notes: list[str]) -> Networks:
@@ -229,20 +285,55 @@ class TruncatingProcessor:
         return len(self.tokenizer(prompt)["input_ids"]) > self.max_length
 
 
-def load_clip(name: str) -> tuple[ClipModelAdapter, TruncatingProcessor]:
-    """The CLIP model (eval mode) and its truncating processor from a hub id or local folder;
-    :class:`MetricUnavailableError` if it cannot be loaded."""
+_CLIP_HELP = (
+    "run once with network access to cache it, pass a local CLIP folder (clip_model= / --clip-model), or leave CLIP "
+    "score out (metrics= / --metrics)"
+)
+
+
+def _clip_cached(name: str) -> bool:
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid hub id
+        return False
+
+
+def check_clip_available(name: str) -> None:
+    """Raise :class:`MetricUnavailableError` (one line) when the CLIP model cannot be had now: a folder that is not
+    there, or a hub id that is not cached while the Hub is offline or unreachable (found at once, no retries)."""
+    path = Path(name).expanduser()
+    if path.is_dir() or _clip_cached(name):
+        return
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise MetricUnavailableError(f"CLIP model {name!r}: no such folder; {_CLIP_HELP}")
+    problem = "the Hub is offline (HF_HUB_OFFLINE)" if offline() else hub_unreachable()
+    if problem:
+        raise MetricUnavailableError(
+            f"CLIP model {name!r} is not in the local Hugging Face cache and {problem}: {_CLIP_HELP}"
+        )
+
+
+def _clip_from(name: str, **kwargs):
     from transformers import CLIPModel, CLIPProcessor
 
+    return CLIPModel.from_pretrained(name, **kwargs), CLIPProcessor.from_pretrained(name, **kwargs)
+
+
+def load_clip(name: str) -> tuple[ClipModelAdapter, TruncatingProcessor]:
+    """The CLIP model (eval mode) and its truncating processor from a hub id or local folder: the cache or the folder
+    first, the Hub only when it can be reached (:func:`check_clip_available`); :class:`MetricUnavailableError` if it
+    cannot be loaded."""
     try:
-        model = CLIPModel.from_pretrained(name)
-        processor = CLIPProcessor.from_pretrained(name)
+        try:
+            model, processor = _clip_from(name, local_files_only=True)
+        except OSError:  # not cached (or not complete in the cache)
+            check_clip_available(name)
+            model, processor = _clip_from(name)
+    except MetricUnavailableError:
+        raise
     except Exception as exc:  # noqa: BLE001 - missing cache, no network, bad folder
         reason = one_line(exc, with_type=True)
-        raise MetricUnavailableError(
-            f"CLIP model {name!r} could not be loaded ({reason}): run once with network access to cache it, "
-            "pass a local CLIP folder (clip_model= / --clip-model), or leave CLIP score out (metrics= / --metrics)"
-        ) from None
+        raise MetricUnavailableError(f"CLIP model {name!r} could not be loaded ({reason}): {_CLIP_HELP}") from None
     model.eval()
     max_length = getattr(getattr(model.config, "text_config", None), "max_position_embeddings", 77)
     return ClipModelAdapter(model), TruncatingProcessor(processor, max_length)

@@ -10,6 +10,8 @@ __all__ = [
     "INCEPTION_HELP",
     "INCEPTION_NAME",
     "INCEPTION_SIZE",
+    "INCEPTION_WEIGHTS_URL",
+    "TORCHVISION_HELP",
     "IS_SPLITS",
     "KID_MAX_SUBSET",
     "KID_SUBSETS",
@@ -24,6 +26,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 INCEPTION_SIZE = 299
 INCEPTION_NAME = "inception-v3 (torch-fidelity)"
 INCEPTION_FEATURES = 2048
+#: Where torch-fidelity downloads its Inception-v3 weights from (into torch's hub cache, ``checkpoints/``).
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
 KID_MAX_SUBSET = 1000
 KID_SUBSETS = 100
@@ -46,4 +52,9 @@ PROTOCOL = (
 INCEPTION_HELP = (
     "pip install 'fouriscale[eval]' (torch-fidelity) and run once with network access to cache the Inception "
     "weights, or pass feature_extractor=... (--feature-extractor) to use another network"
+)
+TORCHVISION_HELP = (
+    "torch-fidelity needs a torchvision built for the installed torch: install it from the index torch came from "
+    "(e.g. pip install torchvision --index-url https://download.pytorch.org/whl/cpu; see the README), or pass "
+    "feature_extractor=... (--feature-extractor) after uninstalling torch-fidelity and torchvision"
 )

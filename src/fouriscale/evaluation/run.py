@@ -11,7 +11,7 @@ import torch
 
 from .images import scan_sets
 from .metrics import build_metrics, kid_subset_sizes
-from .networks import load_networks
+from .networks import check_networks, load_networks
 from .options import check_options
 from .prompts import prompted_images
 from .protocol import DEFAULT_CLIP_MODEL
@@ -82,10 +82,11 @@ def evaluate_with_report(
         progress=progress,
     )
     notes: list[str] = []
-    images = scan_sets(real, fake, options.scan_crop_size, want_info="clip" in options.groups)
+    images = scan_sets(real, fake, options.scan_crop_size, want_info="clip" in options.groups, notes=notes)
     images.prompted = prompted_images(images, options, notes)
     kid_subsets = kid_subset_sizes(options, len(images.real), len(images.fake), notes)
-    # the networks: the first heavy step (failures are quick and one line)
+    # the networks: each can be had (cached, or its host reachable) before any is loaded, the first heavy step
+    check_networks(options, clip=bool(images.prompted))
     networks = load_networks(options, notes)
     meters = build_metrics(options, networks, images, kid_subsets, notes)
     stream_batches(meters, images, options)

@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from ..diffusers.describe import detect_family
 from ..profiles import FAMILIES
+from ..testing import tiny_controlnet
 from .errors import UserError, captured_logs, one_line
 from .fields import CLI_NAMES
 from .loading import PICKLE_SUFFIXES, check_hub, looks_like_path, safetensors_keys
@@ -45,10 +46,7 @@ __all__ = [
     "combine",
 ]
 
-TINY = "tiny"
-#: The output convs ``ControlNetModel.from_unet`` initialises to zero (so a fresh ControlNet changes nothing).
-ZERO_INIT = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
-_CONDITIONING = (16, 32, 96, 256)  # the conditioning embedding's widths of the published ControlNets
+TINY = "tiny"  # --controlnet tiny[:SEED]: fouriscale.testing.tiny_controlnet
 
 
 @dataclass(frozen=True)
@@ -76,31 +74,6 @@ def tiny_seed(spec: str, labels: Mapping = CLI_NAMES) -> int | None:
             f"{labels['controlnet']} {spec}: the built-in tiny ControlNets are tiny or tiny:SEED (e.g. tiny:1)"
         )
     return int(seed)
-
-
-def _conditioning_widths(vae_scale_factor: int) -> tuple[int, ...]:
-    stages = round(math.log2(vae_scale_factor))
-    return (_CONDITIONING + (_CONDITIONING[-1],) * stages)[: stages + 1]
-
-
-def tiny_controlnet(unet, vae_scale_factor: int, seed: int = 0):
-    """A random ControlNet for ``unet``: ``ControlNetModel.from_unet`` (its conditioning embedding downsampling by
-    ``vae_scale_factor``), with the zero-initialised output convs re-initialised with noise seeded by ``seed``, so
-    it changes the result. Deterministic (the fresh layers are initialised under ``seed`` too, the global RNG left
-    as it was); on the UNet's device and dtype."""
-    from diffusers import ControlNetModel
-
-    with torch.random.fork_rng(devices=[]):  # the conditioning embedding's default init draws from the global RNG
-        torch.manual_seed(seed)
-        controlnet = ControlNetModel.from_unet(
-            unet, conditioning_embedding_out_channels=_conditioning_widths(vae_scale_factor)
-        )
-    generator = torch.Generator("cpu").manual_seed(seed)
-    with torch.no_grad():
-        for name, param in controlnet.named_parameters():
-            if name.startswith(ZERO_INIT):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return controlnet.to(device=unet.device, dtype=unet.dtype).eval()
 
 
 # ------------------------------------------------------------------------------------------ before loading

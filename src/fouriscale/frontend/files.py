@@ -26,6 +26,7 @@ from .errors import UserError
 __all__ = [
     "slugify",
     "image_name",
+    "name_index",
     "compare_name",
     "encode_png",
     "differing_settings",
@@ -50,6 +51,12 @@ def slugify(text: str, max_len: int = _SLUG_MAX) -> str:
     return slug or "image"
 
 
+def name_index(name: str) -> int | None:
+    """The number a file name starts with (``00012-23-a-cat.png`` -> 12), ``None`` for other names."""
+    match = re.match(r"(\d+)-", name)
+    return int(match.group(1)) if match else None
+
+
 def image_name(index: int | str, seed: int, prompt: str, suffix: str = "") -> str:
     """``{index:05d}-{seed}-{slug}{suffix}.png``: the job's position (or a word such as ``compare``), its seed
     and the prompt's slug. Every file name the front ends write comes from here."""
@@ -67,6 +74,8 @@ def settings_key(settings: dict) -> str:
     """Stable hash of the settings that determine an image (everything but bookkeeping fields and the paths of input
     pictures, which are identified by their content hashes)."""
     relevant = {k: v for k, v in settings.items() if k not in _NOT_KEYED}
+    if isinstance(relevant.get("two_pass"), dict):  # where the first pass is saved is bookkeeping too
+        relevant["two_pass"] = {k: v for k, v in relevant["two_pass"].items() if k != "first_file"}
     blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 

@@ -1,10 +1,13 @@
 """An output folder shared safely by processes: one lock, claims of the jobs being made, a JSON-lines manifest.
 
 Runs (CLI batches, the web UI, several processes or machines) coordinate through the folder's lock file
-(``.fouriscale.lock``): every temporary file is written while it is held, so one seen under the lock is a leftover
-of a killed run and is removed; a job being made is claimed (``.NAME.claim``, holding its owner's process id,
-start time and a random token), and a claim whose process is gone is stale. Files are committed together with
-their manifest line, so the manifest describes exactly the files on disk.
+(``.fouriscale.lock``, an empty file that stays in the folder: removing it while a run could be waiting for it would
+let two runs hold the lock at once; delete it by hand when no run uses the folder). Every temporary file is written
+while the lock is held, so one seen under the lock is a leftover of a killed run and is removed; a job being made is
+claimed (``.NAME.claim``, holding its owner's process id, start time and a random token), and a claim whose process
+is gone is stale. Files are committed together with their manifest line, so the manifest describes exactly the files
+on disk. The folder is checked before any work (:meth:`OutputFolder.check`) and made only when there is something to
+write into it (:meth:`OutputFolder.prepare`), so a refused run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from filelock import FileLock
 
 from ..embedded import MANIFEST_NAME
 from .errors import UserError
-from .files import DISK_FULL, atomic_write_bytes, encode_png, unlink
+from .files import DISK_FULL, atomic_write_bytes, encode_png, read_settings, unlink
 
 __all__ = [
     "OutputFolder",
@@ -124,12 +127,33 @@ class OutputFolder:
             self._manifest = Manifest(self.path, lock=self.lock)
         return self._manifest
 
-    def prepare(self, bytes_needed: int = 0) -> OutputFolder:
-        """Create the folder, check that it is a writable folder with ``bytes_needed`` free, and remove stale
-        temporary files and claims. Raises :class:`UserError` (before any work) otherwise; returns ``self``."""
+    def check(self, bytes_needed: int = 0) -> OutputFolder:
+        """What :meth:`prepare` checks, without creating or writing anything: the path is a writable folder, or one
+        can be made there (its nearest existing parent is a writable folder), with ``bytes_needed`` free. Front ends
+        call it before any work, and create the folder only when there is something to write into it."""
         where = f"{self.option} {self.path}"
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{where}: is a file, not a folder; choose a folder")
+        parent = Path(os.path.abspath(self.path))
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UserError(f"{where}: cannot create the folder ({parent} is a file)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            problem = (
+                "the folder is not writable"
+                if parent == Path(os.path.abspath(self.path))
+                else (f"cannot create the folder (no permission to write in {parent})")
+            )
+            raise UserError(f"{where}: {problem}")
+        _check_space(where, parent, bytes_needed)
+        return self
+
+    def prepare(self, bytes_needed: int = 0) -> OutputFolder:
+        """Create the folder (after :meth:`check`), check that it takes a file, and remove stale temporary files and
+        claims. Raises :class:`UserError` otherwise; returns ``self``."""
+        where = f"{self.option} {self.path}"
+        self.check(bytes_needed)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -141,13 +165,6 @@ class OutputFolder:
             raise UserError(f"{where}: the folder is not writable ({exc.strerror or exc})") from None
         finally:
             unlink(probe)
-        if bytes_needed:
-            free = shutil.disk_usage(self.path).free
-            if free < bytes_needed:
-                raise UserError(
-                    f"{where}: only {free / 2**20:.1f} MiB free, the next image needs up to "
-                    f"{bytes_needed / 2**20:.1f} MiB; free some space or choose another folder"
-                )
         try:
             with self.lock:
                 self.remove_stale()
@@ -206,6 +223,31 @@ class OutputFolder:
         for name in list(self._claims):
             self.release(name)
 
+    def known_images(self) -> tuple[dict[str, str], set[str]]:
+        """``(keys, names)``: the settings key of every finished image in the folder -> its file (from the manifest,
+        and for a PNG the manifest does not list, the key embedded in it), and every file name in use (call under
+        the lock). A key listed twice (by an earlier version) maps to a file that is there."""
+        names = {entry.name for entry in os.scandir(self.path) if not entry.name.startswith(".")}
+        keys: dict[str, str] = {}
+        listed = set()
+        for entry in self.manifest.entries():
+            key, file = entry.get("key"), entry.get("file")
+            if isinstance(key, str) and isinstance(file, str):
+                listed.add(file)
+                if key not in keys or (keys[key] not in names and file in names):
+                    keys[key] = file
+        for name in sorted(names - listed):
+            if name.endswith(".png"):
+                key = (read_settings(self.path / name) or {}).get("key")
+                if isinstance(key, str):
+                    keys.setdefault(key, name)
+        return keys, names | listed
+
+    def holds(self, settings: dict) -> bool:
+        """Whether ``settings["file"]`` is in the folder with ``settings``' key (a finished image)."""
+        existing = read_settings(self.path / settings["file"])
+        return existing is not None and existing.get("key") == settings["key"]
+
     def save(self, image, settings: dict, rank: int = 0) -> None:
         """Write a finished image as ``settings["file"]`` with its settings embedded (atomic PNG) and its manifest
         line (with the ``rank`` of the process that made it), in one step under the lock."""
@@ -218,6 +260,16 @@ class OutputFolder:
             atomic_write_bytes(self.path / name, data)
             if settings is not None:
                 self.manifest.add(settings)
+
+
+def _check_space(where: str, path: Path, bytes_needed: int) -> None:
+    if bytes_needed:
+        free = shutil.disk_usage(path).free
+        if free < bytes_needed:
+            raise UserError(
+                f"{where}: only {free / 2**20:.1f} MiB free, the next image needs up to "
+                f"{bytes_needed / 2**20:.1f} MiB; free some space or choose another folder"
+            )
 
 
 def read_json(path: Path) -> dict | None:

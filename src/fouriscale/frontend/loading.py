@@ -13,19 +13,16 @@ import functools
 import json
 import math
 import re
-import socket
-import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import diffusers
 import torch
-from huggingface_hub import constants
 from safetensors import safe_open
 
 from ..diffusers.describe import detect_family, native_latent, vae_scale_factor
+from ..hub import hub_unreachable, offline
 from ..testing import TINY_FAMILIES, tiny_pipeline, tiny_unet_config, tiny_vae_config
 from .errors import UserError, captured_logs, one_line
 from .fields import CLI_NAMES
@@ -50,8 +47,6 @@ __all__ = [
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 #: ``--model tiny:FAMILY`` loads :func:`fouriscale.testing.tiny_pipeline` (random weights: its pictures are noise).
 TINY_PREFIX = "tiny:"
-#: Seconds to wait for the Hugging Face Hub before a hub id is reported unreachable.
-HUB_TIMEOUT = 5.0
 
 # name -> (diffusers scheduler class, extra config)
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -204,25 +199,6 @@ def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool,
         ) from None
 
 
-def _offline() -> bool:
-    """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_reachable() -> str | None:
-    """``None`` when the Hub's host accepts a connection within :data:`HUB_TIMEOUT` seconds, else why not.
-    With a proxy configured the proxy is asked instead (the connection to the Hub is then its business)."""
-    url = urllib.parse.urlsplit(constants.ENDPOINT)
-    proxy = urllib.request.getproxies().get(url.scheme)
-    target = urllib.parse.urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else url
-    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=HUB_TIMEOUT):
-            return None
-    except OSError as exc:
-        return f"cannot reach {constants.ENDPOINT} ({one_line(exc, 120)})"
-
-
 def _check_folder(path: Path, allow_pickle: bool, labels: Mapping) -> None:
     """A diffusers folder's structure and weight files, before loading: ``model_index.json`` and ``unet/``
     present, every ``.safetensors`` file readable (not truncated), pickle-only components refused."""
@@ -270,9 +246,9 @@ def check_hub(source: str, subject: str = "model", option: str = "--model PATH")
     """Fail fast for a hub id that is not cached: offline (``HF_HUB_OFFLINE``) or the Hub unreachable. ``subject``
     (default ``"model"``) and ``option`` (default ``"--model PATH"``) word the message."""
     hint = f"download it where there is network, or pass a local diffusers folder or .safetensors file with {option}"
-    if _offline():
+    if offline():
         raise UserError(f"{subject} {source!r} is not in the local Hugging Face cache and the Hub is offline; {hint}")
-    problem = _hub_reachable()
+    problem = hub_unreachable()
     if problem:
         raise UserError(f"{subject} {source!r} is not in the local Hugging Face cache and {problem}; {hint}")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import UserError, one_line
 from .pictures import Picture, read_picture
 
-__all__ = ["read_prompts", "prompt_lines", "line_picture"]
+__all__ = ["read_prompts", "prompt_lines", "line_picture", "cut_prompts"]
 
 
 def _lines(prompts_file: str) -> list[tuple[int, str]]:
@@ -61,3 +61,34 @@ def line_picture(line: str, number: int, prompts_file: str) -> tuple[str, Pictur
     if not resolved.is_absolute():
         resolved = Path(prompts_file).expanduser().parent / resolved
     return prompt.strip(), read_picture(str(resolved), f"--prompts line {number}:")
+
+
+def _tokenizer(pipe):
+    return getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
+
+
+def _short(text: str, limit: int, tail: bool) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return "…" + text[-limit:].lstrip() if tail else text[:limit].rstrip() + "…"
+
+
+def cut_prompts(pipe, prompts, what: str = "prompt") -> list[str]:
+    """One line for each of ``prompts`` (distinct, non-empty) that the pipeline's text encoder cuts (77 tokens with
+    the start and end tokens for SD and SDXL): where it is cut and what is left out."""
+    tokenizer = _tokenizer(pipe)
+    if tokenizer is None:
+        return []
+    room = int(tokenizer.model_max_length) - 2  # the start and end tokens
+    lines = []
+    for prompt in dict.fromkeys(p for p in prompts if p):
+        ids = tokenizer(prompt, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+        if len(ids) <= room:
+            continue
+        kept, lost = tokenizer.decode(ids[:room]), tokenizer.decode(ids[room:])
+        lines.append(
+            f"{what} {_short(prompt, 40, tail=False)!r} is longer than the text encoder's {room + 2} tokens and is cut "
+            f"after {_short(kept, 40, tail=True)!r}; the rest is ignored: {_short(lost, 60, tail=False)!r}"
+        )
+    return lines

@@ -19,6 +19,7 @@ import torch
 from ..evaluation import (
     METRIC_GROUPS,
     MetricUnavailableError,
+    check_clip_available,
     check_inception_available,
     evaluate_with_report,
     find_images,
@@ -96,13 +97,17 @@ def check_real(real: str | None) -> None:
             raise UserError(f"--real: {exc}") from None
 
 
-def check_metrics_available(groups: list[str], extractor) -> None:
-    """The Inception network of FID/KID/IS can be used here, unless another feature extractor replaces it."""
-    if extractor is None and set(groups) & {"fid", "kid", "is"}:
-        try:
+def check_metrics_available(groups: list[str], extractor, clip_model: str | None = None) -> None:
+    """The networks the metrics need can be had here and now, before anything is rendered: the Inception network of
+    FID/KID/IS (package and cached or downloadable weights), unless another feature extractor replaces it, and with
+    ``clip_model`` (the images will carry their prompts) the CLIP model of the CLIP score."""
+    try:
+        if extractor is None and set(groups) & {"fid", "kid", "is"}:
             check_inception_available()
-        except MetricUnavailableError as exc:
-            raise UserError(str(exc)) from None
+        if clip_model is not None and "clip" in groups:
+            check_clip_available(clip_model)
+    except MetricUnavailableError as exc:
+        raise UserError(str(exc)) from None
 
 
 def generate_methods(ready, methods: list[str], prompts: list[str], n: int, seed: int, out, state, progress=True):

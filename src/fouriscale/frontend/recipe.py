@@ -27,6 +27,7 @@ __all__ = [
     "run_two_pass_settings",
     "image_settings",
     "finished_settings",
+    "image_key",
     "output_name",
     "recipe_settings",
 ]
@@ -71,6 +72,9 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Job:
+    """One image to make: its prompt, seed and own picture or negative prompt. ``index`` is its position in the
+    run's list; a batch numbers its files by identity instead (:func:`fouriscale.frontend.batch.name_units`)."""
+
     index: int
     prompt: str
     seed: int
@@ -203,6 +207,11 @@ def finished_settings(recipe: Recipe, job: Job, method: str, name: str, plan=Non
     settings = image_settings(recipe, job, method, plan if method not in ("direct", "first") else None)
     settings.update(key=settings_key(settings), file=name, index=job.index)
     return settings
+
+
+def image_key(recipe: Recipe, job: Job, method: str, plan=None) -> str:
+    """The settings key of one image of ``job`` (its identity: the same whatever the job's number and file name)."""
+    return settings_key(image_settings(recipe, job, method, plan if method not in ("direct", "first") else None))
 
 
 _SUFFIX = {"fouriscale": "", "direct": "-direct", "side-by-side": "-compare", "first": "-first"}

@@ -129,13 +129,15 @@ def plan_request(request: Request, target, family: str, native: tuple[int, int],
 
 def _checked(request: Request, prepared: Prepared, unet, factor: int, check, inits, fit: bool) -> Prepared:
     """The checks that need the size and the model: the caller's ``check(height, width)``, the ControlNets against
-    the UNet, a strength that leaves a step; the warnings to give (far beyond the native size, and with ``fit`` the
-    pictures cropped or upscaled to fit)."""
+    the UNet, a strength that leaves a step; the warnings to give (far beyond the native size, a low-pass filter that
+    changes nothing at this size, and with ``fit`` the pictures cropped or upscaled to fit)."""
     if check is not None:
         check(prepared.height, prepared.width)
     request.sources.check_model(unet, factor)
     check_steps_run(request.sources.strength, prepared.steps, request.labels)
-    notes = [prepared.plan.far_beyond_native_text] if prepared.plan.far_beyond_native else []
+    plan = prepared.plan
+    notes = [plan.far_beyond_native_text] if plan.far_beyond_native else []
+    notes += [plan.low_pass_idle_text] if plan.low_pass_idle else []
     if fit:
         controls = [picture for _, picture, _ in request.sources.controls or ()]
         pictures = [p for p in inits if p is not None]

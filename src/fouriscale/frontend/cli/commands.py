@@ -18,6 +18,7 @@ import fouriscale
 from ...comfyui.install import install_node_pack
 from ...diffusers.describe import detect_profile
 from ...embedded import read_embedded_prompt
+from ...plan import size_multiple
 from ..batch import distributed_state, run_batch
 from ..compare import VARIANTS, check_layout, comparison_grid, render_variants, require_matplotlib, spectrum_plot
 from ..defaults import MAX_SEED
@@ -26,14 +27,24 @@ from ..files import compare_name, differing_settings, encode_png, read_settings,
 from ..folder import OutputFolder
 from ..loading import check_lora_files, check_offload, load_plan_source, native_size, parse_lora, resolve_device
 from ..pictures import read_picture
-from ..prompts import prompt_lines
+from ..prompts import cut_prompts, prompt_lines
 from ..recipe import Job, finished_settings, make_jobs
 from ..requests import Request, Size, check_request, get_ready, load_model, plan_request
 from ..sources import check_sources, check_steps_run, fit_warnings
 from .logs import warn
 from .options import config_from, size_from
 
-__all__ = ["cmd_generate", "cmd_upscale", "cmd_plan", "cmd_compare", "cmd_ui", "cmd_comfyui", "prepare", "request_of"]
+__all__ = [
+    "cmd_generate",
+    "cmd_upscale",
+    "cmd_plan",
+    "cmd_compare",
+    "cmd_ui",
+    "cmd_comfyui",
+    "prepare",
+    "request_of",
+    "warn_cut",
+]
 
 
 # ------------------------------------------------------------------------------------------- the request path
@@ -73,30 +84,36 @@ def _progress(args, pipe=None) -> None:
 
 
 def prepare(args, request: Request, device: str, *, check=None, inits=(), fit=True, state=None):
-    """The request path in the order that fails fastest, with the command's warnings given before anything is
-    loaded or rendered (``fit=False``: no fitting warnings, the command gives them itself); returns the
-    :class:`~fouriscale.frontend.requests.Ready` run."""
+    """The request path in the order that fails fastest, with the command's warnings given once the run is ready,
+    before anything is rendered (so that a refused request is one line; ``fit=False``: no fitting warnings, the
+    command gives them itself); returns the :class:`~fouriscale.frontend.requests.Ready` run."""
     early = check_request(request, check=check, inits=tuple(inits), fit=fit)
-    for line in early.notes if early is not None else ():
-        warn(line)
     if state is not None and device != "cpu":
         device = str(state.device)
     _progress(args)
     loaded = load_model(request, device)
     _progress(args, loaded.pipe)
     ready = get_ready(loaded, request, early, check=check, inits=tuple(inits), fit=fit)
-    for line in ready.notes if early is None else ():
+    for line in early.notes if early is not None else ready.notes:
         warn(line)
     return ready
 
 
+def warn_cut(ready, prompts, negatives=()) -> None:
+    """A warning for each prompt and negative prompt the text encoder cuts (where, and what is left out)."""
+    pipe = ready.loaded.pipe
+    for line in cut_prompts(pipe, prompts) + cut_prompts(pipe, negatives, "negative prompt"):
+        warn(line)
+
+
 def runtime_checks(args):
-    """Device, offload, LoRA files and the output folder, before any model is loaded: ``(device, loras, state)``."""
+    """Device, offload, LoRA files and the output folder (checked, not yet created), before any model is loaded:
+    ``(device, loras, state)``."""
     device = resolve_device(args.device)
     check_offload(args.offload, device)
     loras = tuple(parse_lora(spec) for spec in args.lora)
     check_lora_files(list(loras), args.allow_pickle)
-    OutputFolder(args.out).prepare()
+    OutputFolder(args.out).check()
     return device, loras, distributed_state(device)
 
 
@@ -149,6 +166,7 @@ def cmd_generate(args) -> int:
     device, loras, state = runtime_checks(args)
     request = request_of(args, sources, loras)
     ready = prepare(args, request, device, inits=(sources.init, *pictures), state=state)
+    warn_cut(ready, prompts, [args.negative])
     jobs = make_jobs(prompts, seeds, pictures)
     result = run_batch(ready.pipes, ready.recipe, jobs, args.out, state=state, progress=not args.no_progress)
     _report([result], args.out)
@@ -180,8 +198,10 @@ def _upscale_prompts(args, pictures):
 
 
 def _scaled(picture, scale: float, factor: int) -> tuple[int, int]:
-    """``(height, width)``: the picture's size times ``scale``, to the nearest multiple of the VAE's factor."""
-    return tuple(max(factor, round(side * scale / factor) * factor) for side in (picture.height, picture.width))
+    """``(height, width)``: the picture's size times ``scale``, to the nearest size the pipeline takes (a multiple of
+    the VAE's factor and of 8: :func:`fouriscale.plan.size_multiple`)."""
+    unit = size_multiple(factor)
+    return tuple(max(unit, round(side * scale / unit) * unit) for side in (picture.height, picture.width))
 
 
 def cmd_upscale(args) -> int:
@@ -199,6 +219,7 @@ def cmd_upscale(args) -> int:
         _, factor, _ = load_plan_source(request.model, request.model_config)
         request = replace(request, size=Size(*_scaled(pictures[0], args.scale, factor), steps=args.steps))
     ready = prepare(args, request, device, fit=False, state=state)
+    warn_cut(ready, prompts, [args.negative, *negatives])
     recipe, pipe = ready.recipe, ready.loaded.pipe
     factor = pipe.vae_scale_factor
     sizes = [
@@ -316,13 +337,15 @@ def cmd_compare(args) -> int:
     crop = _parse_crop(args.crop)
     require_matplotlib("fouriscale compare")
     device = resolve_device(args.device)
-    folder = OutputFolder(args.out).prepare()
+    folder = OutputFolder(args.out).check()
 
     def layout(height, width):
         with user_errors("--crop/--column-width: " if crop else "--column-width: "):
             check_layout((width, height), len(variants), args.column_width, crop)
 
     ready = prepare(args, request_of(args), device, check=layout)
+    warn_cut(ready, [args.prompt], [args.negative])
+    folder.prepare()
     recipe = ready.recipe
     targets = _compare_targets(args, ready, variants)
     done = _finished_variants(folder, targets)

@@ -132,7 +132,8 @@ def _model(required: bool) -> argparse.ArgumentParser:
         "--model",
         required=required,
         help="hub id, local diffusers folder, single-file .safetensors checkpoint (SD 1.x, 2.x and SDXL are "
-        "detected), or tiny:sd1 / tiny:sdxl, a built-in tiny random model that draws noise (checks an install)",
+        "detected), or tiny:sd1 / tiny:sd2 / tiny:sdxl, a built-in tiny random model that draws noise (checks an "
+        "install)",
     )
     g.add_argument(
         "--config",

@@ -3,15 +3,27 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
+import fouriscale
+
 from ..compare import VARIANTS
 from ..defaults import DEFAULT_SEED, DEFAULT_STRENGTH
 from .options import Parser, parents, scale_type, seed_list_type, seed_type
 from .quality import add_benchmark_arguments, add_eval_arguments
 
-__all__ = ["build_parser", "UPSCALE_OUT", "DEFAULT_VARIANTS"]
+__all__ = ["build_parser", "installed_version", "UPSCALE_OUT", "DEFAULT_VARIANTS"]
 
 DEFAULT_VARIANTS = "direct,fouriscale,no-low-pass,no-attention-guidance"
 UPSCALE_OUT = "outputs/upscaled"
+
+
+def installed_version() -> str:
+    """The installed package's version (its metadata), else the source's ``fouriscale.__version__``."""
+    try:
+        return importlib.metadata.version("fouriscale")
+    except importlib.metadata.PackageNotFoundError:
+        return fouriscale.__version__
 
 
 def _command(sub, name: str, groups: str, **kwargs) -> Parser:
@@ -23,6 +35,7 @@ def build_parser() -> Parser:
     """The ``fouriscale`` parser with every command."""
     parser = Parser(prog="fouriscale", description="Training-free high-resolution Stable Diffusion (FouriScale).")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser.add_argument("--version", action="version", version=f"fouriscale {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for add in (_generate, _upscale, _plan, _compare, _ui, _eval, _benchmark, _comfyui):
         add(sub)

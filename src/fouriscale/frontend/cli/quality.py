@@ -25,7 +25,7 @@ from ..quality import (
     score_methods,
     write_benchmark,
 )
-from .commands import prepare, request_of
+from .commands import prepare, request_of, warn_cut
 
 __all__ = ["add_eval_arguments", "add_metric_arguments", "add_benchmark_arguments", "cmd_eval", "cmd_benchmark_quality"]
 
@@ -190,8 +190,9 @@ def _methods(text: str) -> list[str]:
 def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     """Generate ``--n`` images per method into ``--out/METHOD`` (resumable), score each method against ``--real``
     (when given) and against direct inference, write ``benchmark.txt``, ``benchmark.json`` and ``benchmark.png``.
-    Everything that can be checked before rendering is checked first (prompts, methods, metrics, the metric
-    networks, the reference folder, the output folder, the model and size)."""
+    Everything that can be checked before rendering is checked first (prompts, methods, metrics, the reference
+    folder, the output folder, the model and size, then the metric networks: Inception's weights and the CLIP
+    model cached or downloadable now)."""
     require_matplotlib("fouriscale benchmark-quality")
     prompts = read_prompts(None, args.prompts)
     methods = _methods(args.methods)
@@ -202,12 +203,17 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
             f"--n {n}: FID and KID need at least 2 images per method (and many more for meaningful numbers)"
         )
     device = resolve_device(args.device)
-    out = OutputFolder(args.out).prepare()
+    out = OutputFolder(args.out).check()
     check_real(args.real)
     extractor = load_feature_extractor(args.feature_extractor) if args.feature_extractor else None
-    check_metrics_available(groups, extractor)
     state = distributed_state(device)
-    ready = prepare(args, request_of(args), device, state=state)
+
+    def networks(height, width):  # after the model's and the size's own checks, before the weights are loaded
+        check_metrics_available(groups, extractor, args.clip_model)
+
+    ready = prepare(args, request_of(args), device, check=networks, state=state)
+    warn_cut(ready, prompts, [args.negative])
+    out.prepare()
     folders = generate_methods(ready, methods, prompts, n, args.seed, out, state, progress=not args.no_progress)
     if state is not None and state.num_processes > 1:  # sharded: every share is done, one process scores
         state.wait_for_everyone()

@@ -22,7 +22,7 @@ import errno
 import os
 import random
 import socket
-import sys
+import time
 
 from ...profiles import FAMILIES
 from ..defaults import (
@@ -267,9 +267,9 @@ def launch(
     allow_pickle: bool = False,
 ):
     """Start the app on ``host:port`` (default 127.0.0.1:7860, this machine only) and print its URL. Gradio's
-    analytics stay off unless ``GRADIO_ANALYTICS_ENABLED`` says otherwise. Returns 0 when the server stops (or
-    the app itself with ``block=False``). Start-up problems (port, host, output folder, model) are one
-    :class:`UserError` each."""
+    analytics stay off unless ``GRADIO_ANALYTICS_ENABLED`` says otherwise. Serves until interrupted (Ctrl+C: the
+    server is closed and the ``KeyboardInterrupt`` goes on to the caller), or returns the app itself with
+    ``block=False``. Start-up problems (port, host, output folder, model) are one :class:`UserError` each."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
         import gradio  # noqa: F401
@@ -300,8 +300,7 @@ def launch(
     if not block:
         return app
     try:
-        app.block_thread()
+        while True:  # serve until Ctrl+C, which reaches the caller as KeyboardInterrupt (the CLI: exit status 130)
+            time.sleep(0.2)
     finally:
         app.close()
-    print("fouriscale ui: stopped", file=sys.stderr)
-    return 0

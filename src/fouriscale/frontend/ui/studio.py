@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
+
+from PIL import Image
 
 from ...config import PAPER_PRESETS, FouriScaleConfig
 from ...diffusers.describe import detect_profile
+from ..batch import Unit, live_runs, name_units
 from ..defaults import (
     DEFAULT_ETA,
     DEFAULT_SCHEDULER,
@@ -29,7 +33,8 @@ from ..errors import UserError
 from ..fields import UI_NAMES
 from ..folder import OutputFolder
 from ..loading import LoadedModel, load_pipeline, load_plan_source, native_size, resolve_device
-from ..recipe import Job, Recipe, finished_settings, output_name
+from ..prompts import cut_prompts
+from ..recipe import Job, Recipe
 from ..render import render_images
 from ..requests import Request, Size, get_ready
 from ..sources import check_sources
@@ -40,6 +45,7 @@ NATIVE = "2x native"
 CUSTOM = "custom"
 SIZE_CHOICES = [NATIVE] + sorted({f"{p.width}x{p.height}" for p in PAPER_PRESETS.values()}) + [CUSTOM]
 MAX_UI_STEPS = 150
+_WAIT_POLL = 0.5  # seconds between looks at a request another run is making
 
 
 def _picture_path(value, label: str) -> str | None:
@@ -62,7 +68,7 @@ class Studio:
     """The app's state and work, independent of Gradio: keeps one loaded model, renders one request at a time.
 
     ``out_dir`` (default ``outputs``) is checked when the studio is made: it must be (or become) a writable
-    folder.
+    folder; it is created when the first image is saved.
     """
 
     def __init__(
@@ -75,7 +81,7 @@ class Studio:
         offload: str = "none",
         allow_pickle: bool = False,
     ) -> None:
-        self.folder = OutputFolder(out_dir).prepare()
+        self.folder = OutputFolder(out_dir).check()  # made when the first image is saved
         self.out = self.folder.path
         self.device = resolve_device(device)
         self.dtype, self.model_config, self.offload, self.allow_pickle = dtype, model_config, offload, allow_pickle
@@ -133,18 +139,19 @@ class Studio:
             return h, w
         return None
 
-    def _claim_index(self, seed: int, prompt: str) -> Job:
-        """The next free job index in the folder, claimed so that another UI or CLI run cannot take the name."""
-        with self.folder.lock:
-            indices = [int(m.group(1)) for p in self.out.glob("*.png") if (m := re.match(r"(\d+)-", p.name))]
-            index = max(indices, default=-1) + 1
-            while True:
-                job = Job(index, prompt, seed)
-                if not (self.out / output_name(job, "fouriscale")).exists() and self.folder.claim(
-                    output_name(job, "fouriscale")
-                ):
-                    return job
-                index += 1
+    def _claim(self, ready, job: Job) -> Unit:
+        """The request's files, named by identity as a batch names them (an image whose settings the folder holds
+        keeps its file, a new one takes the next number), claimed so that no other UI or CLI run makes them
+        meanwhile; while another run holds them, waits for it."""
+        recipe = ready.recipe
+        methods = ("fouriscale",) + (("first",) if recipe.two_pass else ()) + (("direct",) if recipe.compare else ())
+        self.folder.prepare()
+        while True:
+            with self.folder.lock:
+                unit = name_units(self.folder, recipe, [job], methods, ready.plan, live_runs(self.folder))[0]
+                if self.folder.claim(unit.name):
+                    return unit
+            time.sleep(_WAIT_POLL)
 
     def generate(
         self,
@@ -197,17 +204,19 @@ class Studio:
         with self._lock:
             loaded = self.model(request.model)
             ready = get_ready(loaded, request, inits=(request.sources.init,), controlnets=self._controlnets)
-            job = self._claim_index(seed, prompt.strip())
+            cut = cut_prompts(loaded.pipe, [prompt.strip()])
+            cut += cut_prompts(loaded.pipe, [request.negative or ""], "negative prompt")
+            unit = self._claim(ready, Job(0, prompt.strip(), seed))
             try:
-                paths, images = self._render(ready, job, progress)
+                paths, images, found = self._render(ready, unit, progress)
             finally:
-                self.folder.release(output_name(job, "fouriscale"))
+                self.folder.release(unit.name)
         return {
             "image": paths["fouriscale"],
             "direct": paths.get("direct"),
             "first": paths.get("first"),
             "input": self._shown_input(ready.recipe, images),
-            "info": _info(ready, seed),
+            "info": _info(ready, seed, found, cut),
         }
 
     def _request(self, prompt, negative, model, width, height, steps, guidance, seed, switches, pictures, strength,
@@ -270,12 +279,17 @@ class Studio:
         )
         return request, seed
 
-    def _render(self, ready, job: Job, progress) -> tuple[dict, dict]:
-        """Render and save the request's images (FouriScale, its first pass, direct inference); ``(paths,
-        images)`` by kind. ``progress(fraction, desc=...)`` follows every denoising step."""
+    def _render(self, ready, unit: Unit, progress) -> tuple[dict, dict, list[str]]:
+        """Render and save the request's images (FouriScale, its first pass, direct inference) that the folder does
+        not hold yet; ``(paths, images, found)``: paths and images by kind, and the kinds found already made.
+        ``progress(fraction, desc=...)`` follows every denoising step."""
         recipe = ready.recipe
-        methods = ["fouriscale"] + (["direct"] if recipe.compare else [])
-        paths, images = {}, {}
+        files = {kind: settings for kind, _, settings in unit.files}
+        found = [kind for kind, settings in files.items() if self.folder.holds(settings)]
+        paths = {kind: str(self.out / settings["file"]) for kind, settings in files.items()}
+        images = {kind: _opened(paths[kind]) for kind in found}
+        made_by = {"fouriscale": "fouriscale", "first": "fouriscale", "direct": "direct"}  # --two-pass makes both
+        methods = list(dict.fromkeys(made_by[kind] for kind in files if kind not in found))
         calls = self._calls(recipe, methods)
         done = [0]
 
@@ -285,13 +299,12 @@ class Studio:
                 progress(min(done[0] / calls, 1.0), desc=f"{method}: step {i + 1}")
 
         for method in methods:
-            made = render_images(ready.pipes, recipe, job, method, on_step=lambda i, m=method: on_step(i, m))
-            images.update(made)
-            for kind in made:
-                settings = finished_settings(recipe, job, kind, output_name(job, kind), ready.plan)
-                self.folder.save(made[kind], settings)
-                paths[kind] = str(self.out / settings["file"])
-        return paths, images
+            made = render_images(ready.pipes, recipe, unit.job, method, on_step=lambda i, m=method: on_step(i, m))
+            for kind, image in made.items():
+                if kind not in found:
+                    self.folder.save(image, files[kind])
+                images[kind] = image
+        return paths, images, found
 
     @staticmethod
     def _shown_input(recipe: Recipe, images: dict):
@@ -315,12 +328,20 @@ class Studio:
         return max(1, sum(per[m] for m in methods))
 
 
-def _info(ready, seed: int) -> str:
-    """The text under the result: size, steps, seed, guidance, the plan's dilation and base size, and notes."""
+def _opened(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def _info(ready, seed: int, found: list[str] = (), cut: list[str] = ()) -> str:
+    """The text under the result: size, steps, seed, guidance, the plan's dilation and base size, and notes (the
+    request's, prompts the text encoder cuts, an image the folder already held)."""
     recipe, plan = ready.recipe, ready.plan
+    again = ["the output folder already held this image (the same settings): shown, not rendered again"]
+    notes = [*ready.notes, *cut, *(again if "fouriscale" in found else [])]
     return (
         f"{recipe.width}x{recipe.height}, {recipe.steps} steps, seed {seed}, guidance {recipe.guidance_scale:g}: "
         f"dilation {plan.dilation}, base {plan.base_size[1]:g}x{plan.base_size[0]:g}"
         + (" (FouriScale is a no-op at this size)" if plan.noop else "")
-        + "".join(f"\n\nNote: {line}" for line in ready.notes)
+        + "".join(f"\n\nNote: {line}" for line in notes)
     )
