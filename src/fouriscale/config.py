@@ -17,6 +17,8 @@ __all__ = [
     "MAX_SIDE",
     "MAX_PIXELS",
     "FAR_BEYOND_NATIVE",
+    "MIN_VAE_TILE",
+    "VAE_TILE",
 ]
 
 FREEU_MODES = ("paper", "diffusers", None)
@@ -30,6 +32,10 @@ MAX_SIDE = 16384
 MAX_PIXELS = 8192 * 8192
 #: Above this many times the native size per side a warning says results are unlikely to hold together.
 FAR_BEYOND_NATIVE = 8
+#: Smallest tile of the tiled VAE decode in latent pixels (its cores are 32 pixels narrower: 16-pixel margins), and
+#: the tile of ``vae_tile_size=None``.
+MIN_VAE_TILE = 48
+VAE_TILE = 128
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,11 @@ class FouriScaleConfig:
             Run the unconditional branch as a UNet pass of its own, so no pass is larger than direct
             inference's two-image batch (same peak memory; same output to round-off). `None`: on from
             128x128 latents (1024 px) up.
+        sequential_uncond_all_steps (`bool`, *optional*, defaults to `None`):
+            Run the unconditional branch as a pass of its own on every guided step, the plain ones (after
+            ``stop_step``) included: every pass is then one branch, half of direct inference's batch (less memory
+            than direct inference, a little slower; same output to round-off). `None`: off, unless a memory budget
+            (``max_memory``) needs it.
         vae_tiling (`bool`, *optional*, defaults to `None`):
             Decode in tiles that share GroupNorm statistics (no colour or contrast seams). `None`: on for
             images above ``vae_tiling_threshold`` pixels. Only for ``AutoencoderKL`` and
@@ -100,6 +111,23 @@ class FouriScaleConfig:
             they do stock.
         vae_tiling_threshold (`int`, defaults to `2048 * 2048`):
             Pixel count above which `vae_tiling=None` tiles the decode.
+        vae_tile_size (`int`, *optional*, defaults to `None`):
+            Side of a tile of the tiled decode in latent pixels, its 16-pixel margins included; a latent no larger
+            than one tile is never tiled. Smaller tiles need less memory and take longer (the margins are decoded
+            twice). A multiple of 8 from 48 up; `None`: 128 (1024 px for SD/SDXL), or what a memory budget picks.
+        feed_forward_pieces (`bool`, *optional*, defaults to `None`):
+            Run the feed-forward layers of the stages that carry three branches in pieces of the stock batch's
+            size, so their hidden layer (the largest tensor of a transformer block) is never larger than in direct
+            inference (same result to round-off). `None`: on feature maps from 64 x 64 tokens on, where it is also
+            faster; `True`: everywhere; `False`: never.
+        max_memory (`int` or `str`, *optional*, defaults to `None`):
+            A budget for the device's peak memory: bytes, or a size such as `"12GB"` (GB = 10^9 bytes, GiB = 2^30;
+            :func:`fouriscale.memory.parse_memory`), stored as bytes. Before the first step of each size, the
+            diffusers host estimates the peak (:func:`fouriscale.estimate_memory`) and picks the fastest settings
+            that fit: the unconditional pass alone, feed-forward pieces everywhere, a tiled decode with smaller
+            tiles, then diffusers' model CPU offload; only settings left at `None` (auto) are changed, and none
+            changes the result beyond float round-off. When nothing fits it refuses before any work with one
+            `ValueError` line giving the estimate and the budget. `None`: no budget.
         dilated_convs (`bool`, defaults to `True`):
             Dilate (and low-pass filter) the patched convs. `False` leaves every conv as it is, keeping only
             FouriScale's conditioning and guidance settings; with ``freeu=None`` this is the official
@@ -132,6 +160,10 @@ class FouriScaleConfig:
     sequential_uncond: bool | None = None
     vae_tiling: bool | None = None
     vae_tiling_threshold: int = 2048 * 2048
+    vae_tile_size: int | None = None
+    feed_forward_pieces: bool | None = None
+    sequential_uncond_all_steps: bool | None = None
+    max_memory: int | None = None
     share_branches: bool = True
     dilated_convs: bool = True
     size_limit: bool = True
@@ -187,17 +219,32 @@ class FouriScaleConfig:
             if not isinstance(layers, (tuple, list)) or not layers or not all(isinstance(s, str) and s for s in layers):
                 fail("layers", f"expected a non-empty list of module paths, got {self.layers!r}")
             object.__setattr__(self, "layers", tuple(layers))
-        for name in ("sequential_uncond", "vae_tiling"):
+        for name in ("sequential_uncond", "vae_tiling", "feed_forward_pieces", "sequential_uncond_all_steps"):
             if getattr(self, name) not in (None, True, False):
                 fail(name, f"expected True, False or None, got {getattr(self, name)!r}")
         if not _is_int(self.vae_tiling_threshold) or self.vae_tiling_threshold < 1:
             fail("vae_tiling_threshold", f"expected a positive pixel count, got {self.vae_tiling_threshold!r}")
+        tile = self.vae_tile_size
+        if tile is not None and (not _is_int(tile) or tile < MIN_VAE_TILE or tile % 8):
+            fail(
+                "vae_tile_size",
+                f"expected a multiple of 8 from {MIN_VAE_TILE} latent pixels up or None, got {tile!r}",
+            )
+        if self.max_memory is not None:
+            from .memory import parse_memory
+
+            object.__setattr__(self, "max_memory", parse_memory(self.max_memory, "FouriScaleConfig.max_memory"))
         if self.mask_floor is not None and (not _is_number(self.mask_floor) or not 0 <= self.mask_floor < 1):
             fail("mask_floor", f"expected a number in [0, 1), got {self.mask_floor!r}")
         if self.detail_dilation_divisor is not None and (
             not _is_number(self.detail_dilation_divisor) or not self.detail_dilation_divisor >= 1
         ):
             fail("detail_dilation_divisor", f"expected a number >= 1, got {self.detail_dilation_divisor!r}")
+
+    @property
+    def tile_size(self) -> int:
+        """The tiled decode's tile side in latent pixels (``vae_tile_size``, or 128)."""
+        return self.vae_tile_size or VAE_TILE
 
     def replace(self, **overrides) -> FouriScaleConfig:
         """A copy with some fields changed; unknown names raise ``TypeError`` listing the valid ones."""

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from .config import FAR_BEYOND_NATIVE, MAX_DILATION, MAX_PIXELS, MAX_SIDE, MAX_STEPS, FouriScaleConfig
+from .memory import BudgetChoice
 from .profiles import LayerSpec, ModelProfile
 from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
 from .spectral import padded_size
@@ -111,6 +112,8 @@ class Plan:
     sequential_uncond: bool  # with CFG, three-branch steps run the unconditional branch as a pass of its own
     feed_forward_pieces: tuple[bool, ...]  # per self-attention: its block's feed-forward runs a forked batch in pieces
     vae_decode: DecodePlan | None = None  # known when the plan is made for a pipeline (or given its VAE)
+    memory: BudgetChoice | None = None  # what a memory budget (config.max_memory) chose for this size, by the host
+    sequential_uncond_all: bool = False  # with CFG, every step runs the unconditional branch as a pass of its own
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -155,6 +158,8 @@ class Plan:
             f"  native size        {nw}x{nh}",
         ]
         vae = [f"  VAE decode         {self.vae_decode.text}"] if self.vae_decode is not None else []
+        if self.memory is not None:
+            vae.append(f"  memory budget      {self.memory.describe()}")
         if self.noop:
             lines.append("  dilation           1: the size fits the reference size, FouriScale is a no-op")
             return "\n".join(lines + vae)
@@ -194,6 +199,7 @@ class Plan:
                 if self.freeu_params
                 else "off"
             ),
+            f"  memory             {self.memory_text()}",
             *vae,
             f"  patched layers     {len(self.layers)}",
         ]
@@ -216,6 +222,28 @@ class Plan:
             amp = ", amp guidance" if s.amp_guidance else ""
             lines.append(f"    {s.index:>3}: d_i={s.dilation:.4f} -> {s.conv_dilation}{extra}{amp}")
         return "\n".join(lines)
+
+    def memory_text(self) -> str:
+        """The memory settings of the steps in words (the plan text's "memory" line)."""
+        if self.sequential_uncond_all:
+            uncond = "unconditional branch as a pass of its own on every step"
+        elif self.fork is None:
+            return "no structure branch: passes of the stock batch"
+        elif self.sequential_uncond:
+            uncond = "unconditional branch as a pass of its own on three-branch steps"
+        else:
+            uncond = "one pass of all branches"
+        if self.fork is None:
+            return uncond
+        forked = [
+            pieces
+            for attention, pieces in zip(self.profile.attentions, self.feed_forward_pieces)
+            if self.fork <= attention.stage <= self.join
+        ]
+        n, k = len(forked), sum(forked)
+        if not k:
+            return f"{uncond}; feed-forwards whole"
+        return f"{uncond}; feed-forwards in pieces in {'all' if k == n else k} of {n} forked transformer blocks"
 
     def __str__(self) -> str:
         return self.describe()
@@ -381,7 +409,9 @@ def make_plan(
         forked = runs_forked(spec, profile, fork, join, block)
         layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, differs, forked))
     pieces = tuple(
-        _halve(latent[0], a.level) * _halve(latent[1], a.level) >= FEED_FORWARD_PIECES_MIN_TOKENS
+        config.feed_forward_pieces
+        if config.feed_forward_pieces is not None
+        else _halve(latent[0], a.level) * _halve(latent[1], a.level) >= FEED_FORWARD_PIECES_MIN_TOKENS
         for a in profile.attentions
     )
 
@@ -409,4 +439,5 @@ def make_plan(
             else latent[0] * latent[1] >= SEQUENTIAL_UNCOND_MIN_LATENT
         ),
         feed_forward_pieces=pieces,
+        sequential_uncond_all=bool(config.sequential_uncond_all_steps),
     )

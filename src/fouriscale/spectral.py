@@ -33,6 +33,7 @@ __all__ = [
     "branch_lowpass_masks",
     "freeu_filter",
     "lowpass_filter",
+    "clear_caches",
 ]
 
 
@@ -184,6 +185,12 @@ def lowpass_filter(
     if (Ph, Pw) != (Hf, Wf):
         y = y[..., :Hf, :Wf]
     return y
+
+
+def clear_caches() -> None:
+    """Forget the cached masks (they are rebuilt on their next use)."""
+    _branch_masks.cache_clear()
+    _freeu_mask.cache_clear()
 
 
 @lru_cache(maxsize=256)

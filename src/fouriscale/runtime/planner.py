@@ -24,15 +24,17 @@ class Planner:
         self.profile = profile
         self.config = config
         self.runtime = Runtime()
-        self._plans: dict[tuple[int, int, int], Plan] = {}
+        self._plans: dict[tuple, Plan] = {}
         self._told: set = set()
 
-    def plan(self, height: int, width: int, num_steps: int) -> Plan:
-        """The (cached) plan for an image size in pixels and a number of denoising steps."""
-        key = (height, width, num_steps)
+    def plan(self, height: int, width: int, num_steps: int, config: FouriScaleConfig | None = None) -> Plan:
+        """The (cached) plan for an image size in pixels and a number of denoising steps (under ``config`` instead
+        of the patch's own: settings a memory budget chose, or an estimate's)."""
+        config = config or self.config
+        key = (height, width, num_steps, config)
         plan = self._plans.get(key)
         if plan is None:
-            plan = make_plan(self.profile, height, width, num_steps, self.config)
+            plan = make_plan(self.profile, height, width, num_steps, config)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.pop(next(iter(self._plans)))
             self._plans[key] = plan
