@@ -13,12 +13,16 @@ from .diffusers import (
     apply_fouriscale,
     denoising_step,
     disabled,
+    estimate_memory,
+    fit_memory,
     get_config,
     get_plan,
     is_fouriscale_applied,
+    meta_pipeline,
     official_controlnet_kwargs,
     remove_fouriscale,
 )
+from .memory import BudgetChoice, MemoryEstimate, parse_memory
 from .plan import Plan
 from .profiles import FAMILIES, Family
 from .two_pass import TwoPassResult, two_pass
@@ -45,6 +49,13 @@ __all__ = [
     "is_fouriscale_applied",
     "get_plan",
     "official_controlnet_kwargs",
+    # memory
+    "estimate_memory",
+    "fit_memory",
+    "meta_pipeline",
+    "parse_memory",
+    "MemoryEstimate",
+    "BudgetChoice",
     # recipes and measurement
     "two_pass",
     "TwoPassResult",
