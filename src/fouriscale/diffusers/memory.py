@@ -40,7 +40,6 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from ..config import FouriScaleConfig
 from ..memory import (
@@ -94,9 +93,10 @@ class LiveBytes(TorchDispatchMode):
     (the innermost named module and the operation at the peak). ``names`` maps ``id(module)`` to a name; modules
     not in it are not reported. Works on real tensors too (the validation counts a real run with it)."""
 
-    def __init__(self, names: dict[int, str] | None = None) -> None:
+    def __init__(self, names: dict[int, str] | None = None, meta: bool = False) -> None:
         super().__init__()
         self.names = names or {}
+        self.meta = meta  # every tensor is on the meta device: reuse the outputs' layout of repeated operations
         self.current = 0
         self.peak = 0
         self.where = "(inputs)"
@@ -155,19 +155,106 @@ class LiveBytes(TorchDispatchMode):
         if self.current > self.peak:
             self.peak = self.current
             module = next((name for name in reversed(self._stack) if name), None)
+            op = op if isinstance(op, str) else op.overloadpacket.__name__
             self.where = f"{module} ({op})" if module else f"({op})"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        inputs = None
-        for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor):
-                continue
+        out = _meta_outputs.run(func, args, kwargs) if self.meta else func(*args, **kwargs)
+        # A functional operation's outputs are new storages; any other's may be its inputs' (views, in place).
+        inputs = () if _meta_outputs.is_functional(func) else None
+        for t in _tensors_in(out):
             if inputs is None:
-                inputs = {id(x.untyped_storage()) for x in tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)}
-            self._add(t.untyped_storage(), inputs, func.overloadpacket.__name__)
+                inputs = {id(x.untyped_storage()) for x in _tensors_in((args, kwargs))}
+            self._add(t.untyped_storage(), inputs, func)
         return out
+
+
+class _MetaOutputs:
+    """Outputs of operations on meta tensors, made from the layout an earlier call with the same inputs gave.
+
+    On the meta device an operation's outputs depend on nothing but its inputs' shapes, strides and dtypes and its
+    other arguments, and many of its shape functions are Python (PyTorch's reference implementations): slow. A
+    UNet repeats its blocks and a tiled decode its tiles with identical inputs, so the layouts are remembered per
+    (operation, input layouts, arguments) and new outputs made with ``empty_strided``: the same tensors, without
+    running the shape function again. Only functional operations whose outputs are all fresh, dense tensors are
+    remembered; views, in-place and ``out=`` operations always run.
+    """
+
+    def __init__(self, size: int = 200_000) -> None:
+        self.size = size
+        self.layouts: dict = {}
+        self._functional: dict = {}
+
+    def is_functional(self, func) -> bool:
+        """``func`` returns new tensors only: no view or alias of an input, no input changed in place."""
+        known = self._functional.get(func)
+        if known is None:
+            schema = func._schema
+            known = not schema.is_mutable and all(r.alias_info is None for r in schema.returns)
+            self._functional[func] = known
+        return known
+
+    @staticmethod
+    def _key(value):
+        if isinstance(value, torch.Tensor):
+            return ("T", tuple(value.shape), value.stride(), value.dtype, value.storage_offset(), value.device.type)
+        if isinstance(value, (list, tuple)):
+            return (type(value).__name__, *(_MetaOutputs._key(v) for v in value))
+        if isinstance(value, dict):
+            return ("D", *((k, _MetaOutputs._key(v)) for k, v in sorted(value.items())))
+        if isinstance(value, (int, float, bool, str, type(None), torch.dtype, torch.device, torch.memory_format)):
+            return value
+        if isinstance(value, torch.layout):
+            return str(value)
+        raise TypeError  # anything else: not remembered
+
+    def run(self, func, args, kwargs):
+        if not self.is_functional(func):
+            return func(*args, **kwargs)
+        try:
+            key = (func, self._key(args), self._key(kwargs))
+            hash(key)
+        except TypeError:
+            return func(*args, **kwargs)
+        layout = self.layouts.get(key)
+        if layout is not None:
+            outs = [torch.empty_strided(size, stride, dtype=dtype, device="meta") for size, stride, dtype in layout[1]]
+            return outs[0] if layout[0] else tuple(outs)
+        out = func(*args, **kwargs)
+        single = isinstance(out, torch.Tensor)
+        outs = (out,) if single else out
+        if (
+            isinstance(outs, (tuple, list))
+            and len(self.layouts) < self.size
+            and all(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in outs)
+            and len({id(t.untyped_storage()) for t in outs}) == len(outs)
+            and all(t.storage_offset() == 0 and _dense_bytes(t) == t.untyped_storage().nbytes() for t in outs)
+        ):
+            self.layouts[key] = (single, [(tuple(t.shape), t.stride(), t.dtype) for t in outs])
+        return out
+
+
+def _tensors_in(obj):
+    """The tensors nested in ``obj`` (tuples, lists, dicts), in order."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors_in(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _tensors_in(item)
+
+
+def _dense_bytes(t: torch.Tensor) -> int:
+    """Bytes ``empty_strided`` gives a tensor of ``t``'s shape and strides."""
+    if t.numel() == 0:
+        return 0
+    return (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))) * t.element_size()
+
+
+_meta_outputs = _MetaOutputs()
 
 
 class _Attention(TorchFunctionMode):
@@ -337,7 +424,7 @@ def _run_phase(ctx: _Context, body) -> tuple[int, str]:
     from .. import spectral
 
     spectral.clear_caches()
-    live = LiveBytes(ctx.names)
+    live = LiveBytes(ctx.names, meta=ctx.device == "meta")
     with ExitStack() as stack:
         stack.enter_context(torch.no_grad())
         if ctx.device == "meta":
