@@ -188,3 +188,33 @@ def test_a_budget_too_small_stops_before_the_first_step(wide_sd, clean):
     finally:
         handle.remove()
     assert calls and "cpu" not in calls  # the UNet ran only the estimate's weightless calls
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_every_memory_lever_keeps_the_latents(request, clean, monkeypatch, family):
+    """The unconditional pass alone on every step, feed-forwards in row and token pieces, the Fourier filters in
+    groups of channels and FreeU in place: the latents of the settings as they are, to float round-off."""
+    import fouriscale.diffusers.layers as layers
+    import fouriscale.plan
+
+    pipe = request.getfixturevalue("sdxl_pipe" if family == "sdxl" else "sd_pipe")
+    height, width = (96, 96) if family == "sd1" else (96, 128)
+
+    def run():
+        g = torch.Generator().manual_seed(7)
+        return pipe("a cat", height=height, width=width, num_inference_steps=3, generator=g, output_type="latent")[0]
+
+    clean(pipe)
+    fouriscale.apply_fouriscale(pipe, WINDOW)
+    plain = run()
+    monkeypatch.setattr(layers, "_FRESH_REFS", 0)  # FreeU on a copy (the concatenation path)
+    torch.testing.assert_close(run(), plain, rtol=0, atol=0)  # in place or not: the same numbers
+    monkeypatch.undo()
+    monkeypatch.setattr(fouriscale.plan, "FEED_FORWARD_PIECES_MIN_TOKENS", 16)  # token pieces on the tiny maps
+    levers = dict(sequential_uncond_all_steps=True, feed_forward_pieces=True, filter_pieces=True)
+    fouriscale.apply_fouriscale(pipe, WINDOW.replace(**levers))
+    plan = fouriscale.get_plan(pipe, height, width, 3)
+    assert plan.feed_forward_tokens == 16 and plan.filter_pieces == 8 and plan.sequential_uncond_all
+    assert "Fourier filters in 8 groups of channels" in str(plan)
+    scale = plain.abs().max()
+    torch.testing.assert_close(run() / scale, plain / scale, rtol=0, atol=1e-5)

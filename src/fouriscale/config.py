@@ -99,6 +99,10 @@ class FouriScaleConfig:
             Run the unconditional branch as a UNet pass of its own, so no pass is larger than direct
             inference's two-image batch (same peak memory; same output to round-off). `None`: on from
             128x128 latents (1024 px) up.
+        filter_pieces (`bool`, *optional*, defaults to `None`):
+            Run the Fourier filters (FouriScale's low-pass filter and the paper's FreeU) in eight groups of channels
+            one after the other, so their float32 copies and spectra are an eighth of the feature map's (every
+            channel is filtered on its own: the same result). `None`: off, unless a memory budget needs it.
         sequential_uncond_all_steps (`bool`, *optional*, defaults to `None`):
             Run the unconditional branch as a pass of its own on every guided step, the plain ones (after
             ``stop_step``) included: every pass is then one branch, half of direct inference's batch (less memory
@@ -119,7 +123,8 @@ class FouriScaleConfig:
             Run the feed-forward layers of the stages that carry three branches in pieces of the stock batch's
             size, so their hidden layer (the largest tensor of a transformer block) is never larger than in direct
             inference (same result to round-off). `None`: on feature maps from 64 x 64 tokens on, where it is also
-            faster; `True`: everywhere; `False`: never.
+            faster; `True`: everywhere, and every feed-forward from the first stage with three branches on also
+            runs in pieces of 4096 tokens (its hidden layer a piece at a time); `False`: never.
         max_memory (`int` or `str`, *optional*, defaults to `None`):
             A budget for the device's peak memory: bytes, or a size such as `"12GB"` (GB = 10^9 bytes, GiB = 2^30;
             :func:`fouriscale.memory.parse_memory`), stored as bytes. Before the first step of each size, the
@@ -163,6 +168,7 @@ class FouriScaleConfig:
     vae_tile_size: int | None = None
     feed_forward_pieces: bool | None = None
     sequential_uncond_all_steps: bool | None = None
+    filter_pieces: bool | None = None
     max_memory: int | None = None
     share_branches: bool = True
     dilated_convs: bool = True
@@ -219,7 +225,13 @@ class FouriScaleConfig:
             if not isinstance(layers, (tuple, list)) or not layers or not all(isinstance(s, str) and s for s in layers):
                 fail("layers", f"expected a non-empty list of module paths, got {self.layers!r}")
             object.__setattr__(self, "layers", tuple(layers))
-        for name in ("sequential_uncond", "vae_tiling", "feed_forward_pieces", "sequential_uncond_all_steps"):
+        for name in (
+            "sequential_uncond",
+            "vae_tiling",
+            "feed_forward_pieces",
+            "sequential_uncond_all_steps",
+            "filter_pieces",
+        ):
             if getattr(self, name) not in (None, True, False):
                 fail(name, f"expected True, False or None, got {getattr(self, name)!r}")
         if not _is_int(self.vae_tiling_threshold) or self.vae_tiling_threshold < 1:

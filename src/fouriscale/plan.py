@@ -26,6 +26,7 @@ __all__ = [
     "make_plan",
     "SEQUENTIAL_UNCOND_MIN_LATENT",
     "FEED_FORWARD_PIECES_MIN_TOKENS",
+    "FILTER_PIECES",
 ]
 
 # `sequential_uncond=None` runs the unconditional branch as its own pass from this latent area on
@@ -43,6 +44,9 @@ SEQUENTIAL_UNCOND_MIN_LATENT = 128 * 128
 # tokens x 256 or 1280 channels 3-13% slower in pieces; 4096 tokens x 64-320 channels 2-15% faster, 16384 tokens
 # 12-30% faster).
 FEED_FORWARD_PIECES_MIN_TOKENS = 64 * 64
+
+# With `filter_pieces`, the Fourier filters run in this many groups of channels.
+FILTER_PIECES = 8
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class Plan:
     vae_decode: DecodePlan | None = None  # known when the plan is made for a pipeline (or given its VAE)
     memory: BudgetChoice | None = None  # what a memory budget (config.max_memory) chose for this size, by the host
     sequential_uncond_all: bool = False  # with CFG, every step runs the unconditional branch as a pass of its own
+    filter_pieces: int = 1  # the Fourier filters run in this many groups of channels, one after the other
+    feed_forward_tokens: int = 0  # hooked feed-forwards run in pieces of this many tokens (0: whole)
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -233,6 +239,8 @@ class Plan:
             uncond = "unconditional branch as a pass of its own on three-branch steps"
         else:
             uncond = "one pass of all branches"
+        if self.filter_pieces > 1:
+            uncond += f"; Fourier filters in {self.filter_pieces} groups of channels"
         if self.fork is None:
             return uncond
         forked = [
@@ -241,9 +249,10 @@ class Plan:
             if self.fork <= attention.stage <= self.join
         ]
         n, k = len(forked), sum(forked)
+        tokens = f", and of {self.feed_forward_tokens} tokens" if self.feed_forward_tokens else ""
         if not k:
             return f"{uncond}; feed-forwards whole"
-        return f"{uncond}; feed-forwards in pieces in {'all' if k == n else k} of {n} forked transformer blocks"
+        return f"{uncond}; feed-forwards in pieces in {'all' if k == n else k} of {n} forked transformer blocks{tokens}"
 
     def __str__(self) -> str:
         return self.describe()
@@ -440,4 +449,6 @@ def make_plan(
         ),
         feed_forward_pieces=pieces,
         sequential_uncond_all=bool(config.sequential_uncond_all_steps),
+        filter_pieces=FILTER_PIECES if config.filter_pieces else 1,
+        feed_forward_tokens=FEED_FORWARD_PIECES_MIN_TOKENS if config.feed_forward_pieces else 0,
     )

@@ -27,8 +27,10 @@ from ..runtime.ops import (
     forked_feed_forward,
     join_attention,
     paper_freeu,
+    paper_freeu_,
     patched_conv,
     shared_projection,
+    token_pieces,
 )
 from ..runtime.state import Runtime
 
@@ -132,8 +134,11 @@ class FeedForwardHook(StageHook):
     def new_forward(self, module, hidden_states: torch.Tensor, *args, **kwargs):
         original = self.fn_ref.original_forward
         call = self.runtime.call
-        if call is None or args or kwargs or not call.is_forked_batch(self.stage, hidden_states):
+        if call is None or args or kwargs:
             return original(hidden_states, *args, **kwargs)
+        if not call.is_forked_batch(self.stage, hidden_states):
+            tokens = call.plan.feed_forward_tokens
+            return token_pieces(original, hidden_states, tokens) if tokens else original(hidden_states)
         return forked_feed_forward(call, self.index, hidden_states, original, self.after_join)
 
 
@@ -152,5 +157,29 @@ class PaperFreeUHook(ModelHook):
         if call is None or call.plan.freeu_params is None or call.plan.config.freeu != "paper" or not args:
             return args, kwargs
         x, C = args[0], self.site.backbone_channels
-        x = torch.cat(paper_freeu(x[:, :C], x[:, C:], call.plan.freeu_params, self.stage), dim=1)
+        pieces = call.plan.filter_pieces
+        if _fresh(x):  # diffusers' up block hands the resnet its new [hidden, skip] concatenation and reads it no more
+            paper_freeu_(x, C, call.plan.freeu_params, self.stage, pieces)
+            return args, kwargs
+        x = torch.cat(paper_freeu(x[:, :C], x[:, C:], call.plan.freeu_params, self.stage, pieces), dim=1)
         return (x, *args[1:]), kwargs
+
+
+# References to the concatenation when diffusers' up block calls a resnet (through nn.Module.__call__, the hook
+# registry and accelerate's wrapper alike), counted inside _fresh: sys.getrefcount's argument, _fresh's and
+# pre_forward's names, the argument tuples on the way, the block's own name. One more holder makes it no longer fresh.
+_FRESH_REFS = 11
+
+
+def _fresh(x: torch.Tensor) -> bool:
+    """``x`` can be changed in place: a whole tensor (no view), not part of an autograd graph, and referenced only by
+    the call being made (the up block's local name, the call's arguments and this check)."""
+    import sys
+
+    return (
+        x._base is None
+        and not x.requires_grad
+        and x.grad_fn is None
+        and x.is_contiguous()
+        and sys.getrefcount(x) <= _FRESH_REFS
+    )

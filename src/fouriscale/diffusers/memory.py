@@ -97,6 +97,9 @@ class LiveBytes(TorchDispatchMode):
         super().__init__()
         self.names = names or {}
         self.meta = meta  # every tensor is on the meta device: reuse the outputs' layout of repeated operations
+        # With `snapshot=[]` given after construction: at the peak, (bytes, made by) of every live storage, largest
+        # first (for looking into a peak; slower).
+        self.snapshot: list | None = None
         self.current = 0
         self.peak = 0
         self.where = "(inputs)"
@@ -145,7 +148,7 @@ class LiveBytes(TorchDispatchMode):
             if inputs is not None and key in inputs:
                 return  # a view or an in-place result of an input: no new memory
             ref = weakref.ref(storage, partial(self._release, key))
-            self._live[key] = [ref, size]
+            self._live[key] = [ref, size] if self.snapshot is None else [ref, size, self._made_by(op)]
             self.current += size
         elif entry[1] != size:  # resized in place
             self.current += size - entry[1]
@@ -154,9 +157,14 @@ class LiveBytes(TorchDispatchMode):
             return
         if self.current > self.peak:
             self.peak = self.current
-            module = next((name for name in reversed(self._stack) if name), None)
-            op = op if isinstance(op, str) else op.overloadpacket.__name__
-            self.where = f"{module} ({op})" if module else f"({op})"
+            self.where = self._made_by(op)
+            if self.snapshot is not None:
+                self.snapshot = sorted(((e[1], e[2]) for e in self._live.values()), reverse=True)
+
+    def _made_by(self, op) -> str:
+        module = next((name for name in reversed(self._stack) if name), None)
+        op = op if isinstance(op, str) else op.overloadpacket.__name__
+        return f"{module} ({op})" if module else f"({op})"
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -574,6 +582,7 @@ def _lever_free(config: FouriScaleConfig) -> FouriScaleConfig:
         vae_tiling_threshold=FouriScaleConfig.vae_tiling_threshold,
         vae_tile_size=None,
         sequential_uncond_all_steps=None,
+        filter_pieces=None,
         max_memory=None,
     )
 
@@ -721,9 +730,14 @@ class _Estimator:
         if phase == TEXT:
             key = (phase,)
         elif phase == STOCK_STEP:
-            key = (phase, config is None, config is not None and plan.sequential_uncond_all)
+            key = (
+                (phase, None)
+                if config is None
+                else (phase, plan.sequential_uncond_all, plan.filter_pieces, plan.feed_forward_tokens)
+            )
         elif phase == FOURISCALE_STEP:
-            key = (phase, plan.sequential_uncond or plan.sequential_uncond_all, plan.feed_forward_pieces)
+            split = plan.sequential_uncond or plan.sequential_uncond_all
+            key = (phase, split, plan.feed_forward_pieces, plan.filter_pieces, plan.feed_forward_tokens)
         else:
             decode = None if config is None else _decode_key(config, plan)
             key = (phase, decode)
@@ -962,17 +976,29 @@ def _ladders(est: _Estimator, phases: dict) -> dict[str, list[Rung]]:
     """Each phase's levers, fastest first; only settings the config leaves at ``None`` (auto) are levers."""
     config, plan = est.config, est.plan
     ladders = {phase: [Rung("as set")] for phase in phases}
-    if STOCK_STEP in phases and est.cfg and config.sequential_uncond_all_steps is None and not plan.noop:
-        rung = Rung("unconditional pass alone on plain steps", (("sequential_uncond_all_steps", True),))
-        ladders[STOCK_STEP].append(rung)
+    filters = config.filter_pieces is None and not plan.noop and (plan.freeu_params or plan.layers)
+    if STOCK_STEP in phases and not plan.noop:
+        rungs, overrides = ladders[STOCK_STEP], {}
+        if est.cfg and config.sequential_uncond_all_steps is None:
+            overrides["sequential_uncond_all_steps"] = True
+            rungs.append(Rung("unconditional pass alone on plain steps", tuple(overrides.items())))
+        if config.feed_forward_pieces is None and plan.fork is not None:
+            overrides["feed_forward_pieces"] = True
+            rungs.append(Rung("feed-forwards in pieces everywhere", tuple(overrides.items())))
+        if filters and plan.freeu_params:
+            overrides["filter_pieces"] = True
+            rungs.append(Rung("Fourier filters in pieces", tuple(overrides.items())))
     if FOURISCALE_STEP in phases:
         rungs, overrides = ladders[FOURISCALE_STEP], {}
         if config.sequential_uncond is None and est.cfg and not plan.sequential_uncond:
             overrides["sequential_uncond"] = True
             rungs.append(Rung("unconditional pass alone", tuple(overrides.items())))
-        if config.feed_forward_pieces is None and not all(plan.feed_forward_pieces):
+        if config.feed_forward_pieces is None:
             overrides["feed_forward_pieces"] = True
             rungs.append(Rung("feed-forwards in pieces everywhere", tuple(overrides.items())))
+        if filters:
+            overrides["filter_pieces"] = True
+            rungs.append(Rung("Fourier filters in pieces", tuple(overrides.items())))
     decode = plan.vae_decode
     if DECODE in phases and decode is not None and decode.patched and config.vae_tiling is not False:
         rungs = ladders[DECODE]
