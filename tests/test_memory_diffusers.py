@@ -218,3 +218,28 @@ def test_every_memory_lever_keeps_the_latents(request, clean, monkeypatch, famil
     assert "Fourier filters in 8 groups of channels" in str(plan)
     scale = plain.abs().max()
     torch.testing.assert_close(run() / scale, plain / scale, rtol=0, atol=1e-5)
+
+
+def test_a_budget_that_needs_offload_turns_it_on(wide_sd, rungs, clean):
+    def run():
+        g = torch.Generator().manual_seed(5)
+        return wide_sd("a cat", height=96, width=96, num_inference_steps=3, generator=g, output_type="latent").images
+
+    from fouriscale.diffusers.memory import _offload_of
+
+    clean(wide_sd)
+    fouriscale.apply_fouriscale(wide_sd, WINDOW)
+    free = run()
+    budget = rungs["everywhere"].peak - 1  # below every setting without offload
+    fouriscale.apply_fouriscale(wide_sd, WINDOW, max_memory=budget)
+    try:
+        offloaded = run()
+        assert _offload_of(wide_sd) == "model"  # diffusers' enable_model_cpu_offload, from the first step on
+        plan = fouriscale.get_plan(wide_sd, 96, 96, 3, device="cpu")
+        assert plan.memory.offload == "model" and plan.memory.peak <= budget
+        assert "model CPU offload" in str(plan)
+    finally:
+        wide_sd.remove_all_hooks()
+        wide_sd.to("cpu")
+    scale = free.abs().max()
+    torch.testing.assert_close(offloaded / scale, free / scale, rtol=0, atol=1e-5)
