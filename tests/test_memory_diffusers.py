@@ -174,6 +174,8 @@ def test_same_latents_with_and_without_a_budget(wide_sd, rungs, clean):
     assert plan.config.max_memory == tight.peak and all(plan.feed_forward_pieces)
     text = str(plan)
     assert "memory budget      budget " in text and "unconditional branch as a pass of its own on every step" in text
+    # The estimate of a pipeline with a budget is the estimate of what the budget chose.
+    assert fouriscale.estimate_memory(wide_sd, 96, 96, 3, device="cpu").peak == plan.memory.peak <= tight.peak
 
 
 def test_a_budget_too_small_stops_before_the_first_step(wide_sd, clean):

@@ -189,7 +189,7 @@ class _MetaOutputs:
     remembered; views, in-place and ``out=`` operations always run.
     """
 
-    def __init__(self, size: int = 200_000) -> None:
+    def __init__(self, size: int = 20_000) -> None:
         self.size = size
         self.layouts: dict = {}
         self._functional: dict = {}
@@ -909,8 +909,9 @@ def estimate_memory(
 
     Args:
         pipe: a diffusers SD 1.x/2.x or SDXL pipeline, patched or not, with real or meta weights.
-        config: the FouriScale settings (default: the applied ones, else the paper's); a ``max_memory`` in it is
-            ignored here (see :func:`fit_memory`).
+        config: the FouriScale settings (default: the applied ones, else the paper's). With a ``max_memory`` it is
+            the estimate of the settings the budget chooses (:func:`fit_memory`; raises its one-line
+            ``ValueError`` when nothing fits).
         dtype: ``"fp16"``, ``"bf16"``, ``"fp32"`` or a torch dtype; default: the UNet's.
         device: the device the estimate is for (named in the report).
         attention: ``"sdpa"`` (flash / memory-efficient: no N x N matrix) or ``"math"``.
@@ -925,6 +926,21 @@ def estimate_memory(
     config = config if config is not None else (get_config(pipe) or FouriScaleConfig())
     if not isinstance(config, FouriScaleConfig):
         raise TypeError(f"config must be a FouriScaleConfig or None, got {type(config).__name__}")
+    if config.max_memory is not None and not direct:
+        return fit_memory(
+            pipe,
+            height,
+            width,
+            num_inference_steps,
+            config.max_memory,
+            config,
+            dtype=dtype,
+            device=device,
+            attention=attention,
+            offload=offload,
+            batch_size=batch_size,
+            guidance=guidance,
+        ).estimate
     est = _Estimator(
         pipe, height, width, num_inference_steps, config, dtype, device, attention, offload, batch_size, guidance
     )
@@ -1059,22 +1075,27 @@ def fit_memory(
     else:
         offloads = ("none", "model")
     with est.running():
-        phases = _phases(est, est.config)
-        ladders = _ladders(est, phases)
-
-        def activations(phase: str, rung: Rung) -> int:
-            return est.measure(phase, est.config.replace(**rung.settings))[0]
-
-        choice = choose_settings(budget, ladders, activations, lambda o, p: est.resident(o, p)[0], offloads)
-        # The estimate of the settings as they will run: every phase under the merged choice (a lever chosen for
-        # one phase can only lower another's peak).
-        merged = est.config.replace(**choice.overrides)
-        estimate = est.estimate(dict.fromkeys(phases, merged), choice.offload, est.label(True))
-    peaks = tuple((phase.name, phase.peak) for phase in estimate.phases)
-    choice = dataclasses.replace(choice, peaks=peaks, fits=estimate.peak <= budget, estimate=estimate)
+        choice = _fit(est, budget, offloads)
     if not choice.fits:
         raise MemoryBudgetError(_refusal(est, choice, max_memory), choice)
     return choice
+
+
+def _fit(est: _Estimator, budget: int, offloads) -> BudgetChoice:
+    """:func:`fit_memory`'s choice on a running estimator (its measurements are kept: several budgets can ask)."""
+    phases = _phases(est, est.config)
+    ladders = _ladders(est, phases)
+
+    def activations(phase: str, rung: Rung) -> int:
+        return est.measure(phase, est.config.replace(**rung.settings))[0]
+
+    choice = choose_settings(budget, ladders, activations, lambda o, p: est.resident(o, p)[0], offloads)
+    # The estimate of the settings as they will run: every phase under the merged choice (a lever chosen for one
+    # phase can only lower another's peak).
+    merged = est.config.replace(**choice.overrides)
+    estimate = est.estimate(dict.fromkeys(phases, merged), choice.offload, est.label(True))
+    peaks = tuple((phase.name, phase.peak) for phase in estimate.phases)
+    return dataclasses.replace(choice, peaks=peaks, fits=estimate.peak <= budget, estimate=estimate)
 
 
 def _refusal(est: _Estimator, choice: BudgetChoice, max_memory) -> str:
