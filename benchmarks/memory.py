@@ -207,22 +207,21 @@ PRESET_MODELS = {
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 LEVER_CODES = {
-    "unconditional pass alone": "U",
-    "unconditional pass alone on plain steps": "P",
-    "feed-forwards in pieces everywhere": "F",
-    "Fourier filters in pieces": "Fi",
-    "model CPU offload": "O",
+    "sequential_uncond": "U",
+    "sequential_uncond_all_steps": "P",
+    "feed_forward_pieces": "F",
+    "filter_pieces": "Fi",
 }
 
 
 def _codes(choice) -> str:
-    codes = []
-    for lever in choice.levers:
-        if lever.startswith("VAE tiles of") or lever.startswith("tiled VAE decode"):
-            codes.append("T" + lever.split("tiles of ")[1].split(" ")[0])
-        else:
-            codes.append(LEVER_CODES.get(lever, lever))
-    return "+".join(dict.fromkeys(codes)) or "-"
+    overrides = choice.overrides
+    codes = [LEVER_CODES[name] for name in LEVER_CODES if overrides.get(name)]
+    if overrides.get("vae_tiling"):
+        codes.append(f"T{overrides.get('vae_tile_size') or 128}")
+    if choice.offload != "none":
+        codes.append("O")
+    return "+".join(codes) or "-"
 
 
 def presets(budgets: list[str], dtype: str) -> None:

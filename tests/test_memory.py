@@ -160,7 +160,7 @@ def test_each_phase_takes_its_fastest_rung_that_fits():
     assert choice.fits and choice.offload == "none" and choice.peak == 11 * GB
     assert dict(choice.rungs)[FOURISCALE_STEP] is UNCOND and dict(choice.rungs)[DECODE] is TILED
     assert choice.overrides == {"sequential_uncond": True, "vae_tiling": True, "vae_tile_size": 128}
-    assert choice.levers == ("unconditional pass alone", "VAE tiles of 128")
+    assert choice.levers == ("unconditional pass alone", "VAE tiles of 128 latent px")
     assert (FOURISCALE_STEP, PIECES.label) not in asked and (DECODE, SMALL.label) not in asked  # not needed
     assert "budget 12.00 GB: fits with unconditional pass alone, VAE tiles of 128" in choice.describe()
 

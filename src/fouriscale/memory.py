@@ -34,6 +34,7 @@ __all__ = [
     "FOURISCALE_STEP",
     "DECODE",
     "OFFLOADS",
+    "LEVER_NAMES",
 ]
 
 #: Phase names, in the order a generation runs them.
@@ -186,6 +187,16 @@ class MemoryEstimate:
         return self.describe()
 
 
+#: The budget's levers (``FouriScaleConfig`` fields) in words.
+LEVER_NAMES = {
+    "sequential_uncond": "unconditional pass alone",
+    "sequential_uncond_all_steps": "unconditional pass alone on plain steps",
+    "feed_forward_pieces": "feed-forwards in pieces",
+    "filter_pieces": "Fourier filters in pieces",
+    "vae_tiling": "tiled VAE decode",
+}
+
+
 @dataclass(frozen=True)
 class Rung:
     """One step of a phase's ladder of memory levers: the settings it takes (cumulative: a rung keeps the levers of
@@ -224,8 +235,16 @@ class BudgetChoice:
 
     @property
     def levers(self) -> tuple[str, ...]:
-        """The chosen levers in words (the first rung of a ladder, the settings as they are, is not a lever)."""
-        words = [rung.label for _, rung in self.rungs if rung.overrides]
+        """The chosen levers in words, each once (the settings as they are are no lever), offload last."""
+        overrides, words = self.overrides, []
+        for name, value in overrides.items():
+            if name == "vae_tile_size":
+                continue
+            if name == "vae_tiling":
+                tile = overrides.get("vae_tile_size")
+                words.append(f"VAE tiles of {tile} latent px" if tile else LEVER_NAMES[name])
+            else:
+                words.append(LEVER_NAMES.get(name, f"{name}={value!r}"))
         if self.offload != "none":
             words.append(f"{self.offload} CPU offload")
         return tuple(words)

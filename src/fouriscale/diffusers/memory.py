@@ -858,7 +858,7 @@ class _Estimator:
             offload_text,
             f"batch of {self.rows} image(s)" + (", classifier-free guidance" if self.cfg else ", no guidance"),
             "not included: the CUDA context, the allocator's rounding, caching and fragmentation, convolution "
-            "workspaces (cuDNN), ControlNet / adapter inputs",
+            "workspaces (cuDNN; oneDNN's on CPUs), ControlNet / adapter inputs, img2img's encode of its picture",
             "GB = 10^9 bytes",
             *self.notes,
         )
@@ -1099,12 +1099,12 @@ def _fit(est: _Estimator, budget: int, offloads) -> BudgetChoice:
 
 
 def _refusal(est: _Estimator, choice: BudgetChoice, max_memory) -> str:
-    levers = ", ".join(choice.levers) or "the settings as they are"
     dtype = _DTYPE_NAMES.get(est.dtype, str(est.dtype))
+    how = "every memory setting" + (f" and {choice.offload} CPU offload" if choice.offload != "none" else "")
     return (
-        f"FouriScale: {est.plan.profile.family.label} at {est.width}x{est.height} ({dtype}, {est.attention} attention) "
-        f"needs an estimated {format_bytes(choice.peak)} at least (in the {choice.estimate.peak_phase.name}, with "
-        f"{levers}), more than the memory budget of {format_bytes(choice.budget)} (max_memory={max_memory!r})"
+        f"FouriScale: {est.plan.profile.family.label} at {est.width}x{est.height} ({dtype}) needs an estimated "
+        f"{format_bytes(choice.peak)} even with {how} (in the {choice.estimate.peak_phase.name}), more than the "
+        f"memory budget of {format_bytes(choice.budget)} (max_memory={max_memory!r})"
     )
 
 
