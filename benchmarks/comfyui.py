@@ -135,11 +135,17 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="diffusers' device (ComfyUI boots on the CPU here)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--comfyui", default=str(ROOT.parent / "shared" / "comfyui"), help="ComfyUI's source folder")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     boot_comfyui(Path(args.comfyui))
     hosts = Hosts(args)
-    print(f"{args.layout} at {hosts.width}x{hosts.height}, {args.steps} steps, {args.rounds} rounds, {args.device}")
+    print(
+        f"{args.layout} at {hosts.width}x{hosts.height}, {args.steps} steps, {args.rounds} rounds, {args.device}, "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     times = {method: [] for method in METHODS}
     with torch.no_grad():
         for method in METHODS:  # warm-up: first calls pay for lazy set-up (plans, masks, ComfyUI's model loading)

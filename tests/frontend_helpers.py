@@ -87,7 +87,7 @@ def write_picture(path, width: int = 32, height: int = 32, seed: int = 0, settin
     PNG text chunks such as A1111's ``parameters``); returns the path as text."""
     from PIL import PngImagePlugin
 
-    from fouriscale.frontend.outputs import write_png
+    from fouriscale.frontend.files import write_png
 
     rng = np.random.default_rng(seed)
     image = Image.fromarray((rng.random((4, 4, 3)) * 255).astype(np.uint8)).resize((width, height), Image.BICUBIC)
@@ -120,7 +120,7 @@ def as_array(image) -> np.ndarray:
 def tiny_recipe(**changes):
     """The CLI's default recipe for ``tiny:sd1`` at 64x64 and 2 steps, with ``changes``."""
     import fouriscale
-    from fouriscale.frontend.jobs import Recipe
+    from fouriscale.frontend.recipe import Recipe
 
     base = dict(
         model="tiny:sd1",

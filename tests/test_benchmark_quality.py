@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from fouriscale.evaluation import evaluate
-from fouriscale.frontend.outputs import Manifest, read_settings
+from fouriscale.frontend.files import read_settings
+from fouriscale.frontend.folder import Manifest
 from frontend_helpers import cli, error_line, run_cli
 from test_evaluation import smooth_images, tiny_clip  # noqa: F401 - tiny_clip is a fixture
 
@@ -130,8 +131,8 @@ def test_without_real_images_direct_is_the_reference(inputs, tmp_path, tiny_clip
     ],
 )
 def test_bad_input_is_refused_before_rendering(inputs, tmp_path, capsys, monkeypatch, extra, message):
-    import fouriscale.frontend.jobs as jobs
+    import fouriscale.frontend.batch as batch
 
-    monkeypatch.setattr(jobs, "render", lambda *a, **k: pytest.fail("rendered before refusing"))
+    monkeypatch.setattr(batch, "render_images", lambda *a, **k: pytest.fail("rendered before refusing"))
     assert cli(*_args(inputs, tmp_path / "bench", *extra)) == 2
     assert message in error_line(capsys)

@@ -13,7 +13,8 @@ from PIL import Image
 
 import fouriscale
 from fouriscale.frontend.cli import main
-from fouriscale.frontend.outputs import Manifest, image_name, read_settings
+from fouriscale.frontend.files import image_name, read_settings
+from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
 from frontend_helpers import FAST, api_render, cli, close, error_line, pixels, run_cli
 
@@ -306,12 +307,12 @@ def test_shared_options_are_declared_once():
     ],
 )
 def test_bad_values_are_refused_before_any_work(tmp_path, capsys, monkeypatch, args, message):
-    import fouriscale.frontend.loading as loading
+    import fouriscale.frontend.requests as requests
 
     def no_load(*a, **k):
         raise AssertionError("the model was loaded before the arguments were checked")
 
-    monkeypatch.setattr(loading, "load_pipeline", no_load)
+    monkeypatch.setattr(requests, "load_pipeline", no_load)
     argv = ["generate", "a cat", "--out", tmp_path / "o", *FAST]
     if "--model" not in args:
         argv += ["--model", "tiny:sd1"]

@@ -18,7 +18,8 @@ from fouriscale.frontend.compare import (
     spectrum_plot,
     variant_config,
 )
-from fouriscale.frontend.outputs import Manifest, compare_name, read_settings
+from fouriscale.frontend.files import compare_name, read_settings
+from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
 from frontend_helpers import FAST, api_render, cli, close, error_line, pixels, run_cli
 
@@ -170,9 +171,9 @@ def test_compare_resumes_and_never_overwrites(tmp_path, capsys, monkeypatch):
     ],
 )
 def test_compare_refuses_before_rendering(tmp_path, capsys, monkeypatch, args, message):
-    import fouriscale.frontend.compare as compare
+    import fouriscale.frontend.cli.commands as commands
 
-    monkeypatch.setattr(compare, "render_variants", lambda *a, **k: pytest.fail("rendered before refusing"))
+    monkeypatch.setattr(commands, "render_variants", lambda *a, **k: pytest.fail("rendered before refusing"))
     assert cli("compare", "x", "--model", "tiny:sd1", "--out", tmp_path, *FAST, *args) == 2
     assert message in error_line(capsys)
     assert not list(tmp_path.glob("*.png"))

@@ -35,8 +35,9 @@ from fouriscale.evaluation import (
     to_rgb,
     write_json,
 )
+from fouriscale.frontend.cli.quality import add_eval_arguments, cmd_eval
 from fouriscale.frontend.loading import UserError
-from fouriscale.frontend.quality import add_eval_arguments, cmd_eval, load_feature_extractor
+from fouriscale.frontend.quality import load_feature_extractor
 
 N_IMAGES = 32
 SIZE = 96

@@ -13,9 +13,12 @@ import pytest
 
 import forkserver
 import fouriscale
+from fouriscale.frontend.batch import run_batch
 from fouriscale.frontend.errors import UserError
-from fouriscale.frontend.jobs import Job, make_jobs, output_name, parse_seeds, render, run_batch, save_image
-from fouriscale.frontend.outputs import Manifest, OutputFolder, read_settings
+from fouriscale.frontend.files import read_settings
+from fouriscale.frontend.folder import Manifest, OutputFolder
+from fouriscale.frontend.recipe import Job, make_jobs, output_name, parse_seeds
+from fouriscale.frontend.render import render_images
 from fouriscale.testing import tiny_pipeline
 from frontend_helpers import env, pixels, run_cli, start_cli, tiny_recipe
 
@@ -66,7 +69,7 @@ def test_parse_seeds():
 
 def test_largest_seed_renders(pipe, tmp_path):
     job = Job(0, "a cat", 2**64 - 1)
-    image = render(pipe, tiny_recipe(), job)
+    image = render_images(pipe, tiny_recipe(), job)["fouriscale"]
     assert image.size == (64, 64)
 
 
@@ -83,13 +86,15 @@ def test_batch_resumes_and_repairs_a_lost_manifest_line(pipe, tmp_path):
 
 def test_waits_for_a_job_another_run_holds(pipe, tmp_path):
     """A job claimed by a live run is left to it; once it is there the batch counts it as made by another run."""
-    from fouriscale.frontend.jobs import finished_settings
+    from fouriscale.frontend.recipe import finished_settings
 
     jobs = make_jobs(["a cat"], [1, 2])
     folder = OutputFolder(tmp_path).prepare()
     plan = fouriscale.get_plan(pipe, 64, 64, 2)
     settings = finished_settings(tiny_recipe(), jobs[0], "fouriscale", output_name(jobs[0], "fouriscale"), plan)
-    image = render(pipe, tiny_recipe(), jobs[0])  # what the other run makes (one pipeline is not for two threads)
+    image = render_images(pipe, tiny_recipe(), jobs[0])[
+        "fouriscale"
+    ]  # what the other run makes (one pipeline is not for two threads)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         claim = tmp_path / f".{output_name(jobs[0], 'fouriscale')}.claim"
@@ -97,7 +102,7 @@ def test_waits_for_a_job_another_run_holds(pipe, tmp_path):
 
         def the_other_run_finishes():
             time.sleep(1.0)
-            save_image(image, tmp_path, settings, rank=7, folder=folder)
+            folder.save(image, settings, rank=7)
             with folder.lock:
                 claim.unlink()
 
@@ -117,7 +122,7 @@ def test_a_live_run_with_other_settings_stops_this_one_before_it_renders(pipe, t
     jobs = make_jobs(["a cat"], [1])
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from fouriscale.frontend.jobs import _recipe_settings, finished_settings
+        from fouriscale.frontend.recipe import finished_settings, recipe_settings
 
         theirs = finished_settings(tiny_recipe(steps=20), jobs[0], "fouriscale", "00000-1-a-cat.png")
         registration = {
@@ -125,13 +130,13 @@ def test_a_live_run_with_other_settings_stops_this_one_before_it_renders(pipe, t
             "host": os.uname()[1],
             "start": "",
             "token": "y",
-            "recipe": _recipe_settings(theirs),
+            "recipe": recipe_settings(theirs),
             "names": {"00000-1-a-cat.png": [theirs["key"], "a cat", "fouriscale"]},
         }
         (tmp_path / ".fouriscale-run.y.json").write_text(json.dumps(registration))
-        import fouriscale.frontend.jobs as jobs_module
+        import fouriscale.frontend.batch as batch_module
 
-        monkeypatch.setattr(jobs_module, "render", lambda *a, **k: pytest.fail("rendered despite the conflict"))
+        monkeypatch.setattr(batch_module, "render_images", lambda *a, **k: pytest.fail("rendered despite the conflict"))
         pattern = r"00000-1-a-cat.png is being made right now by another run \(pid \d+\) with other settings \("
         with pytest.raises(UserError, match=pattern + r"steps: 20 there, 2 here\)"):
             run_batch(pipe, tiny_recipe(), jobs, tmp_path, progress=False)

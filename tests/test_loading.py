@@ -112,9 +112,9 @@ def test_pickle_files_are_refused(tiny_dirs, tmp_path, capsys):
 
 
 def test_bad_lora_files_fail_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    import fouriscale.frontend.loading as loading
+    import fouriscale.frontend.requests as requests
 
-    monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model first"))
+    monkeypatch.setattr(requests, "load_pipeline", lambda *a, **k: pytest.fail("loaded the model first"))
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
     assert cli("generate", "a cat", "--model", "tiny:sd1", "--lora", bad, "--out", tmp_path / "o") == 2

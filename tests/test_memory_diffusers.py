@@ -149,7 +149,7 @@ def test_the_budget_refuses_in_one_line(wide_sd):
     message = str(info.value)
     assert "\n" not in message and isinstance(info.value, ValueError)
     assert message.startswith("FouriScale: Stable Diffusion 1.x at 96x96 (fp32) needs an estimated ")
-    assert "more than the memory budget of 1 MB (max_memory='1MB')" in message
+    assert message.endswith("more than the memory budget of 1 MB")
     assert "even with every memory setting and model CPU offload" in message
     assert info.value.choice.estimate.peak == info.value.choice.peak > 10**6
     for bad, says in (("12 parsecs", "unknown unit"), ("0", "more than 0 bytes"), ("-3GB", "more than 0 bytes")):
@@ -210,8 +210,11 @@ def test_every_memory_lever_keeps_the_latents(request, clean, monkeypatch, famil
     clean(pipe)
     fouriscale.apply_fouriscale(pipe, WINDOW)
     plain = run()
+    fouriscale.apply_fouriscale(pipe, WINDOW, filter_pieces=True)  # filters in channel groups, FreeU in place
+    in_place = run()
+    torch.testing.assert_close(in_place, plain, rtol=0, atol=0)  # every channel filtered alone: the same numbers
     monkeypatch.setattr(layers, "_FRESH_REFS", 0)  # FreeU on a copy (the concatenation path)
-    torch.testing.assert_close(run(), plain, rtol=0, atol=0)  # in place or not: the same numbers
+    torch.testing.assert_close(run(), in_place, rtol=0, atol=0)
     monkeypatch.undo()
     monkeypatch.setattr(fouriscale.plan, "FEED_FORWARD_PIECES_MIN_TOKENS", 16)  # token pieces on the tiny maps
     levers = dict(sequential_uncond_all_steps=True, feed_forward_pieces=True, filter_pieces=True)
@@ -246,3 +249,24 @@ def test_a_budget_that_needs_offload_turns_it_on(wide_sd, rungs, clean):
         wide_sd.to("cpu")
     scale = free.abs().max()
     torch.testing.assert_close(offloaded / scale, free / scale, rtol=0, atol=1e-5)
+
+
+def test_freeu_in_place_leaves_a_callers_own_tensor_alone(sd_pipe, clean):
+    """FreeU changes only a concatenation nothing else holds: a caller's tensor that it keeps is copied."""
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe, filter_pieces=True)
+    patch = fouriscale.diffusers.patch.patch_of(sd_pipe)
+    plan = patch.plan(64, 64, 10)
+    from fouriscale.runtime.layout import DETAIL, UNCOND
+    from fouriscale.runtime.state import CallState
+
+    resnet = sd_pipe.unet.get_submodule("up_blocks.2.resnets.0")
+    x = torch.randn(2, resnet.in_channels, 8, 8)
+    kept = x.clone()
+    held = [x]  # one more reference than the up block's own
+    patch.runtime.call = CallState(plan=plan, step=plan.steps[-1], rows=1, stock=(UNCOND, DETAIL), forked=None)
+    try:
+        resnet(x, torch.zeros(2, resnet.time_emb_proj.in_features))
+    finally:
+        patch.runtime.call = None
+    assert torch.equal(held[0], kept)

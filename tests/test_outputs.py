@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fouriscale.embedded import a1111_parameters
 from fouriscale.frontend.errors import UserError, one_line
-from fouriscale.frontend.outputs import (
-    TEMP_FILE,
-    Manifest,
-    OutputFolder,
-    a1111_parameters,
+from fouriscale.frontend.files import (
     atomic_write_bytes,
     compare_name,
     differing_settings,
@@ -25,6 +22,7 @@ from fouriscale.frontend.outputs import (
     slugify,
     write_png,
 )
+from fouriscale.frontend.folder import TEMP_FILE, Manifest, OutputFolder
 
 
 def _image(seed=0, size=(16, 8)):

@@ -270,3 +270,32 @@ def test_sequential_uncond_gives_the_same_result_with_smaller_passes(request, cl
     for i in range(3):
         expected += [(1, i), (2, i)] if plan.step(i).active else [(2, i)]
     assert seen == expected  # never more rows than the stock [uncond, cond] batch
+
+
+def test_a_custom_denoising_loop_tells_the_step(sd_pipe, clean):
+    """``fouriscale.denoising_step`` around the UNet calls of a hand-written loop gives the pipeline's own result."""
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    latents = latents_for(sd_pipe, 64, 64)
+    expected = run(sd_pipe, steps=3, latents=latents, guidance_scale=7.5)
+    embeds, negative = sd_pipe.encode_prompt(PROMPT, "cpu", 1, True, "blurry")
+    scheduler = sd_pipe.scheduler
+    scheduler.set_timesteps(3)
+    x = latents * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        with fouriscale.denoising_step(sd_pipe, i, len(scheduler.timesteps)), torch.no_grad():
+            noise = sd_pipe.unet(torch.cat([x] * 2), t, encoder_hidden_states=torch.cat([negative, embeds])).sample
+        uncond, cond = noise.chunk(2)
+        x = scheduler.step(uncond + 7.5 * (cond - uncond), t, x).prev_sample
+    torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-5)
+    # Without it the same loop runs the stock UNet (and says so); bad steps and unpatched pipelines are refused.
+    with pytest.raises(ValueError, match="step 3 lies beyond the 3 steps"):
+        with fouriscale.denoising_step(sd_pipe, 3, 3):
+            pass
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer from 1"):
+        with fouriscale.denoising_step(sd_pipe, 0, 0):
+            pass
+    fouriscale.remove_fouriscale(sd_pipe)
+    with pytest.raises(RuntimeError, match="FouriScale is not applied"):
+        with fouriscale.denoising_step(sd_pipe, 0, 3):
+            pass

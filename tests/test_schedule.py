@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
-from fouriscale.diffusers.steps import locate_step
+from fouriscale.diffusers.step_source import locate_step
 from fouriscale.profiles import FAMILIES
 from fouriscale.schedule import (
     SDXL_BUCKETS,

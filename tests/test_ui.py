@@ -13,7 +13,8 @@ from PIL import Image
 
 import fouriscale
 from fouriscale.frontend.errors import UserError
-from fouriscale.frontend.outputs import Manifest, read_settings
+from fouriscale.frontend.files import read_settings
+from fouriscale.frontend.folder import Manifest
 from fouriscale.frontend.ui import CUSTOM, NATIVE, Studio, check_address
 from fouriscale.testing import tiny_pipeline
 from frontend_helpers import api_render, as_array, cli, error_line, generator, start_cli, write_mask, write_picture
@@ -123,17 +124,24 @@ def test_size_choices_fill_the_fields(studio):
     ],
 )
 def test_bad_input_is_a_message(studio, changes, message, monkeypatch):
-    import fouriscale.frontend.ui as ui
+    import fouriscale.frontend.ui.studio as ui
 
     monkeypatch.setattr(ui, "render_images", lambda *a, **k: pytest.fail("rendered despite bad input"))
     with pytest.raises(UserError, match=message):
         _ask(studio, model=changes.pop("model", "tiny:sd1"), **changes)
 
 
-def test_the_sdxl_aspect_message_names_no_cli_option(studio):
+def test_library_messages_name_no_setting_the_page_lacks(studio):
+    """The library's remedies through settings the page does not offer (a base size, lifting the size limit) are
+    left out; the rest of the message stays."""
     with pytest.raises(UserError) as info:
         _ask(studio, model="tiny:sdxl", width=512, height=32)
-    assert "aspect ratios SDXL was trained on" in str(info.value) and "--base-size" not in str(info.value)
+    message = str(info.value)
+    assert message.endswith("choose a size closer to square") and "base" not in message
+    with pytest.raises(UserError) as info:
+        _ask(studio, width=20000, height=20000)
+    message = str(info.value)
+    assert message.endswith("choose a smaller size") and "lift" not in message and "size_limit" not in message
 
 
 @pytest.mark.parametrize(
@@ -381,12 +389,14 @@ def test_mask_controlnet_and_two_pass(studio, tmp_path):
 def ui_pictures(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui-pictures")
     (root / "notes.txt").write_text("not a picture", encoding="utf-8")
+    (root / "net.ckpt").write_bytes(b"not read")
     return {
         "picture": write_picture(root / "p.png", 32, 32),
         "mask": write_mask(root / "m.png", 32, 32),
         "mask48": write_mask(root / "m48.png", 48, 32),
         "control": write_picture(root / "c.png", 64, 64),
         "text": str(root / "notes.txt"),
+        "ckpt": str(root / "net.ckpt"),
     }
 
 
@@ -401,7 +411,8 @@ def ui_pictures(tmp_path_factory):
         (dict(controlnet="tiny"), "the ControlNet model needs the ControlNet picture"),
         (dict(control_image="control"), "the ControlNet picture needs the ControlNet model"),
         (dict(controlnet="tiny", control_image="control", control_scale=-1), "from 0 to 10"),
-        (dict(controlnet="/no/such/net", control_image="control"), "the ControlNet /no/such/net: no such file"),
+        (dict(controlnet="/no/such/net", control_image="control"), "the ControlNet model /no/such/net: no such file"),
+        (dict(controlnet="ckpt", control_image="control"), "the ControlNet model .*pass fouriscale ui --allow-pickle"),
         (dict(controlnet=5), "the ControlNet model must be text"),
         (dict(init_image=3), "the input picture must be a picture file"),
         (dict(init_image="/no/such.png"), "no such file"),
@@ -411,7 +422,7 @@ def ui_pictures(tmp_path_factory):
     ],
 )
 def test_bad_pictures_are_a_message(studio, ui_pictures, monkeypatch, changes, message):
-    import fouriscale.frontend.ui as ui
+    import fouriscale.frontend.ui.studio as ui
 
     monkeypatch.setattr(ui, "render_images", lambda *a, **k: pytest.fail("rendered despite bad input"))
     changes = {k: ui_pictures.get(v, v) if isinstance(v, str) else v for k, v in changes.items()}

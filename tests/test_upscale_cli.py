@@ -13,7 +13,8 @@ from PIL import Image
 
 import fouriscale
 from fouriscale.frontend.controlnets import tiny_controlnet
-from fouriscale.frontend.outputs import Manifest, image_name, read_settings
+from fouriscale.frontend.files import image_name, read_settings
+from fouriscale.frontend.folder import Manifest
 from fouriscale.images import fit_image
 from fouriscale.testing import tiny_pipeline
 from frontend_helpers import (
@@ -325,8 +326,9 @@ class _Shard:
 
 
 def test_picture_batches_shard_across_processes(tmp_path, base):
-    from fouriscale.frontend.inputs import read_picture
-    from fouriscale.frontend.jobs import make_jobs, run_batch
+    from fouriscale.frontend.batch import run_batch
+    from fouriscale.frontend.pictures import read_picture
+    from fouriscale.frontend.recipe import make_jobs
 
     pictures = [read_picture(write_picture(tmp_path / f"{i}.png", 32, 32, seed=i)) for i in range(3)]
     recipe = tiny_recipe(strength=0.6)
@@ -509,7 +511,7 @@ def _fill(args, bad, nets):
 def test_bad_pictures_and_combinations_are_refused_before_loading(
     tmp_path, capsys, monkeypatch, bad, nets, args, message
 ):
-    import fouriscale.frontend.loading as loading
+    import fouriscale.frontend.requests as loading
 
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     args = _fill(args, bad, nets)
@@ -532,7 +534,7 @@ def test_bad_pictures_and_combinations_are_refused_before_loading(
     ],
 )
 def test_upscale_refusals(tmp_path, capsys, monkeypatch, bad, nets, args, message):
-    import fouriscale.frontend.loading as loading
+    import fouriscale.frontend.requests as loading
 
     monkeypatch.setattr(loading, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     assert cli("upscale", *_fill(args, bad, nets), *SD, "--out", tmp_path / "o", *FAST) == 2
@@ -561,7 +563,7 @@ def test_help_shows_the_new_options_with_defaults(capsys):
 
 
 def test_embedded_prompt_readers(tmp_path):
-    from fouriscale.frontend.inputs import embedded_prompt, parse_a1111, read_picture
+    from fouriscale.embedded import parse_a1111, read_embedded_prompt
 
     assert parse_a1111("a cat,\nsitting\nNegative prompt: dark\nSteps: 20, Sampler: Euler") == (
         "a cat,\nsitting",
@@ -573,5 +575,5 @@ def test_embedded_prompt_readers(tmp_path):
     exif = Image.Exif()
     exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + "a fox\nSteps: 20".encode("utf-16-be")
     image.save(exif_path, exif=exif)
-    assert embedded_prompt(read_picture(str(exif_path))) == ("a fox", "", "its A1111 parameters (EXIF)")
-    assert embedded_prompt(read_picture(write_picture(tmp_path / "p.png"))) is None
+    assert read_embedded_prompt(str(exif_path)) == ("a fox", "", "its A1111 parameters (EXIF)")
+    assert read_embedded_prompt(write_picture(tmp_path / "p.png")) is None

@@ -6,6 +6,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .errors import SettingError
+from .memory import parse_memory
+from .profiles import FAMILIES
+from .schedule import choose_bucket, sd_dilation
+
 __all__ = [
     "FouriScaleConfig",
     "Preset",
@@ -102,7 +107,9 @@ class FouriScaleConfig:
         filter_pieces (`bool`, *optional*, defaults to `None`):
             Run the Fourier filters (FouriScale's low-pass filter and the paper's FreeU) in eight groups of channels
             one after the other, so their float32 copies and spectra are an eighth of the feature map's (every
-            channel is filtered on its own: the same result). `None`: off, unless a memory budget needs it.
+            channel is filtered on its own: the same result), and the paper's FreeU in place on the up block's
+            concatenation of hidden state and skip instead of on a copy of it. `None`: off, unless a memory budget
+            needs it.
         sequential_uncond_all_steps (`bool`, *optional*, defaults to `None`):
             Run the unconditional branch as a pass of its own on every guided step, the plain ones (after
             ``stop_step``) included: every pass is then one branch, half of direct inference's batch (less memory
@@ -176,7 +183,7 @@ class FouriScaleConfig:
 
     def __post_init__(self) -> None:
         def fail(name: str, problem: str) -> None:
-            raise ValueError(f"FouriScaleConfig.{name}: {problem}")
+            raise SettingError(name, f"FouriScaleConfig.{name}: {problem}", value=getattr(self, name, None))
 
         for name in (
             "progressive",
@@ -243,9 +250,11 @@ class FouriScaleConfig:
                 f"expected a multiple of 8 from {MIN_VAE_TILE} latent pixels up or None, got {tile!r}",
             )
         if self.max_memory is not None:
-            from .memory import parse_memory
-
-            object.__setattr__(self, "max_memory", parse_memory(self.max_memory, "FouriScaleConfig.max_memory"))
+            try:
+                budget = parse_memory(self.max_memory, "max_memory")
+            except ValueError as exc:
+                fail("max_memory", str(exc).removeprefix("max_memory: "))
+            object.__setattr__(self, "max_memory", budget)
         if self.mask_floor is not None and (not _is_number(self.mask_floor) or not 0 <= self.mask_floor < 1):
             fail("mask_floor", f"expected a number in [0, 1), got {self.mask_floor!r}")
         if self.detail_dilation_divisor is not None and (
@@ -305,9 +314,6 @@ _PAPER_SIZES = {
 
 
 def _paper_presets() -> dict[str, Preset]:
-    from .profiles import FAMILIES
-    from .schedule import choose_bucket, sd_dilation
-
     presets = {}
     for name, sizes in _PAPER_SIZES.items():
         fam = FAMILIES[name]

@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .errors import SettingError
+
 __all__ = [
     "parse_memory",
     "format_bytes",
@@ -60,13 +62,18 @@ _AMOUNT = re.compile(r"^\s*([+-]?(?:\d[\d_]*(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\
 _HINT = "e.g. 12GB (GB = 10^9 bytes), 11.5GiB (GiB = 2^30 bytes), 8000MB, or a number of bytes"
 
 
+def _bad(value, problem: str) -> SettingError:
+    return SettingError("max_memory", problem, value=value)
+
+
 def parse_memory(value, name: str = "max_memory") -> int:
     """A memory amount in bytes from ``value``: an integer number of bytes, or a string of a number and a unit
     (``B``, ``KB``, ``MB``, ``GB``, ``TB``: powers of 1000; ``KiB``, ``MiB``, ``GiB``, ``TiB``: powers of 1024;
     case-insensitive; no unit: bytes). Raises ``ValueError`` naming ``name`` for anything else, for amounts that are
-    not more than 0, and for ambiguous units (``12G``: write ``12GB`` or ``12GiB``)."""
+    not more than 0, and for ambiguous units (``12G``: write ``12GB`` or ``12GiB``): a
+    :class:`~fouriscale.errors.SettingError` (a ``ValueError``) of the setting ``max_memory``."""
     if isinstance(value, bool):
-        raise ValueError(f"{name}: expected a memory size, got {value!r}; {_HINT}")
+        raise _bad(value, f"{name}: expected a memory size, got {value!r}; {_HINT}")
     if isinstance(value, int):
         amount = float(value)
     elif isinstance(value, float):
@@ -74,22 +81,23 @@ def parse_memory(value, name: str = "max_memory") -> int:
     elif isinstance(value, str):
         match = _AMOUNT.match(value)
         if not match:
-            raise ValueError(f"{name}: {value!r} is not a memory size; {_HINT}")
+            raise _bad(value, f"{name}: {value!r} is not a memory size; {_HINT}")
         number, unit = match.group(1).replace("_", ""), match.group(2).lower()
         if unit and unit not in _UNITS:
             if unit in ("k", "m", "g", "t"):
-                raise ValueError(
+                raise _bad(
+                    value,
                     f"{name}: {value!r} is ambiguous; write {number}{unit.upper()}B (10^n bytes) or "
-                    f"{number}{unit.upper()}iB (2^n bytes)"
+                    f"{number}{unit.upper()}iB (2^n bytes)",
                 )
-            raise ValueError(f"{name}: {value!r} has an unknown unit {match.group(2)!r}; {_HINT}")
+            raise _bad(value, f"{name}: {value!r} has an unknown unit {match.group(2)!r}; {_HINT}")
         amount = float(number) * _UNITS.get(unit, 1)
     else:
-        raise ValueError(f"{name}: expected a memory size such as '12GB' or a number of bytes, got {value!r}")
+        raise _bad(value, f"{name}: expected a memory size such as '12GB' or a number of bytes, got {value!r}")
     if not math.isfinite(amount):
-        raise ValueError(f"{name}: {value!r} is not a finite amount; {_HINT}")
+        raise _bad(value, f"{name}: {value!r} is not a finite amount; {_HINT}")
     if amount <= 0 or round(amount) < 1:
-        raise ValueError(f"{name}: {value!r} must be more than 0 bytes; {_HINT}")
+        raise _bad(value, f"{name}: {value!r} must be more than 0 bytes; {_HINT}")
     return int(round(amount))
 
 

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 from .config import FAR_BEYOND_NATIVE, MAX_DILATION, MAX_PIXELS, MAX_SIDE, MAX_STEPS, FouriScaleConfig
+from .errors import SettingError
 from .memory import BudgetChoice
 from .profiles import LayerSpec, ModelProfile
 from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
@@ -36,6 +37,9 @@ __all__ = [
 # can cost time: at 64 x 64 latents on a 2-core CPU it took the SDXL stand-in from 1.18x to 1.51x direct
 # (the SD stand-in: 1.27x batched, 1.22x split), for 1-6% of peak memory.
 SEQUENTIAL_UNCOND_MIN_LATENT = 128 * 128
+
+#: What a size beyond ``FAR_BEYOND_NATIVE`` times the native size per side leads to (every front end says it).
+FAR_BEYOND_CONSEQUENCE = "expect broken structure, and a long run"
 
 # The feed-forward layers of the forked stages run the three-branch batch in pieces of the stock batch's size from
 # this many tokens (a 64 x 64 feature map) on, where their hidden layer is the largest tensor of the step: the peak
@@ -78,7 +82,6 @@ class LayerPlan:
     base: tuple[float, float] | None  # (hb, wb) of pad-then-crop; None: no padding
     padded: tuple[int, int] | None  # size the filter runs at (the input size without pad-then-crop); None: unfiltered
     scales: tuple[tuple[float, float] | None, ...]  # mask scale (s_h, s_w) per step; None where inactive
-    differs: bool  # the structure and detail branches compute this layer differently
     forked: bool  # on three-branch steps it runs the forked batch (between the fork and the join block)
 
 
@@ -140,6 +143,15 @@ class Plan:
         """More than ``FAR_BEYOND_NATIVE`` (8) times the reference size per side: results are unlikely to hold up."""
         return self.dilation > FAR_BEYOND_NATIVE
 
+    @property
+    def far_beyond_native_text(self) -> str:
+        """The warning every front end gives for :attr:`far_beyond_native` sizes."""
+        nh, nw = self.profile.native_size
+        return (
+            f"{self.width}x{self.height} is {self.dilation}x the model's native {nw}x{nh} per side (more than "
+            f"{FAR_BEYOND_NATIVE}x): {FAR_BEYOND_CONSEQUENCE}"
+        )
+
     def step(self, i: int) -> StepSetting:
         """Setting of denoising step ``i`` (inactive outside ``0..num_steps-1``)."""
         if self.noop or not 0 <= i < len(self.steps):
@@ -184,7 +196,9 @@ class Plan:
             f"  {label:<18} {_num(bw)}x{_num(bh)}",
             f"  dilation d         {self.dilation}"
             + (
-                " (more than 8x the reference size per side: expect broken structure)" if self.far_beyond_native else ""
+                f" (more than {FAR_BEYOND_NATIVE}x the native size per side: {FAR_BEYOND_CONSEQUENCE})"
+                if self.far_beyond_native
+                else ""
             ),
             (
                 f"  schedule           full dilation for steps < {self.start}, "
@@ -331,33 +345,49 @@ def runs_forked(spec: LayerSpec, profile: ModelProfile, fork: int | None, join: 
     return not (spec.stage == join and block != profile.stages[join] and spec.kind != "conv")
 
 
+def _check_size_and_steps(height: int, width: int, num_steps: int, f: int, config: FouriScaleConfig) -> None:
+    """The size and step count a plan takes (:class:`~fouriscale.errors.SettingError` otherwise)."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % f:
+            raise SettingError(
+                name, f"{name} must be a positive multiple of {f} pixels for this model, got {value!r}", value=value,
+                bound=f,
+            )  # fmt: skip
+    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= MAX_STEPS:
+        problem = f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}"
+        raise SettingError("num_inference_steps", problem, value=num_steps, bound=(1, MAX_STEPS))
+    if config.size_limit and (max(height, width) > MAX_SIDE or height * width > MAX_PIXELS):
+        raise SettingError(
+            "size",
+            f"{width}x{height} is above FouriScale's size limit ({MAX_SIDE} px per side, {MAX_PIXELS // 2**20} MP in "
+            "total); choose a smaller size",
+            value=(height, width),
+            bound=(MAX_SIDE, MAX_PIXELS),
+            remedy="lift the limit",
+            remedy_setting="size_limit",
+        )
+    for name, value in (("start_step", config.start_step), ("stop_step", config.stop_step)):
+        if value is not None and value > num_steps:
+            problem = (
+                f"{name} {value} lies beyond the {num_steps} denoising steps of this generation; choose a value up to "
+                f"{num_steps}, or leave it unset for the paper's window scaled to the step count"
+            )
+            raise SettingError(name, problem, value=value, bound=(0, num_steps))
+
+
 def make_plan(
     profile: ModelProfile, height: int, width: int, num_steps: int, config: FouriScaleConfig | None = None
 ) -> Plan:
     """Derive the :class:`Plan` for a ``height`` x ``width`` image in ``num_steps`` denoising steps.
 
-    Raises ``ValueError`` for sizes the model cannot take (non-positive, not a multiple of the VAE's
-    scale factor, or an SDXL aspect ratio outside its buckets).
+    Raises :class:`~fouriscale.errors.SettingError` (a ``ValueError``) for sizes the model cannot take (non-positive,
+    not a multiple of the VAE's scale factor, above the size limit, an SDXL aspect ratio outside its buckets, a
+    dilation above 16) and start or stop steps beyond the step count.
     """
     config = config or FouriScaleConfig()
     fam = profile.family
     f = profile.vae_scale_factor
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % f:
-            raise ValueError(f"{name} must be a positive multiple of {f} pixels for this model, got {value!r}")
-    if not isinstance(num_steps, int) or isinstance(num_steps, bool) or not 1 <= num_steps <= MAX_STEPS:
-        raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_steps!r}")
-    if config.size_limit and (max(height, width) > MAX_SIDE or height * width > MAX_PIXELS):
-        raise ValueError(
-            f"{width}x{height} is above FouriScale's size limit ({MAX_SIDE} px per side, {MAX_PIXELS // 2**20} MP in "
-            "total); choose a smaller size, or lift the limit with size_limit=False (--no-size-limit)"
-        )
-    for name, value in (("start_step", config.start_step), ("stop_step", config.stop_step)):
-        if value is not None and value > num_steps:
-            raise ValueError(
-                f"{name} {value} lies beyond the {num_steps} denoising steps of this generation; choose a value up to "
-                f"{num_steps}, or leave it unset for the paper's window scaled to the step count"
-            )
+    _check_size_and_steps(height, width, num_steps, f, config)
 
     if config.base_size is not None:
         base = (float(config.base_size[0]), float(config.base_size[1]))
@@ -371,11 +401,11 @@ def make_plan(
     if config.dilation is not None:
         d = config.dilation
     if d > MAX_DILATION:
-        raise ValueError(
+        problem = (
             f"{width}x{height} needs dilation {d}, more than FouriScale's {MAX_DILATION} (that many times the "
-            "reference "
-            f"size {int(base[1])}x{int(base[0])} per side); choose a smaller size"
+            f"reference size {int(base[1])}x{int(base[0])} per side); choose a smaller size"
         )
+        raise SettingError("size", problem, value=(height, width), bound=MAX_DILATION)
 
     start, stop = fam.window(d, num_steps)
     start = config.start_step if config.start_step is not None else start
@@ -414,9 +444,8 @@ def make_plan(
             else None
             for s in steps
         )
-        differs = layer_differs(spec, config, divisor)
         forked = runs_forked(spec, profile, fork, join, block)
-        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, differs, forked))
+        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, forked))
     pieces = tuple(
         config.feed_forward_pieces
         if config.feed_forward_pieces is not None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from .errors import SettingError
+
 __all__ = [
     "SDXL_BUCKETS",
     "sd_dilation",
@@ -90,10 +92,14 @@ def choose_bucket(
             best = (padding, (bh, bw), s)
     if best is None:
         ratio = height / width
-        raise ValueError(
-            f"{int(height)}x{int(width)} (height x width, aspect {ratio:.3g}) is outside the aspect ratios "
-            "SDXL was trained on (height/width between 0.25 and 4); choose a size closer to square, or set an "
-            "explicit base size (base_size=(h, w), --base-size WxH)."
+        raise SettingError(
+            "size",
+            f"{int(height)}x{int(width)} (height x width, aspect {ratio:.3g}) is outside the aspect ratios SDXL was "
+            "trained on (height/width between 0.25 and 4); choose a size closer to square",
+            value=(height, width),
+            bound=(0.25, 4.0),
+            remedy="set an explicit base size",
+            remedy_setting="base_size",
         )
     return best[1], best[2]
 

@@ -14,8 +14,10 @@ import tempfile
 
 import torch
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = [
-    "FAMILIES",
+    "TINY_FAMILIES",
     "real_unet_config",
     "tiny_unet_config",
     "tiny_vae_config",
@@ -32,7 +34,8 @@ __all__ = [
     "boot_comfyui",
 ]
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+#: The families the tiny models come in (every family of :data:`fouriscale.FAMILIES`).
+TINY_FAMILIES = ("sd1", "sd2", "sdxl")
 
 _SD_DOWN = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 _SD_UP = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
@@ -66,7 +69,7 @@ def real_unet_config(family: str) -> dict:
             projection_class_embeddings_input_dim=2816,
             layers_per_block=2,
         )
-    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
 
 
 def tiny_unet_config(family: str, sample_size: int = 8, width: int = 8) -> dict:
@@ -102,7 +105,7 @@ def tiny_unet_config(family: str, sample_size: int = 8, width: int = 8) -> dict:
             layers_per_block=2,
             norm_num_groups=8,
         )
-    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
 
 
 def tiny_vae_config(sample_size: int = 8, scale_factor: int = 4) -> dict:
@@ -526,7 +529,7 @@ def comfy_twin_configs(family: str, sample_size: int = 8) -> tuple[dict, dict]:
             projection_class_embeddings_input_dim=2816,
         )
         return ldm, config
-    raise ValueError(f"unknown family {family!r}; choose one of {FAMILIES}")
+    raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
 
 
 def boot_comfyui(source):

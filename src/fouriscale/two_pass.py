@@ -34,7 +34,9 @@ from PIL import Image
 from .config import FouriScaleConfig
 from .diffusers.patch import apply_fouriscale, disabled, get_config, get_plan
 
-__all__ = ["TwoPassResult", "two_pass", "first_pass_size", "UPSCALE_MODES"]
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
+__all__ = ["TwoPassResult", "two_pass", "first_pass_size", "two_pass_settings", "UPSCALE_MODES"]
 
 UPSCALE_MODES = ("pixel", "latent")
 
@@ -66,6 +68,19 @@ def first_pass_size(pipe, height: int, width: int, config: FouriScaleConfig | No
     nh, nw = profile.native_size
     d = max(plan.dilation, 1)
     return fit(height / d, nh), fit(width / d, nw)
+
+
+def two_pass_settings(first_size: tuple[int, int], upscale: str, strength: float, seed: int, steps: int) -> dict:
+    """The settings of a two-pass generation, as :attr:`TwoPassResult.settings` reports them under ``"two_pass"``
+    (known before rendering: front ends key finished images by them)."""
+    fh, fw = first_size
+    return {
+        "first_pass": {"height": fh, "width": fw, "fouriscale": False},
+        "upscale": upscale,
+        "strength": float(strength),
+        "seed": int(seed),
+        "start_step": steps - int(strength * steps),
+    }
 
 
 def _accepts(pipe, name: str) -> bool:
@@ -153,15 +168,7 @@ def two_pass(
         first = out.images[0]
         init = first.resize((width, height), Image.LANCZOS)
     image = img2img(prompt, image=init, strength=strength, generator=generator(), **second_kwargs).images[0]
-    settings = {
-        "two_pass": {
-            "first_pass": {"height": fh, "width": fw, "fouriscale": False},
-            "upscale": upscale,
-            "strength": float(strength),
-            "seed": int(seed),
-            "start_step": steps - int(strength * steps),
-        }
-    }
+    settings = {"two_pass": two_pass_settings((fh, fw), upscale, strength, seed, steps)}
     return TwoPassResult(image=image, first=first, settings=settings)
 
 

@@ -15,6 +15,7 @@ import fouriscale.comfyui as fc
 from fouriscale import FouriScaleConfig
 from fouriscale.comfyui.nodes import FouriScale, FouriScalePlan, config_from_widgets
 from fouriscale.comfyui.workflows import example_workflows, workflow_json
+from fouriscale.errors import SettingError
 from frontend_helpers import cli, error_line
 
 from .conftest import ROOT
@@ -93,6 +94,21 @@ def test_the_plan_node_shows_the_plan_of_both_hosts(comfyui, twin):
     assert text == diffusers_plan.describe() and "amp x2.4" in text
     # An unpatched model: the paper's settings at the family's native size (SDXL: 1024 px, a no-op at 192x128).
     assert "1024x1024" in FouriScalePlan().plan(twin.model, 192, 128, 10)["result"][0]
+
+
+def test_the_nodes_errors_name_no_setting_the_nodes_lack(comfyui, twin):
+    """A size the plan refuses: the API's message offers a base size (``base_size=``), the nodes' message, from
+    nodes without such a widget, does not; the data stay the same."""
+    positive, negative = twin.conds()
+    (patched,) = FouriScale().patch(twin.model, **dict(_defaults(FouriScale), native_size=8 * NATIVE))
+    with pytest.raises(SettingError) as info:
+        sample(comfyui, patched, (8, 64), 2, positive, negative)
+    assert str(info.value).endswith("choose a size closer to square") and info.value.setting == "size"
+    with pytest.raises(SettingError) as info:
+        FouriScalePlan().plan(patched, 512, 64, 10)
+    assert str(info.value).endswith("choose a size closer to square") and info.value.value == (64, 512)
+    with pytest.raises(SettingError, match=r"set an explicit base size \(base_size=\(h, w\)\)$"):
+        fc.get_plan(fc.apply_fouriscale(twin.model, native_size=8 * NATIVE), 512, 64, 10)
 
 
 def _api_prompt(comfyui, workflow: dict) -> dict:

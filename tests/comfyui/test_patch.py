@@ -41,6 +41,7 @@ def _replayed(twin, capture):
         ("sd2", (16, 16), 5.0, 1),  # v-prediction
         ("sdxl", (16, 16), 5.0, 2),
         ("sdxl", (24, 16), 5.0, 1),  # non-square: bucket 1216x832 scaled, d = 3
+        ("sdxl", (16, 24), 1.0, 1),
     ],
 )
 def test_every_model_call_equals_the_diffusers_plugin(comfyui, twins, family, latent, cfg, batch):
@@ -69,22 +70,27 @@ def test_controlnet_residuals_reach_every_branch_in_the_right_rows(comfyui, twin
         _close(call["out"], expected)
 
 
-@pytest.mark.parametrize("area", [False, True])
-def test_several_conds_and_areas(comfyui, twins, area):
-    """Two positive conds (ComfyUI batches them with the negative one as [uncond, cond, cond]), and an area cond,
-    whose calls see a cropped latent: every call equals the diffusers plug-in's for its own size."""
+@pytest.mark.parametrize("kind", ["plain", "area", "mask"])
+def test_several_conds_and_areas(comfyui, twins, kind):
+    """Two positive conds (ComfyUI batches them with the negative one as [uncond, cond, cond]), an area cond, whose
+    calls see a cropped latent, and a masked cond: every call equals the diffusers plug-in's for its own size."""
     twin = twins["sd1"]
     capture = Capture()
     model = fc.apply_fouriscale(capturing(twin.model, capture), native_size=8 * NATIVE)
     positive, negative = twin.conds(count=2)
-    if area:
+    if kind == "area":
         (positive,) = comfyui.nodes.ConditioningSetArea().append([positive[1]], 128, 128, 64, 64, 1.0)
         positive = [twin.conds()[0][0]] + positive
+    elif kind == "mask":
+        mask = torch.zeros(1, 192, 192)
+        mask[:, :96] = 1.0
+        (masked,) = comfyui.nodes.ConditioningSetMask().append([positive[1]], mask, "default", 1.0)
+        positive = [positive[0]] + masked
     sample(comfyui, model, (24, 24), 3, positive, negative)
     kinds = {tuple(call["kinds"]) for call in capture.calls}
-    assert any(len(k) == 3 for k in kinds) if not area else any(len(k) < 3 for k in kinds)
+    assert any(len(k) == 3 for k in kinds) if kind != "area" else any(len(k) < 3 for k in kinds)
     sizes = {tuple(call["x"].shape[-2:]) for call in capture.calls}
-    assert sizes == ({(24, 24), (16, 16)} if area else {(24, 24)})
+    assert sizes == ({(24, 24), (16, 16)} if kind == "area" else {(24, 24)})
     for call, expected in _replayed(twin, capture):
         _close(call["out"], expected)
 

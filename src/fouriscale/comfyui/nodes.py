@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 from ..config import MAX_DILATION, MAX_STEPS, FouriScaleConfig
-from .patch import apply_fouriscale, get_plan
+from ..errors import SettingError
+from ..frontend.fields import NODE_NAMES
+from .patch import apply_fouriscale, get_patch, get_plan
 
 __all__ = ["FouriScale", "FouriScalePlan", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "config_from_widgets"]
 
@@ -76,7 +78,9 @@ class FouriScale:
         }
 
     def patch(self, model, native_size=0, **widgets):
-        return (apply_fouriscale(model, config_from_widgets(**widgets), native_size=native_size or None),)
+        patched = apply_fouriscale(model, config_from_widgets(**widgets), native_size=native_size or None)
+        get_patch(patched).names = NODE_NAMES  # its plans' errors name no setting the node lacks
+        return (patched,)
 
 
 def config_from_widgets(**widgets) -> FouriScaleConfig:
@@ -117,7 +121,10 @@ class FouriScalePlan:
         }
 
     def plan(self, model, width, height, steps):
-        text = get_plan(model, width, height, steps).describe()
+        try:
+            text = get_plan(model, width, height, steps).describe()
+        except SettingError as exc:
+            raise exc.reworded(NODE_NAMES) from None
         return {"ui": {"text": [text]}, "result": (text,)}
 
 

@@ -100,7 +100,7 @@ class ComfyPatch(Planner):
         if sigmas is None or sigma is None:
             self.warn_once(
                 "step",
-                "FouriScale: the model was called outside a sampling run (no sample_sigmas); running it unchanged.",
+                "the model was called outside a sampling run (no sample_sigmas); running it unchanged.",
             )
             return None
         step, num_steps = step_of_sigma(self._sigma_values(sigmas), float(sigma.flatten()[0]))

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..profiles import FAMILIES, Family, ModelProfile, Stage, UNetDescription, Unit, make_profile
 
-__all__ = ["describe_unet", "detect_profile", "detect_family", "native_latent"]
+__all__ = ["describe_unet", "detect_profile", "detect_family", "native_latent", "vae_scale_factor"]
 
 
 def _conv_of(module: nn.Module | None) -> nn.Conv2d | None:
@@ -58,6 +58,13 @@ def _units(prefix: str, block: nn.Module, samplers_attr: str | None, kind: str |
         name = f"{prefix}.{samplers_attr}.{j}"
         units.append(Unit(name, kind, _spatial_convs(name, sampler, ("conv",))))
     return tuple(units)
+
+
+def vae_scale_factor(config) -> int:
+    """How much a VAE of this config (a config object or dict) downsamples: 2 per level after the first (diffusers'
+    ``vae_scale_factor``)."""
+    channels = config["block_out_channels"] if isinstance(config, dict) else config.block_out_channels
+    return 2 ** (len(channels) - 1)
 
 
 def native_latent(config) -> tuple[int, int]:

@@ -1,5 +1,4 @@
-"""diffusers' own FreeU state on a UNet (layer 3, diffusers host): a snapshot that puts it back, and the switch of
-``freeu="diffusers"``.
+"""diffusers' own FreeU state on a UNet (layer 3, diffusers host): a snapshot that puts it back.
 
 diffusers' ``enable_freeu`` picks FreeU's stage by up-block index; the paper's variant (the default,
 :class:`~fouriscale.diffusers.layers.PaperFreeUHook`) picks it by the channel count of the incoming hidden state,
@@ -10,7 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-__all__ = ["FreeUSnapshot", "enable_diffusers_freeu"]
+__all__ = ["FreeUSnapshot"]
 
 
 class FreeUSnapshot:
@@ -30,11 +29,3 @@ class FreeUSnapshot:
         for block, saved in zip(self.unet.up_blocks, self.saved):
             for attr, value in saved.items():
                 setattr(block, attr, value)
-
-
-def enable_diffusers_freeu(unet: nn.Module, params: tuple[float, float, float, float]) -> FreeUSnapshot:
-    """``freeu="diffusers"``: diffusers' ``enable_freeu``; the returned snapshot restores the previous state."""
-    snapshot = FreeUSnapshot(unet)
-    b1, b2, s1, s2 = params
-    unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
-    return snapshot

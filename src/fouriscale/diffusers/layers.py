@@ -43,14 +43,14 @@ __all__ = [
     "PaperFreeUHook",
     "CONV_HOOK",
     "QK_HOOK",
-    "JOIN_HOOK",
+    "JOIN_ATTENTION_HOOK",
     "FF_HOOK",
     "FREEU_HOOK",
 ]
 
 CONV_HOOK = "fouriscale.conv"
 QK_HOOK = "fouriscale.qk"
-JOIN_HOOK = "fouriscale.join"
+JOIN_ATTENTION_HOOK = "fouriscale.join.attention"
 FF_HOOK = "fouriscale.ff"
 FREEU_HOOK = "fouriscale.freeu"
 
@@ -158,7 +158,10 @@ class PaperFreeUHook(ModelHook):
             return args, kwargs
         x, C = args[0], self.site.backbone_channels
         pieces = call.plan.filter_pieces
-        if _fresh(x):  # diffusers' up block hands the resnet its new [hidden, skip] concatenation and reads it no more
+        # With the filters in pieces (a memory setting), FreeU changes diffusers' up block's new [hidden, skip]
+        # concatenation in place, which the block reads no more after the resnet (a caller that does gets a copy
+        # only when it holds one more reference: the check cannot see later reads, so it is not the default).
+        if pieces > 1 and _fresh(x):
             paper_freeu_(x, C, call.plan.freeu_params, self.stage, pieces)
             return args, kwargs
         x = torch.cat(paper_freeu(x[:, :C], x[:, C:], call.plan.freeu_params, self.stage, pieces), dim=1)

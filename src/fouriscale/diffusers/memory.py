@@ -38,10 +38,13 @@ from functools import partial
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .. import spectral
 from ..config import FouriScaleConfig
+from ..errors import SettingError
 from ..memory import (
     DECODE,
     FOURISCALE_STEP,
@@ -56,6 +59,19 @@ from ..memory import (
     format_bytes,
     parse_memory,
 )
+from .patch import (
+    _structure,
+    _unet_of,
+    apply_fouriscale,
+    denoising_step,
+    disabled,
+    get_config,
+    get_plan,
+    patch_of,
+    remove_fouriscale,
+)
+from .step_source import calling_pipeline
+from .vae_tiling import decode_plan
 
 __all__ = [
     "LiveBytes",
@@ -79,11 +95,12 @@ _ALWAYS_RESIDENT = ("safety_checker",)  # diffusers' offload leaves it on the de
 BUDGET_TILES = (128, 96, 64)
 
 
-class MemoryBudgetError(ValueError):
-    """Nothing fits the memory budget; ``choice`` holds the lowest estimate found."""
+class MemoryBudgetError(SettingError):
+    """Nothing fits the memory budget (the setting ``max_memory``; ``value``: the budget in bytes, ``bound``: the lowest
+    estimate); ``choice`` holds the lowest estimate found."""
 
-    def __init__(self, message: str, choice: BudgetChoice) -> None:
-        super().__init__(message)
+    def __init__(self, problem: str, choice: BudgetChoice) -> None:
+        super().__init__("max_memory", problem, value=choice.budget, bound=choice.peak)
         self.choice = choice
 
 
@@ -109,8 +126,6 @@ class LiveBytes(TorchDispatchMode):
 
     def __enter__(self):
         if self.names:
-            from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-
             self._handles = [
                 register_module_forward_pre_hook(self._enter_module),
                 register_module_forward_hook(self._leave_module, always_call=True),
@@ -374,8 +389,6 @@ def _offload_of(pipe) -> str:
 
 
 def _modules(pipe) -> dict[str, nn.Module]:
-    from .patch import _structure
-
     return {name: _structure(c) for name, c in pipe.components.items() if isinstance(c, nn.Module)}
 
 
@@ -429,8 +442,6 @@ def _run_phase(ctx: _Context, body) -> tuple[int, str]:
     The filter masks FouriScale caches are dropped first, so every phase makes (and counts) its own, as the first
     step of a generation does: the count does not depend on what ran before.
     """
-    from .. import spectral
-
     spectral.clear_caches()
     live = LiveBytes(ctx.names, meta=ctx.device == "meta")
     with ExitStack() as stack:
@@ -475,8 +486,6 @@ def _text_dims(pipe, unet) -> tuple[int, int | None, int | None]:
 def _step_phase(ctx: _Context, step: int | None, guidance_scale: float = 5.0) -> tuple[int, str]:
     """One guided UNet call of denoising step ``step`` with FouriScale (``None``: stock, FouriScale disabled), with
     what the pipeline's loop holds meanwhile (latents, the CFG batch, the prompt embeddings)."""
-    from .patch import denoising_step, disabled
-
     pipe, unet = ctx.pipe, ctx.modules["unet"]
     f = pipe.vae_scale_factor
     h, w = ctx.height // f, ctx.width // f
@@ -510,8 +519,6 @@ def _step_phase(ctx: _Context, step: int | None, guidance_scale: float = 5.0) ->
 def _decode_phase(ctx: _Context, fouriscale: bool) -> tuple[int, str]:
     """The pipeline's decode (FouriScale's tiled decode where it stands in, else the VAE's own), the image's
     denormalisation on the device, and the safety checker's look at it."""
-    from .patch import disabled
-
     pipe, vae = ctx.pipe, ctx.modules["vae"]
     f = pipe.vae_scale_factor
     h, w = ctx.height // f, ctx.width // f
@@ -560,8 +567,6 @@ def _describe_step(plan, i: int) -> str:
 # -- the estimate ----------------------------------------------------------------------------------------------------
 def _dtype_of(dtype, pipe) -> torch.dtype:
     if dtype is None:
-        from .patch import _structure
-
         unet = _structure(pipe.unet)
         return next((p.dtype for p in unet.parameters() if p.is_floating_point()), torch.float32)
     if isinstance(dtype, str):
@@ -591,8 +596,6 @@ def _lever_free(config: FouriScaleConfig) -> FouriScaleConfig:
 def _patched(pipe, config: FouriScaleConfig):
     """The pipeline patched with ``config`` inside the block: the applied patch overriding its memory settings when
     it has the same structure, else ``config`` applied for the block and the previous state restored after."""
-    from .patch import apply_fouriscale, patch_of, remove_fouriscale
-
     patch = patch_of(pipe)
     if patch is not None and _lever_free(patch.config) == _lever_free(config):
         with patch.overriding(config):
@@ -629,8 +632,6 @@ class _Estimator:
         guidance,
         real=False,
     ):
-        from .patch import _unet_of, get_plan
-
         _unet_of(pipe)  # a diffusers pipeline with a UNet
         if attention not in ATTENTION:
             raise ValueError(f"attention {attention!r}: choose 'sdpa' (flash / memory-efficient) or 'math'")
@@ -720,8 +721,6 @@ class _Estimator:
         )
 
     def plan_for(self, config: FouriScaleConfig):
-        from .patch import get_plan
-
         return get_plan(self.pipe, self.height, self.width, self.num_steps, config)
 
     def measure(self, phase: str, config: FouriScaleConfig | None) -> tuple[int, str, str]:
@@ -921,8 +920,6 @@ def estimate_memory(
 
     Returns a :class:`~fouriscale.memory.MemoryEstimate` (``peak`` in bytes; ``print()`` it).
     """
-    from .patch import get_config
-
     config = config if config is not None else (get_config(pipe) or FouriScaleConfig())
     if not isinstance(config, FouriScaleConfig):
         raise TypeError(f"config must be a FouriScaleConfig or None, got {type(config).__name__}")
@@ -963,8 +960,6 @@ def measure_memory(
     """:func:`estimate_memory`'s phases run for real: the pipeline's own weights, on its device and dtype, with real
     tensors (and real arithmetic: as slow as generating), counted the same way. What the estimate is checked against
     (``benchmarks/memory.py``, the tests); offload is the pipeline's own, attention whatever the device runs."""
-    from .patch import get_config
-
     config = config if config is not None else (get_config(pipe) or FouriScaleConfig())
     est = _Estimator(
         pipe, height, width, num_inference_steps, config, None, "", "sdpa", None, batch_size, guidance, real=True
@@ -1057,8 +1052,6 @@ def fit_memory(
     ``estimate``: the estimate of the choice). Raises :class:`MemoryBudgetError` (a ``ValueError``) in one line with
     the lowest estimate and the budget when nothing fits, and ``ValueError`` for a malformed budget.
     """
-    from .patch import get_config
-
     config = config if config is not None else (get_config(pipe) or FouriScaleConfig())
     if max_memory is None:
         max_memory = config.max_memory
@@ -1077,7 +1070,7 @@ def fit_memory(
     with est.running():
         choice = _fit(est, budget, offloads)
     if not choice.fits:
-        raise MemoryBudgetError(_refusal(est, choice, max_memory), choice)
+        raise MemoryBudgetError(_refusal(est, choice), choice)
     return choice
 
 
@@ -1098,13 +1091,13 @@ def _fit(est: _Estimator, budget: int, offloads) -> BudgetChoice:
     return dataclasses.replace(choice, peaks=peaks, fits=estimate.peak <= budget, estimate=estimate)
 
 
-def _refusal(est: _Estimator, choice: BudgetChoice, max_memory) -> str:
+def _refusal(est: _Estimator, choice: BudgetChoice) -> str:
     dtype = _DTYPE_NAMES.get(est.dtype, str(est.dtype))
     how = "every memory setting" + (f" and {choice.offload} CPU offload" if choice.offload != "none" else "")
     return (
         f"FouriScale: {est.plan.profile.family.label} at {est.width}x{est.height} ({dtype}) needs an estimated "
         f"{format_bytes(choice.peak)} even with {how} (in the {choice.estimate.peak_phase.name}), more than the "
-        f"memory budget of {format_bytes(choice.budget)} (max_memory={max_memory!r})"
+        f"memory budget of {format_bytes(choice.budget)}"
     )
 
 
@@ -1112,8 +1105,6 @@ def apply_budget(patch, height: int, width: int, num_steps: int, call: dict):
     """The plan of a UNet call under ``patch.config.max_memory``: the settings :func:`fit_memory` chooses for this
     size, batch, guidance, dtype and device (once; cached), used from this call on; model CPU offload enabled on the
     pipeline if the choice needs it. Raises :class:`MemoryBudgetError` before the UNet runs when nothing fits."""
-    from .steps import calling_pipeline
-
     key = (height, width, num_steps, call["rows"], call["cfg"], call["dtype"], str(call["device"]))
     choice = patch.choices.get(key)
     pipe = calling_pipeline(call["unet"]) or (patch.pipe_ref() if patch.pipe_ref is not None else None)
@@ -1138,8 +1129,6 @@ def apply_budget(patch, height: int, width: int, num_steps: int, call: dict):
     resolved = patch.config.replace(**choice.overrides)
     plan = patch.plan(height, width, num_steps, resolved)
     if plan.memory is None:
-        from .vae_tiling import decode_plan
-
         vae = getattr(pipe, "vae", None)
         if vae is not None:
             decode = decode_plan(vae, resolved, plan.latent, patch.profile.vae_scale_factor)

@@ -6,11 +6,11 @@ tree, its parameters and its ``state_dict`` stay the stock ones):
 * ``fouriscale`` on the UNet: the around-hook that locates the step and runs the branches
   (:class:`~fouriscale.diffusers.unet.UNetHook`); it carries the applied patch;
 * ``fouriscale.layout`` on the top-level stages from the fork on (:class:`~fouriscale.diffusers.unet.LayoutHook`)
-  and ``fouriscale.layout.join`` on the join block (:class:`~fouriscale.diffusers.unet.JoinHook`);
+  and ``fouriscale.layout.join`` on the join block (:class:`~fouriscale.diffusers.unet.JoinLayoutHook`);
 * ``fouriscale.conv`` on every patched conv (:class:`~fouriscale.diffusers.layers.ConvHook`; for a LoRA layer, on
   its base conv and its down-projection);
 * ``fouriscale.qk`` on ``to_q``/``to_k`` (or a fused ``to_qkv``) of every self-attention
-  (:class:`~fouriscale.diffusers.layers.QKShareHook`), and ``fouriscale.join`` on the last one that reads the
+  (:class:`~fouriscale.diffusers.layers.QKShareHook`), and ``fouriscale.join.attention`` on the last one that reads the
   structure branch (:class:`~fouriscale.diffusers.layers.JoinAttentionHook`);
 * ``fouriscale.ff`` on the feed-forward layer of every transformer block in the forked stages
   (:class:`~fouriscale.diffusers.layers.FeedForwardHook`);
@@ -37,14 +37,14 @@ from ..plan import Plan, branch_stages, join_block, make_plan
 from ..profiles import ModelProfile
 from ..runtime.ops import QKShare, freeu_stage
 from ..runtime.planner import Planner
-from .describe import detect_profile
-from .freeu import FreeUSnapshot, enable_diffusers_freeu
+from .describe import detect_profile, vae_scale_factor
+from .freeu import FreeUSnapshot
 from .hooks import add_hook, get_hook, remove_hook
 from .layers import (
     CONV_HOOK,
     FF_HOOK,
     FREEU_HOOK,
-    JOIN_HOOK,
+    JOIN_ATTENTION_HOOK,
     QK_HOOK,
     ConvHook,
     FeedForwardHook,
@@ -52,10 +52,12 @@ from .layers import (
     PaperFreeUHook,
     QKShareHook,
 )
-from .steps import ExplicitStep
-from .unet import JOIN_LAYOUT_HOOK, LAYOUT_HOOK, UNET_HOOK, JoinHook, LayoutHook, UNetHook
+from .step_source import ExplicitStep
+from .unet import JOIN_LAYOUT_HOOK, LAYOUT_HOOK, UNET_HOOK, JoinLayoutHook, LayoutHook, UNetHook
 from .vae_tiling import SyncTiledDecode, decode_plan, tiles_exactly, tiles_size
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = [
     "apply_fouriscale",
     "remove_fouriscale",
@@ -181,7 +183,7 @@ class Patch(Planner):
                     model.get_submodule(profile.stages[stage]), LayoutHook(stage, self.runtime), LAYOUT_HOOK
                 )
             block = model.get_submodule(join_block(profile, config, self.join))
-            self._add_fixed(block, JoinHook(self.join, self.runtime), JOIN_LAYOUT_HOOK)
+            self._add_fixed(block, JoinLayoutHook(self.join, self.runtime), JOIN_LAYOUT_HOOK)
             for index, (spec, attn) in enumerate(zip(profile.attentions, self._attn)):
                 if self.fork <= spec.stage <= self.join:
                     ff = model.get_submodule(spec.name.rpartition(".")[0])._modules.get("ff")
@@ -192,9 +194,8 @@ class Patch(Planner):
             if config.share_branches and last.group_norm is None and last.spatial_norm is None:
                 # The processor feeds the layer's input straight to to_q/to_k, so the join can leave the
                 # structure branch out of the attention itself.
-                self._add_fixed(
-                    last, JoinAttentionHook(profile.attentions[-1].stage, self.runtime, self._shares[-1]), JOIN_HOOK
-                )
+                join = JoinAttentionHook(profile.attentions[-1].stage, self.runtime, self._shares[-1])
+                self._add_fixed(last, join, JOIN_ATTENTION_HOOK)
         if config.freeu == "paper":
             if self.freeu_before.enabled:
                 model.disable_freeu()  # the paper's variant replaces a FreeU enabled through diffusers
@@ -205,7 +206,8 @@ class Patch(Planner):
                         model.get_submodule(site.name), PaperFreeUHook(site, stage, self.runtime), FREEU_HOOK
                     )
         elif config.freeu == "diffusers":
-            enable_diffusers_freeu(model, config.freeu_params or profile.family.freeu)
+            b1, b2, s1, s2 = config.freeu_params or profile.family.freeu
+            model.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)  # undone by the snapshot taken first
         if config.freeu is not None:
             self.restorers.append(self.freeu_before)
         vae = getattr(pipe, "vae", None)
@@ -277,11 +279,11 @@ def _resolve_config(config: FouriScaleConfig | None, overrides: dict) -> FouriSc
     return config.replace(**overrides) if overrides else config
 
 
-def _vae_scale_factor(pipe) -> int:
+def _pipeline_factor(pipe) -> int:
     factor = getattr(pipe, "vae_scale_factor", None)
     if factor is None:
         vae = getattr(pipe, "vae", None)
-        factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
+        factor = vae_scale_factor(vae.config) if vae is not None else 8
     return int(factor)
 
 
@@ -307,7 +309,7 @@ def apply_fouriscale(pipe, config: FouriScaleConfig | None = None, **overrides):
             return pipe
         remove_fouriscale(pipe)
     model = _structure(unet)
-    profile = detect_profile(model, _vae_scale_factor(pipe), config.layers)
+    profile = detect_profile(model, _pipeline_factor(pipe), config.layers)
     patch = Patch(model, profile, config)
     try:
         patch.install(pipe)
@@ -407,7 +409,7 @@ def get_plan(
     if isinstance(pipe, nn.Module) and hasattr(pipe, "down_blocks"):
         unet, factor = pipe, vae_scale_factor or 8
     else:
-        unet, factor = _unet_of(pipe), vae_scale_factor or _vae_scale_factor(pipe)
+        unet, factor = _unet_of(pipe), vae_scale_factor or _pipeline_factor(pipe)
         if config is None:
             config = get_config(pipe)
         if vae is None:

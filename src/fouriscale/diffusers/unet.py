@@ -2,7 +2,7 @@
 UNet call.
 
 The stock pipeline ``__call__`` runs untouched. Its UNet call reaches :class:`UNetHook` (a diffusers
-``new_forward``), which takes the denoising step from the step source (:mod:`.steps`: the calling pipeline's
+``new_forward``), which takes the denoising step from the step source (:mod:`.step_source`: the calling pipeline's
 scheduler table, or a step given with :func:`fouriscale.denoising_step`), takes the (cached) plan for the size
 and step count and runs the UNet once, or twice with the unconditional branch as a pass of its own
 (:func:`~fouriscale.runtime.layout.passes`). Inside a pass the branches are laid out by stage
@@ -14,7 +14,7 @@ and step count and runs the UNet once, or twice with the unconditional branch as
 
 :class:`LayoutHook` on every stage from the fork on gives each batch-shaped input of the stage (hidden
 states, time embedding, text embeddings, skip tensors, attention masks, adapter residuals, IP-Adapter
-embeddings) the layout of that stage, and :class:`JoinHook` on the join block (``Plan.join_block``: the
+embeddings) the layout of that stage, and :class:`JoinLayoutHook` on the join block (``Plan.join_block``: the
 transformer model of the last self-attention, or the last stage without branch sharing) returns its output
 in the stock layout, so the rest of the join stage (its upsampler) runs the stock batch. The structure branch
 starts as a copy of the cond rows: before the fork nothing treats it differently. The residuals the UNet adds
@@ -32,9 +32,9 @@ from ..runtime.layout import passes, relayout, relayout_rows, stock_roles
 from ..runtime.ops import amplify_guidance
 from ..runtime.state import CallState
 from .layers import StageHook
-from .steps import locate_call
+from .step_source import locate_call
 
-__all__ = ["UNetHook", "LayoutHook", "JoinHook", "UNET_HOOK", "LAYOUT_HOOK", "JOIN_LAYOUT_HOOK"]
+__all__ = ["UNetHook", "LayoutHook", "JoinLayoutHook", "UNET_HOOK", "LAYOUT_HOOK", "JOIN_LAYOUT_HOOK"]
 
 UNET_HOOK = "fouriscale"
 LAYOUT_HOOK = "fouriscale.layout"
@@ -52,7 +52,7 @@ class LayoutHook(StageHook):
         return relayout(args, call, target), relayout(kwargs, call, target)
 
 
-class JoinHook(StageHook):
+class JoinLayoutHook(StageHook):
     """On the join block: its output handed back in the stock layout (without the structure branch)."""
 
     def post_forward(self, module, output):

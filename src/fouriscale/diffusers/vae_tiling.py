@@ -31,6 +31,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .describe import vae_scale_factor
+
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = ["tile_grid", "sync_tiled_decode", "SyncTiledDecode", "tiles_exactly", "tiles_size", "decode_plan", "TILE"]
 
 #: Latent pixels per tile side of the installed decode (latents up to this size per side are never tiled), and the
@@ -246,7 +250,7 @@ class SyncTiledDecode:
         # Set by the patch: latent size (h, w) -> (tile or not, tile size) where a memory budget or an estimate
         # decides them, else None (then `threshold` and `tile` do).
         self.choose = None
-        self.scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.scale = vae_scale_factor(vae.config)
         self._own = type(vae).decode
         self._signature = inspect.signature(self._own)  # with `self`; apply_forward_hook keeps it (functools.wraps)
         parameters = list(self._signature.parameters.values())

@@ -8,12 +8,16 @@ and the radially averaged log power spectrum of each image on one plot.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 import fouriscale
+
+from .errors import UserError
+from .render import generate_image
 
 __all__ = [
     "VARIANTS",
@@ -65,8 +69,6 @@ def render_variants(
     """Generate the same prompt and seed once per variant (in the order given); the pipeline is left as it was
     found. ``config`` (default: the pipeline's applied config, else the paper's) is the base the variants
     change; ``skip`` maps variants already rendered to their images; ``call`` goes to the pipeline."""
-    from .jobs import generate_image
-
     previous = fouriscale.get_config(pipe)
     base = config or previous or fouriscale.FouriScaleConfig()
     configs = {name: variant_config(name, base) for name in variants}
@@ -190,10 +192,6 @@ def comparison_grid(
 
 def require_matplotlib(what: str = "this command") -> None:
     """``UserError`` naming the extra to install when matplotlib (plots and charts) is missing."""
-    import importlib.util
-
-    from .errors import UserError
-
     if importlib.util.find_spec("matplotlib") is None:
         raise UserError(f"{what} draws its plots with matplotlib: pip install 'fouriscale[ui]'")
 

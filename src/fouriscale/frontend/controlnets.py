@@ -15,15 +15,24 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
+from ..diffusers.describe import detect_family
+from ..profiles import FAMILIES
 from .errors import UserError, captured_logs, one_line
-from .inputs import Picture
+from .fields import CLI_NAMES
+from .loading import PICKLE_SUFFIXES, check_hub, looks_like_path, safetensors_keys
+from .pictures import Picture
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = [
     "TINY",
     "Control",
@@ -54,7 +63,7 @@ class Control:
         return {"model": self.model, "image": self.image.record(), "scale": self.scale}
 
 
-def tiny_seed(spec: str) -> int | None:
+def tiny_seed(spec: str, labels: Mapping = CLI_NAMES) -> int | None:
     """``"tiny"`` -> 0, ``"tiny:3"`` -> 3; ``None`` for anything else; ``UserError`` for ``tiny:`` + no number."""
     text = str(spec).strip().lower()
     if text == TINY:
@@ -63,7 +72,9 @@ def tiny_seed(spec: str) -> int | None:
         return None
     seed = text[len(TINY) + 1 :]
     if not seed.isdigit():
-        raise UserError(f"--controlnet {spec}: the built-in tiny ControlNets are tiny or tiny:SEED (e.g. tiny:1)")
+        raise UserError(
+            f"{labels['controlnet']} {spec}: the built-in tiny ControlNets are tiny or tiny:SEED (e.g. tiny:1)"
+        )
     return int(seed)
 
 
@@ -98,17 +109,22 @@ def tiny_controlnet(unet, vae_scale_factor: int, seed: int = 0):
 @dataclass
 class ControlSource:
     """What ``--controlnet SPEC`` names, found without reading weights: ``kind`` is ``tiny``, ``file``, ``folder``
-    or ``hub``; ``summary`` the architecture facts known so far (for :func:`check_fit`)."""
+    or ``hub``; ``summary`` the architecture facts known so far (for :func:`check_fit`); ``labels`` how messages
+    about it name the front end's settings (:mod:`~fouriscale.frontend.fields`)."""
 
     spec: str
     kind: str
     summary: dict
     seed: int = 0
+    labels: Mapping = field(default_factory=lambda: CLI_NAMES, repr=False, compare=False)
+
+    @property
+    def shown(self) -> str:
+        """How messages name it: ``--controlnet SPEC`` on the command line."""
+        return f"{self.labels['controlnet']} {self.spec}"
 
 
 def _summary_of_config(config) -> dict:
-    from ..diffusers.describe import detect_family
-
     cfg = dict(config)
     try:
         family = detect_family(SimpleNamespace(**cfg)).name
@@ -140,13 +156,11 @@ def _summary_of_model(unet_config, vae_scale_factor: int) -> dict:
 
 def _summary_of_header(path: Path, shown: str) -> dict:
     """Architecture facts from a ``.safetensors`` header (diffusers or original key layout), no tensors read."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types
-        raise UserError(f"--controlnet {shown}: truncated or corrupt ({one_line(exc, 160)})") from None
+        raise UserError(f"{shown}: truncated or corrupt ({one_line(exc, 160)})") from None
     return _summary_of_shapes(shapes, shown)
 
 
@@ -155,7 +169,7 @@ def _summary_of_shapes(shapes: dict, shown: str) -> dict:
     shapes = dict(zip(keys, shapes.values()))
     ldm = any(k.startswith("input_hint_block.") for k in keys)
     if not ldm and not any(k.startswith("controlnet_cond_embedding.") for k in keys):
-        raise UserError(f"--controlnet {shown}: holds no ControlNet (no conditioning embedding weights)")
+        raise UserError(f"{shown}: holds no ControlNet (no conditioning embedding weights)")
     cross = next((s[-1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight")), None)
     xl = any(k.startswith(("add_embedding.", "label_emb.")) for k in keys)
     first = shapes.get("input_blocks.0.0.weight" if ldm else "conv_in.weight")
@@ -177,75 +191,73 @@ def _summary_of_shapes(shapes: dict, shown: str) -> dict:
     }
 
 
-def _hub_config(spec: str) -> dict:
+def _hub_config(spec: str, labels: Mapping) -> dict:
     from diffusers import ControlNetModel
-
-    from .loading import _check_hub, _short
 
     try:
         return ControlNetModel.load_config(spec, local_files_only=True)
     except Exception:
         pass
     try:
-        _check_hub(spec)
+        check_hub(spec, subject="ControlNet", option=labels["controlnet_path"])
     except UserError as exc:
-        raise UserError(f"--controlnet: {str(exc).replace('--model PATH', '--controlnet PATH')}") from None
+        raise UserError(f"{labels['controlnet']}: {exc}") from None
     try:
         return ControlNetModel.load_config(spec)
     except Exception as exc:
+        reason = one_line(exc, first_line=True)
         raise UserError(
-            f"--controlnet {spec}: could not get its config from the Hugging Face Hub ({_short(exc)}); check the id, "
-            "or pass a local folder or .safetensors file"
+            f"{labels['controlnet']} {spec}: could not get its config from the Hugging Face Hub ({reason}); check "
+            "the id, or pass a local folder or .safetensors file"
         ) from None
 
 
-def check_source(spec: str, allow_pickle: bool = False) -> ControlSource:
+def check_source(spec: str, allow_pickle: bool = False, labels: Mapping = CLI_NAMES) -> ControlSource:
     """Find and check ``--controlnet SPEC`` without loading weights (files present and readable, pickle refused
     unless allowed, the config readable); ``UserError`` otherwise."""
     from diffusers import ControlNetModel
 
-    from .loading import PICKLE_SUFFIXES, _looks_like_path, safetensors_keys
-
     spec = str(spec).strip()
     if not spec:
-        raise UserError("--controlnet: empty; give a hub id, a folder, a .safetensors file or tiny")
-    seed = tiny_seed(spec)
+        raise UserError(f"{labels['controlnet']}: empty; give a hub id, a folder, a .safetensors file or tiny")
+    shown = f"{labels['controlnet']} {spec}"
+    seed = tiny_seed(spec, labels)
     if seed is not None:
-        return ControlSource(spec, "tiny", {}, seed)
+        return ControlSource(spec, "tiny", {}, seed, labels)
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() in PICKLE_SUFFIXES:
             if not allow_pickle:
                 raise UserError(
-                    f"--controlnet {spec}: a pickle file, which can run arbitrary code when loaded; convert it to "
-                    ".safetensors, or pass --allow-pickle if you trust its source"
+                    f"{shown}: a pickle file, which can run arbitrary code when loaded; convert it to "
+                    f".safetensors, or pass {labels['allow_pickle']} if you trust its source"
                 )
-            return ControlSource(spec, "file", {})
+            return ControlSource(spec, "file", {}, labels=labels)
         if path.suffix.lower() != ".safetensors":
-            raise UserError(f"--controlnet {spec}: expected a .safetensors file, a diffusers folder or a hub id")
-        return ControlSource(spec, "file", _summary_of_header(path, spec))
+            raise UserError(f"{shown}: expected a .safetensors file, a diffusers folder or a hub id")
+        return ControlSource(spec, "file", _summary_of_header(path, shown), labels=labels)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UserError(f"--controlnet {spec}: a folder without config.json, not a diffusers ControlNet")
+            raise UserError(f"{shown}: a folder without config.json, not a diffusers ControlNet")
         weights = sorted(path.glob("*.safetensors"))
         for file in weights:
-            safetensors_keys(file, f"--controlnet {spec}: {file.name}")
+            safetensors_keys(file, f"{shown}: {file.name}")
         if not weights:
             if not any(path.glob(f"*{suffix}") for suffix in PICKLE_SUFFIXES):
-                raise UserError(f"--controlnet {spec}: the folder holds no weights (.safetensors)")
+                raise UserError(f"{shown}: the folder holds no weights (.safetensors)")
             if not allow_pickle:
                 raise UserError(
-                    f"--controlnet {spec}: the folder holds only pickle weights, which can run code when loaded; "
-                    "pass --allow-pickle if you trust the source"
+                    f"{shown}: the folder holds only pickle weights, which can run code when loaded; "
+                    f"pass {labels['allow_pickle']} if you trust the source"
                 )
         try:
             config = ControlNetModel.load_config(str(path))
         except Exception as exc:
-            raise UserError(f"--controlnet {spec}: cannot read its config.json ({one_line(exc, 160)})") from None
-        return ControlSource(spec, "folder", _summary_of_config(config))
-    if _looks_like_path(spec):
-        raise UserError(f"--controlnet {spec}: no such file or folder")
-    return ControlSource(spec, "hub", _summary_of_config(_hub_config(spec)))
+            raise UserError(f"{shown}: cannot read its config.json ({one_line(exc, 160)})") from None
+        return ControlSource(spec, "folder", _summary_of_config(config), labels=labels)
+    if looks_like_path(spec):
+        raise UserError(f"{shown}: no such file or folder")
+    return ControlSource(spec, "hub", _summary_of_config(_hub_config(spec, labels)), labels=labels)
 
 
 _FACTS = (
@@ -263,8 +275,6 @@ _FACTS = (
 def check_fit(source: ControlSource, unet_config, vae_scale_factor: int) -> None:
     """``UserError`` when the ControlNet cannot drive this UNet: another family, or a width, channel count or
     downsampling that differs (each named with both values)."""
-    from ..profiles import FAMILIES
-
     if source.kind == "tiny":
         return
     ours = _summary_of_model(unet_config, vae_scale_factor)
@@ -273,7 +283,7 @@ def check_fit(source: ControlSource, unet_config, vae_scale_factor: int) -> None
     label = lambda name: FAMILIES[name].label if name in FAMILIES else name  # noqa: E731
     if theirs.get("family") and ours["family"] and theirs["family"] != ours["family"]:
         raise UserError(
-            f"--controlnet {source.spec} is a ControlNet for {label(theirs['family'])}; the model is "
+            f"{source.shown} is a ControlNet for {label(theirs['family'])}; the model is "
             f"{label(ours['family'])}: use a ControlNet made for {label(ours['family'])}"
         )
     for key, what in _FACTS:
@@ -281,7 +291,7 @@ def check_fit(source: ControlSource, unet_config, vae_scale_factor: int) -> None
         if a is not None and b is not None and a != b:
             show = lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
             raise UserError(
-                f"--controlnet {source.spec} does not fit this model: its {what} is {show(a)}, the model's "
+                f"{source.shown} does not fit this model: its {what} is {show(a)}, the model's "
                 f"{show(b)} (a ControlNet for another base model?)"
             )
 
@@ -289,15 +299,18 @@ def check_fit(source: ControlSource, unet_config, vae_scale_factor: int) -> None
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def _fit_problem(exc: BaseException) -> str:
-    text = str(exc)
-    mismatch = re.search(r"size mismatch for ([^:\s]+): copying a param with shape (torch.Size\(\[[^\]]*\]\))", text)
-    if mismatch:
-        return f"its weights do not fit this model's architecture ({mismatch.group(1)}: {mismatch.group(2)})"
-    missing = re.search(r"Missing key\(s\) in state_dict: \"([^\"]+)\"", text)
-    if missing:
-        return f"its weights do not fit this model's architecture ({missing.group(1)} is missing)"
-    return one_line(exc, 200)
+def _fit_problem(state: dict, model: torch.nn.Module) -> str | None:
+    """The first way the weights ``state`` do not fit ``model`` (a weight missing, unknown or of another shape), or
+    ``None`` when they fit."""
+    ours = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name, shape in ours.items():
+        if name not in state:
+            return f"its weights do not fit this model's architecture ({name} is missing)"
+        if tuple(state[name].shape) != shape:
+            given, needed = ("x".join(map(str, s)) for s in (state[name].shape, shape))
+            return f"its weights do not fit this model's architecture ({name}: {given} in the file, {needed} in it)"
+    extra = sorted(set(state) - set(ours))
+    return f"its weights do not fit this model's architecture ({extra[0]} is not in it)" if extra else None
 
 
 def _load_file(source: ControlSource, pipe, allow_pickle: bool):
@@ -305,27 +318,26 @@ def _load_file(source: ControlSource, pipe, allow_pickle: bool):
 
     path = Path(source.spec).expanduser()
     if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
         state = load_file(str(path))
     else:
         if not allow_pickle:  # checked before; kept here so the loader never reads a pickle unasked
-            raise UserError(f"--controlnet {source.spec}: a pickle file; pass --allow-pickle if you trust it")
+            raise UserError(f"{source.shown}: a pickle file; pass {source.labels['allow_pickle']} if you trust it")
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise UserError(f"--controlnet {source.spec}: not a readable checkpoint ({one_line(exc, 160)})") from None
+            raise UserError(f"{source.shown}: not a readable checkpoint ({one_line(exc, 160)})") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
     state = {re.sub(r"^control_model\.", "", k): v for k, v in state.items()}
-    summary = _summary_of_shapes({k: tuple(v.shape) for k, v in state.items()}, source.spec)
-    check_fit(ControlSource(source.spec, "file", summary), pipe.unet.config, pipe.vae_scale_factor)
+    summary = _summary_of_shapes({k: tuple(v.shape) for k, v in state.items()}, source.shown)
+    checked = ControlSource(source.spec, "file", summary, labels=source.labels)
+    check_fit(checked, pipe.unet.config, pipe.vae_scale_factor)
     if summary["layout"] == "ldm":
         from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
         try:
             state = convert_controlnet_checkpoint(state, dict(pipe.unet.config))
         except Exception as exc:
-            raise UserError(f"--controlnet {source.spec}: cannot convert its weights ({one_line(exc, 160)})") from None
+            raise UserError(f"{source.shown}: cannot convert its weights ({one_line(exc, 160)})") from None
     widths = [state["controlnet_cond_embedding.conv_in.weight"].shape[0]] + [
         state[f"controlnet_cond_embedding.blocks.{i}.weight"].shape[0]
         for i in range(1, 2 * round(math.log2(summary["downsampling"])), 2)
@@ -334,18 +346,16 @@ def _load_file(source: ControlSource, pipe, allow_pickle: bool):
         controlnet = ControlNetModel.from_unet(
             pipe.unet, conditioning_embedding_out_channels=tuple(widths), load_weights_from_unet=False
         )
-    try:
-        controlnet.load_state_dict(state, strict=True, assign=True)
-    except (RuntimeError, KeyError) as exc:
-        raise UserError(f"--controlnet {source.spec}: {_fit_problem(exc)}") from None
+    problem = _fit_problem(state, controlnet)
+    if problem is not None:
+        raise UserError(f"{source.shown}: {problem}")
+    controlnet.load_state_dict(state, strict=True, assign=True)
     return controlnet
 
 
 def load_controlnet(source: ControlSource, pipe, allow_pickle: bool = False):
     """The ControlNet ``source`` names, checked against ``pipe``'s UNet and placed on its device and dtype."""
     from diffusers import ControlNetModel
-
-    from .loading import _short
 
     dtype = pipe.unet.dtype
     device = getattr(pipe, "_execution_device", None) or pipe.unet.device
@@ -362,15 +372,14 @@ def load_controlnet(source: ControlSource, pipe, allow_pickle: bool = False):
                 controlnet = ControlNetModel.from_pretrained(source.spec, local_files_only=True, **kwargs)
             except Exception as exc:
                 if source.kind == "folder":
-                    raise UserError(f"--controlnet {source.spec}: could not load it ({_short(exc)})") from None
+                    raise UserError(f"{source.shown}: could not load it ({one_line(exc, first_line=True)})") from None
                 try:
                     controlnet = ControlNetModel.from_pretrained(source.spec, **kwargs)
                 except Exception as exc:
-                    raise UserError(
-                        f"--controlnet {source.spec}: could not get it from the Hugging Face Hub ({_short(exc)})"
-                    ) from None
+                    reason = one_line(exc, first_line=True)
+                    raise UserError(f"{source.shown}: could not get it from the Hugging Face Hub ({reason})") from None
     check_fit(
-        ControlSource(source.spec, source.kind, _summary_of_config(controlnet.config)),
+        ControlSource(source.spec, source.kind, _summary_of_config(controlnet.config), labels=source.labels),
         pipe.unet.config,
         pipe.vae_scale_factor,
     )

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
+from collections.abc import Mapping
+
+from ..errors import SettingError, one_line
+from .fields import CLI_NAMES
 
 __all__ = [
     "UserError",
@@ -29,29 +32,15 @@ class UserError(Exception):
     """A mistake the user can fix; front ends show its message as one line."""
 
 
-def one_line(text: object, limit: int = 300) -> str:
-    """``text`` (or an exception's message) as one line of at most ``limit`` characters, cut at a word
-    boundary with an ellipsis when it is longer. An exception with an empty message gives its type name."""
-    if isinstance(text, BaseException):
-        message = str(text).strip() or type(text).__name__
-    else:
-        message = str(text).strip()
-    message = re.sub(r"\s+", " ", message)
-    if len(message) <= limit:
-        return message
-    cut = message[: limit - 1]
-    space = cut.rfind(" ")
-    if space > limit // 2:
-        cut = cut[:space]
-    return cut.rstrip(" ,;:(") + "…"
-
-
 @contextlib.contextmanager
-def user_errors(prefix: str = ""):
+def user_errors(prefix: str = "", labels: Mapping = CLI_NAMES):
     """Turn the library's ``TypeError``/``ValueError`` (bad values, sizes the model cannot take) raised inside
-    the block into a :class:`UserError` with the same message, optionally prefixed (e.g. ``"--size 0x0: "``)."""
+    the block into a :class:`UserError` with the same message, optionally prefixed (e.g. ``"--size 0x0: "``); a
+    :class:`~fouriscale.errors.SettingError`'s remedy is worded with ``labels`` (default: the CLI's options)."""
     try:
         yield
+    except SettingError as exc:
+        raise UserError(prefix + one_line(exc.worded(labels), 600)) from None
     except (TypeError, ValueError) as exc:
         raise UserError(prefix + one_line(exc, 600)) from None
 

@@ -11,15 +11,27 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 import socket
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
+from huggingface_hub import constants
+from safetensors import safe_open
 
+from ..diffusers.describe import detect_family, native_latent, vae_scale_factor
+from ..testing import TINY_FAMILIES, tiny_pipeline, tiny_unet_config, tiny_vae_config
 from .errors import UserError, captured_logs, one_line
+from .fields import CLI_NAMES
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = [
     "UserError",
     "TINY_PREFIX",
@@ -108,7 +120,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
     """Anything but ``name`` or ``org/name`` (or with a checkpoint suffix) is meant as a local path."""
     return model.lower().endswith((".safetensors",) + PICKLE_SUFFIXES) or not _HUB_ID.match(model)
 
@@ -117,8 +129,6 @@ def tiny_family(model: str) -> str | None:
     """``"tiny:sd1"`` -> ``"sd1"`` (``None`` for other model names); ``UserError`` for an unknown family."""
     if not str(model).lower().startswith(TINY_PREFIX):
         return None
-    from ..testing import FAMILIES as TINY_FAMILIES
-
     name = str(model)[len(TINY_PREFIX) :].strip().lower()
     if name not in TINY_FAMILIES:
         raise UserError(
@@ -129,8 +139,6 @@ def tiny_family(model: str) -> str | None:
 
 def _family_of_pipeline(pipe) -> str:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    from ..diffusers.describe import detect_family
 
     if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
         raise UserError(
@@ -146,8 +154,6 @@ def _family_of_pipeline(pipe) -> str:
 def safetensors_keys(path: Path, what: str) -> list[str]:
     """The tensor names of a ``.safetensors`` file; a truncated or corrupt file (the header's offsets must
     cover the file) is a ``UserError`` starting with ``what`` (e.g. the path)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as fh:
             return list(fh.keys())
@@ -155,14 +161,14 @@ def safetensors_keys(path: Path, what: str) -> list[str]:
         raise UserError(f"{what} is truncated or corrupt ({one_line(exc, 160)})") from None
 
 
-def _checkpoint_keys(path: Path, allow_pickle: bool) -> list[str]:
+def _checkpoint_keys(path: Path, allow_pickle: bool, labels: Mapping) -> list[str]:
     if path.suffix.lower() == ".safetensors":
         return safetensors_keys(path, f"{path} is not a readable .safetensors checkpoint: it")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise UserError(
                 f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; convert it to "
-                ".safetensors, or pass --allow-pickle if you trust its source"
+                f".safetensors, or pass {labels['allow_pickle']} if you trust its source"
             )
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=False, mmap=True)
@@ -175,10 +181,10 @@ def _checkpoint_keys(path: Path, allow_pickle: bool) -> list[str]:
     raise UserError(f"{path}: expected a .safetensors checkpoint or a diffusers folder")
 
 
-def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool):
+def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool, labels: Mapping):
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    keys = _checkpoint_keys(path, allow_pickle)
+    keys = _checkpoint_keys(path, allow_pickle, labels)
     is_xl = any(k.startswith("conditioner.") or k.startswith("model.diffusion_model.label_emb") for k in keys)
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise UserError(f"{path.name} holds no Stable Diffusion UNet (no 'model.diffusion_model.*' weights)")
@@ -193,29 +199,19 @@ def _load_single_file(path: Path, dtype, config: str | None, allow_pickle: bool)
     except Exception as exc:
         hint = "" if config else "; offline, pass --config with a diffusers folder of the same architecture"
         kind = "SDXL" if is_xl else "SD"
-        raise UserError(f"could not load {path.name} as a {kind} checkpoint: {_short(exc)}{hint}") from None
-
-
-def _short(exc: BaseException) -> str:
-    """The first line of an error's message, at most 300 characters, cut at a word boundary."""
-    text = str(exc).strip().splitlines()
-    return one_line(text[0] if text else type(exc).__name__)
+        raise UserError(
+            f"could not load {path.name} as a {kind} checkpoint: {one_line(exc, first_line=True)}{hint}"
+        ) from None
 
 
 def _offline() -> bool:
     """``HF_HUB_OFFLINE`` as huggingface_hub reads it."""
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
 def _hub_reachable() -> str | None:
     """``None`` when the Hub's host accepts a connection within :data:`HUB_TIMEOUT` seconds, else why not.
     With a proxy configured the proxy is asked instead (the connection to the Hub is then its business)."""
-    import urllib.request
-
-    from huggingface_hub import constants
-
     url = urllib.parse.urlsplit(constants.ENDPOINT)
     proxy = urllib.request.getproxies().get(url.scheme)
     target = urllib.parse.urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else url
@@ -227,7 +223,7 @@ def _hub_reachable() -> str | None:
         return f"cannot reach {constants.ENDPOINT} ({one_line(exc, 120)})"
 
 
-def _check_folder(path: Path, allow_pickle: bool) -> None:
+def _check_folder(path: Path, allow_pickle: bool, labels: Mapping) -> None:
     """A diffusers folder's structure and weight files, before loading: ``model_index.json`` and ``unet/``
     present, every ``.safetensors`` file readable (not truncated), pickle-only components refused."""
     if not (path / "model_index.json").exists():
@@ -243,12 +239,12 @@ def _check_folder(path: Path, allow_pickle: bool) -> None:
             safetensors_keys(file, str(file))
         if not weights and not allow_pickle and any(folder.glob(f"*{suffix}") for suffix in PICKLE_SUFFIXES):
             raise UserError(
-                f"{folder} holds only pickle weights, which can run code when loaded; pass --allow-pickle if you "
-                "trust the source"
+                f"{folder} holds only pickle weights, which can run code when loaded; pass {labels['allow_pickle']} "
+                "if you trust the source"
             )
 
 
-def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
+def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool, labels: Mapping):
     from diffusers import DiffusionPipeline
 
     kwargs = {"torch_dtype": dtype, "use_safetensors": None if allow_pickle else True}
@@ -256,34 +252,34 @@ def _load_pretrained(source: str, dtype, allow_pickle: bool, is_hub: bool):
         return DiffusionPipeline.from_pretrained(source, local_files_only=True, **kwargs)
     except Exception as exc:
         local_error = exc
-    message = _short(local_error)
+    message = one_line(local_error, first_line=True)
     if not is_hub:
         raise UserError(f"could not load the diffusers folder {source}: {message}") from None
-    _check_hub(source)
+    check_hub(source, option=labels["model_path"])
     try:
         return DiffusionPipeline.from_pretrained(source, **kwargs)
     except Exception as exc:
+        reason = one_line(exc, first_line=True)
         raise UserError(
-            f"could not get {source!r} from the Hugging Face Hub ({_short(exc)}); check the id and the network, or "
+            f"could not get {source!r} from the Hugging Face Hub ({reason}); check the id and the network, or "
             "pass a local diffusers folder or .safetensors file with --model PATH"
         ) from None
 
 
-def _check_hub(source: str) -> None:
-    """Fail fast for a hub id that is not cached: offline (``HF_HUB_OFFLINE``) or the Hub unreachable."""
-    hint = "download it where there is network, or pass a local diffusers folder or .safetensors file with --model PATH"
+def check_hub(source: str, subject: str = "model", option: str = "--model PATH") -> None:
+    """Fail fast for a hub id that is not cached: offline (``HF_HUB_OFFLINE``) or the Hub unreachable. ``subject``
+    (default ``"model"``) and ``option`` (default ``"--model PATH"``) word the message."""
+    hint = f"download it where there is network, or pass a local diffusers folder or .safetensors file with {option}"
     if _offline():
-        raise UserError(f"model {source!r} is not in the local Hugging Face cache and the Hub is offline; {hint}")
+        raise UserError(f"{subject} {source!r} is not in the local Hugging Face cache and the Hub is offline; {hint}")
     problem = _hub_reachable()
     if problem:
-        raise UserError(f"model {source!r} is not in the local Hugging Face cache and {problem}; {hint}")
+        raise UserError(f"{subject} {source!r} is not in the local Hugging Face cache and {problem}; {hint}")
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
     """``PATH[:SCALE]`` -> ``(path, scale)`` (scale default 1.0). A Windows drive colon is not taken for a scale;
     a suffix after the last colon of an existing path that is not a finite number is refused as a bad scale."""
-    import math
-
     head, sep, tail = spec.rpartition(":")
     if not sep or not head or (len(head) == 1 and head.isalpha()) or Path(spec).expanduser().exists():
         return spec, 1.0
@@ -316,23 +312,27 @@ def check_lora_files(loras: list[tuple[str, float]], allow_pickle: bool = False)
             safetensors_keys(file, f"--lora {path}: not a readable .safetensors file, it")
 
 
-def _lora_problem(exc: BaseException, logs: list[str]) -> str:
-    """One line for a LoRA that did not load: the first mismatched weight and how many there are."""
-    text = str(exc) + "\n" + "\n".join(logs)
-    mismatches = re.findall(
-        r"size mismatch for ([^:\s]+): copying a param with shape (torch.Size\(\[[^\]]*\]\)) "
-        r"from checkpoint, the shape in current model is (torch.Size\(\[[^\]]*\]\))",
-        text,
-    )
-    if mismatches:
-        name, theirs, ours = mismatches[0]
-        shape = lambda s: s.replace("torch.Size(", "").rstrip(")")  # noqa: E731
-        more = f" and {len(mismatches) - 1} more" if len(mismatches) > 1 else ""
-        return (
-            f"its weights do not fit this model ({name}: {shape(theirs)} in the file, {shape(ours)} in the "
-            f"model{more}); is it a LoRA for another model family?"
-        )
-    return f"not a LoRA this model can load ({_short(exc)})"
+def _lora_fit_problem(pipe, state: dict) -> str | None:
+    """The first LoRA weight that does not fit ``pipe`` (its layer missing, or of another width), and how many more,
+    from diffusers' reading of the file (``lora_A``: rank x input width, ``lora_B``: output width x rank)."""
+    problems = []
+    for key, tensor in state.items():
+        component, _, rest = key.partition(".")
+        name, _, kind = rest.rpartition(".lora_")
+        module = getattr(pipe, component, None)
+        layer = dict(module.named_modules()).get(name) if isinstance(module, torch.nn.Module) else None
+        if layer is None or not hasattr(layer, "weight"):
+            problems.append(f"{component}.{name} is not in the model")
+            continue
+        axis, dim = (1, 1) if kind.startswith("A") else (0, 0)
+        given, needed = tensor.shape[axis], layer.weight.shape[dim]
+        if given != needed:
+            width = "input" if axis else "output"
+            problems.append(f"{component}.{name}: {width} width {given} in the file, {needed} in the model")
+    if not problems:
+        return None
+    more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"its weights do not fit this model ({problems[0]}{more}); is it a LoRA for another model family?"
 
 
 def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> None:
@@ -347,11 +347,20 @@ def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> Non
             source = str(p.parent)
         else:
             source = str(p)
-        with captured_logs() as logs:
+        with captured_logs():
+            try:
+                read = pipe.lora_state_dict(source, **{k: v for k, v in kwargs.items() if k != "adapter_name"})
+            except Exception as exc:
+                reason = one_line(exc, first_line=True)
+                raise UserError(f"--lora {path}: not a LoRA file diffusers can read ({reason})") from None
+            problem = _lora_fit_problem(pipe, read[0] if isinstance(read, tuple) else read)
+            if problem is not None:
+                raise UserError(f"--lora {path}: {problem}")
             try:
                 pipe.load_lora_weights(source, **kwargs)
             except Exception as exc:
-                raise UserError(f"--lora {path}: {_lora_problem(exc, logs)}") from None
+                reason = one_line(exc, first_line=True)
+                raise UserError(f"--lora {path}: not a LoRA this model can load ({reason})") from None
         names.append(name)
         scales.append(scale)
     if names:
@@ -360,8 +369,6 @@ def _load_loras(pipe, loras: list[tuple[str, float]], allow_pickle: bool) -> Non
 
 def set_scheduler(pipe, name: str) -> None:
     """Swap ``pipe.scheduler`` for one of :data:`SCHEDULERS` built from its config."""
-    import diffusers
-
     if name not in SCHEDULERS:
         raise UserError(f"--scheduler {name!r}: choose one of {', '.join(SCHEDULERS)}")
     cls_name, extra = SCHEDULERS[name]
@@ -386,11 +393,12 @@ def load_pipeline(
     loras: list[tuple[str, float]] = (),
     allow_pickle: bool = False,
     config: str | None = None,
+    labels: Mapping = CLI_NAMES,
 ) -> LoadedModel:
     """Load an SD 1.x/2.x or SDXL pipeline from a hub id, a diffusers folder, a single checkpoint file or
     ``tiny:FAMILY``, with scheduler (default ``ddim``), LoRAs, dtype (default fp16 on a GPU, fp32 on the CPU)
     and placement set. Raises :class:`UserError` for anything the user can fix, checked before the weights
-    are read where possible."""
+    are read where possible; messages name the settings with ``labels`` (default: the CLI's options)."""
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     check_offload(offload, device)
@@ -398,20 +406,18 @@ def load_pipeline(
     path = Path(model).expanduser()
     tiny = tiny_family(model)
     if tiny is not None:
-        from ..testing import tiny_pipeline
-
         pipe, kind = tiny_pipeline(tiny), "tiny"
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
     elif path.is_file():
-        pipe, kind = _load_single_file(path, torch_dtype, config, allow_pickle), "file"
+        pipe, kind = _load_single_file(path, torch_dtype, config, allow_pickle, labels), "file"
     elif path.is_dir():
-        _check_folder(path, allow_pickle)
-        pipe, kind = _load_pretrained(str(path), torch_dtype, allow_pickle, is_hub=False), "folder"
-    elif _looks_like_path(model):
+        _check_folder(path, allow_pickle, labels)
+        pipe, kind = _load_pretrained(str(path), torch_dtype, allow_pickle, False, labels), "folder"
+    elif looks_like_path(model):
         raise UserError(f"--model {model}: no such file or folder")
     else:
-        pipe, kind = _load_pretrained(model, torch_dtype, allow_pickle, is_hub=True), "hub"
+        pipe, kind = _load_pretrained(model, torch_dtype, allow_pickle, True, labels), "hub"
     family = _family_of_pipeline(pipe)
     if scheduler:
         set_scheduler(pipe, scheduler)
@@ -427,8 +433,6 @@ def load_pipeline(
 
 def native_size(pipe) -> tuple[int, int]:
     """The pipeline's native image size ``(height, width)`` in pixels."""
-    from ..diffusers.describe import native_latent
-
     h0, w0 = native_latent(pipe.unet.config)
     return h0 * pipe.vae_scale_factor, w0 * pipe.vae_scale_factor
 
@@ -443,11 +447,6 @@ def _meta_unet(config_json: str):
         return UNet2DConditionModel.from_config(json.loads(config_json))
 
 
-def _vae_factor(vae_config) -> int:
-    """How much a VAE of this config downsamples: 2 per level after the first (diffusers' ``vae_scale_factor``)."""
-    return 2 ** (len(vae_config["block_out_channels"]) - 1)
-
-
 def load_unet_profile_source(model: str, config: str | None = None):
     """``(unet, vae_scale_factor)`` for planning without weights: the UNet is built on the meta device from
     its config when ``model`` is a diffusers folder, cached hub id or tiny model (the same config gives the same
@@ -455,22 +454,20 @@ def load_unet_profile_source(model: str, config: str | None = None):
     return load_plan_source(model, config)[:2]
 
 
-def load_plan_source(model: str, config: str | None = None):
+def load_plan_source(model: str, config: str | None = None, labels: Mapping = CLI_NAMES):
     """``(unet, vae_scale_factor, vae class name)``: :func:`load_unet_profile_source` and the class of the VAE
-    (from its config's ``_class_name``), which the plan's "VAE decode" line needs."""
+    (from its config's ``_class_name``), which the plan's "VAE decode" line needs; ``labels`` word the messages."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     path = Path(model).expanduser()
     tiny = tiny_family(model)
     if tiny is not None:
-        from ..testing import tiny_unet_config, tiny_vae_config
-
         unet = _meta_unet(json.dumps(tiny_unet_config(tiny), sort_keys=True))
-        return unet, _vae_factor(tiny_vae_config()), "AutoencoderKL"
+        return unet, vae_scale_factor(tiny_vae_config()), "AutoencoderKL"
     if path.is_file():
-        loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config)
+        loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config, labels=labels)
         return loaded.pipe.unet, loaded.pipe.vae_scale_factor, type(loaded.pipe.vae).__name__
-    if _looks_like_path(model) and not path.exists():
+    if looks_like_path(model) and not path.exists():
         raise UserError(f"--model {model}: no such file or folder")
     if path.is_dir():
         if not (path / "unet").is_dir():
@@ -483,12 +480,12 @@ def load_plan_source(model: str, config: str | None = None):
         vae_config = AutoencoderKL.load_config(source, subfolder="vae", local_files_only=True)
     except Exception as exc:
         if path.is_dir():
-            raise UserError(f"could not read the configs of {model} ({_short(exc)})") from None
-        _check_hub(model)
+            raise UserError(f"could not read the configs of {model} ({one_line(exc, first_line=True)})") from None
+        check_hub(model, option=labels["model_path"])
         try:
             unet_config = UNet2DConditionModel.load_config(source, subfolder="unet")
             vae_config = AutoencoderKL.load_config(source, subfolder="vae")
         except Exception as exc:
-            raise UserError(f"could not read the config of {model!r} ({_short(exc)})") from None
+            raise UserError(f"could not read the config of {model!r} ({one_line(exc, first_line=True)})") from None
     unet = _meta_unet(json.dumps(dict(unet_config), sort_keys=True))
-    return unet, _vae_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")
+    return unet, vae_scale_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")

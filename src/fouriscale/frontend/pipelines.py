@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import inspect
 
+# diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
+# 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
 __all__ = ["TASKS", "Pipelines", "pipeline_class_name", "call_arguments"]
 
 TASKS = ("text2img", "img2img", "inpaint")

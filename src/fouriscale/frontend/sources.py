@@ -12,55 +12,31 @@ Pictures whose size differs from the target are fitted by :func:`fouriscale.imag
 aspect ratio matches within 1%, else centre-cropped to the target's aspect first); a crop, and a control
 image that has to be upscaled (its edges blur), are reported as warnings before rendering.
 
-Messages name the CLI's options, or the web UI's fields with ``labels=UI_LABELS``.
+Messages name the CLI's options, or the web UI's fields with ``labels=UI_NAMES``
+(:mod:`~fouriscale.frontend.fields`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from PIL import Image
 
+from ..images import fit_image
 from .controlnets import Control, ControlSource, check_fit, check_source
+from .defaults import DEFAULT_CONTROL_SCALE, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH
 from .errors import UserError
-from .inputs import Picture, read_picture
-from .params import DEFAULT_CONTROL_SCALE, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH
+from .fields import CLI_NAMES
+from .pictures import Picture, read_picture
 
 __all__ = [
-    "CLI_LABELS",
-    "UI_LABELS",
     "Sources",
     "check_sources",
     "check_mask_sizes",
     "check_steps_run",
     "fit_warnings",
-    "line_picture",
 ]
-
-CLI_LABELS = {
-    "init": "--init-image",
-    "mask": "--mask",
-    "strength": "--strength",
-    "two_pass": "--two-pass",
-    "upscale": "--upscale",
-    "controlnet": "--controlnet",
-    "control_image": "--control-image",
-    "control_scale": "--control-scale",
-    "official": "--official-controlnet",
-    "steps": "--steps",
-}
-UI_LABELS = {
-    "init": "the input picture",
-    "mask": "the mask",
-    "strength": "the strength",
-    "two_pass": "two-pass",
-    "upscale": "the upscale mode",
-    "controlnet": "the ControlNet model",
-    "control_image": "the ControlNet picture",
-    "control_scale": "the ControlNet scale",
-    "official": "the official ControlNet recipe",
-    "steps": "the steps",
-}
 
 
 @dataclass
@@ -98,7 +74,7 @@ def check_sources(
     official: bool = False,
     allow_pickle: bool = False,
     has_own_pictures: bool = False,
-    labels: dict = CLI_LABELS,
+    labels: Mapping = CLI_NAMES,
 ) -> Sources:
     """Check the combination and every file (pictures decode, ControlNets found and readable); no weights are
     read. ``job_pictures``: the per-job init images (a prompts file's pictures); ``has_own_pictures``: every job
@@ -140,7 +116,7 @@ def check_sources(
     mask_picture = read_picture(mask, L["mask"]) if mask else None
     if mask_picture is not None:
         check_mask_sizes(mask_picture, ([init_picture] if init_picture else []) + pictures, labels)
-    sources = [check_source(spec, allow_pickle) for spec in controlnets]
+    sources = [check_source(spec, allow_pickle, labels) for spec in controlnets]
     images = [read_picture(path, L["control_image"]) for path in control_images]
     default = 0.5 if official else DEFAULT_CONTROL_SCALE
     scales = list(control_scales) or [default]
@@ -158,7 +134,7 @@ def check_sources(
     )
 
 
-def check_mask_sizes(mask: Picture, inits: list[Picture], labels: dict = CLI_LABELS) -> None:
+def check_mask_sizes(mask: Picture, inits: list[Picture], labels: Mapping = CLI_NAMES) -> None:
     """A mask must have the size of the picture it is for (refused otherwise, not stretched)."""
     for init in inits:
         if init.size != mask.size:
@@ -168,7 +144,7 @@ def check_mask_sizes(mask: Picture, inits: list[Picture], labels: dict = CLI_LAB
             )
 
 
-def check_steps_run(strength: float | None, steps: int, labels: dict = CLI_LABELS) -> None:
+def check_steps_run(strength: float | None, steps: int, labels: Mapping = CLI_NAMES) -> None:
     """img2img runs ``int(strength * steps)`` steps: refuse a strength that leaves none."""
     if strength is not None and int(strength * steps) < 1:
         raise UserError(
@@ -179,8 +155,6 @@ def check_steps_run(strength: float | None, steps: int, labels: dict = CLI_LABEL
 
 def _note(size: tuple[int, int], height: int, width: int) -> str | None:
     """What :func:`fouriscale.images.fit_image` will do to a picture of ``size`` (w, h): its own note."""
-    from ..images import fit_image
-
     return fit_image(Image.new("L", size), height, width, mask=True)[1]
 
 
@@ -200,22 +174,3 @@ def fit_warnings(
             name = f"{picture.option} {picture.path}" if paths else picture.option
             lines.append(f"{name}: {note} to fit {width}x{height}")
     return lines
-
-
-def line_picture(line: str, number: int, prompts_file: str) -> tuple[str, Picture | None]:
-    """A prompts-file line ``PROMPT`` or ``PROMPT<TAB>PICTURE`` -> ``(prompt, picture or None)``; the picture's path
-    is relative to the prompts file's folder."""
-    from pathlib import Path
-
-    prompt, tab, path = line.rpartition("\t")
-    if not tab:
-        return line.strip(), None
-    path = path.strip()
-    if not path:
-        return prompt.strip(), None
-    if not prompt.strip():
-        raise UserError(f"--prompts {prompts_file} line {number}: a picture without a prompt")
-    resolved = Path(path).expanduser()
-    if not resolved.is_absolute():
-        resolved = Path(prompts_file).expanduser().parent / resolved
-    return prompt.strip(), read_picture(str(resolved), f"--prompts line {number}:")

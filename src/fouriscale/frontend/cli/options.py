@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import PAPER_PRESETS, FouriScaleConfig
-from .errors import UserError, user_errors
-from .params import (
+from ...config import PAPER_PRESETS, FouriScaleConfig
+from ...schedule import scaled_window
+from ..defaults import (
     DEFAULT_ETA,
     DEFAULT_SCHEDULER,
     DEFAULT_STEPS,
@@ -25,6 +25,10 @@ from .params import (
     check_guidance,
     check_strength,
 )
+from ..errors import UserError, user_errors
+from ..loading import SCHEDULERS
+from ..recipe import parse_seeds
+from ..requests import Size
 
 __all__ = [
     "Parser",
@@ -35,7 +39,7 @@ __all__ = [
     "scale_type",
     "strength_type",
     "config_from",
-    "resolve_size",
+    "size_from",
     "preset_window",
 ]
 
@@ -82,8 +86,6 @@ def _seed(text: str) -> int:
 
 
 def _seed_list(text: str) -> list[int]:
-    from .jobs import parse_seeds
-
     return parse_seeds(text)
 
 
@@ -274,8 +276,6 @@ def _pictures(init: bool = True) -> argparse.ArgumentParser:
 
 
 def _sampling() -> argparse.ArgumentParser:
-    from .loading import SCHEDULERS
-
     p, g = _group("sampling")
     g.add_argument(
         "--guidance", type=guidance_type, help="guidance scale, 0 to 100 (default: 7.5 for SD, 5.0 for SDXL)"
@@ -344,8 +344,6 @@ def parents(*names: str) -> list[argparse.ArgumentParser]:
 def preset_window(preset, steps: int) -> tuple[int | None, int | None]:
     """A preset's start/stop steps (given for its 50 steps) for ``steps`` steps: the same at 50, else rescaled
     as the paper's windows are (``round(start * steps / 50)``, half up)."""
-    from ..schedule import scaled_window
-
     start, stop = preset.config.start_step, preset.config.stop_step
     if start is None or stop is None:
         return start, stop
@@ -377,27 +375,15 @@ def config_from(args, steps: int | None = None) -> FouriScaleConfig:
         return config.replace(**overrides)
 
 
-def resolve_size(args, native: tuple[int, int], family: str) -> tuple[int, int, int]:
-    """``(height, width, steps)`` from --size/--height/--width/--preset/--steps; defaults: the preset's, else
-    twice the native size and 50 steps. Whether the model can take them is checked by ``get_plan``."""
-    from ..profiles import FAMILIES
-    from .params import default_size
-
+def size_from(args) -> Size:
+    """The size asked for with --size/--height/--width/--preset/--steps (``--size`` and ``--height``/``--width``
+    exclude each other); defaults and the model's limits are :class:`~fouriscale.frontend.requests.Size`'s and the
+    library's business."""
     height = width = None
-    steps = args.steps
-    if args.preset:
-        preset = PAPER_PRESETS[args.preset]
-        if FAMILIES[preset.family].bucketed != FAMILIES[family].bucketed:
-            raise UserError(
-                f"--preset {args.preset} is for {FAMILIES[preset.family].label}; this model is {FAMILIES[family].label}"
-            )
-        height, width = preset.height, preset.width
-        steps = steps if steps is not None else preset.num_inference_steps
-    if args.size is not None:
+    if getattr(args, "size", None) is not None:
         if args.height is not None or args.width is not None:
             raise UserError("give either --size WxH or --height/--width, not both")
         height, width = args.size
-    fallback = default_size(native)
-    height = args.height if args.height is not None else height if height is not None else fallback[0]
-    width = args.width if args.width is not None else width if width is not None else fallback[1]
-    return height, width, steps if steps is not None else DEFAULT_STEPS
+    height = args.height if getattr(args, "height", None) is not None else height
+    width = args.width if getattr(args, "width", None) is not None else width
+    return Size(height, width, getattr(args, "preset", None), args.steps)

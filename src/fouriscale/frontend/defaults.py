@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from ..profiles import FAMILIES
 from .errors import UserError
 
 __all__ = [
@@ -54,8 +55,6 @@ MAX_SEED = 2**64 - 1
 
 def default_guidance(family: str) -> float:
     """The official scripts' guidance scale for a family (``fouriscale.FAMILIES[family].guidance_scale``)."""
-    from ..profiles import FAMILIES
-
     return FAMILIES[family].guidance_scale
 
 
