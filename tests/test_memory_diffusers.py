@@ -196,7 +196,8 @@ def test_a_budget_too_small_stops_before_the_first_step(wide_sd, clean):
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_every_memory_lever_keeps_the_latents(request, clean, monkeypatch, family):
     """The unconditional pass alone on every step, feed-forwards in row and token pieces, the Fourier filters in
-    groups of channels and FreeU in place: the latents of the settings as they are, to float round-off."""
+    groups of channels and FreeU in place, the forked resnets one branch at a time: the latents of the settings as
+    they are, to float round-off."""
     import fouriscale.diffusers.layers as layers
     import fouriscale.plan
 
@@ -217,11 +218,11 @@ def test_every_memory_lever_keeps_the_latents(request, clean, monkeypatch, famil
     torch.testing.assert_close(run(), in_place, rtol=0, atol=0)
     monkeypatch.undo()
     monkeypatch.setattr(fouriscale.plan, "FEED_FORWARD_PIECES_MIN_TOKENS", 16)  # token pieces on the tiny maps
-    levers = dict(sequential_uncond_all_steps=True, feed_forward_pieces=True, filter_pieces=True)
+    levers = dict(sequential_uncond_all_steps=True, feed_forward_pieces=True, filter_pieces=True, resnet_pieces=True)
     fouriscale.apply_fouriscale(pipe, WINDOW.replace(**levers))
     plan = fouriscale.get_plan(pipe, height, width, 3)
     assert plan.feed_forward_tokens == 16 and plan.filter_pieces == 8 and plan.sequential_uncond_all
-    assert "Fourier filters in 8 groups of channels" in str(plan)
+    assert plan.resnet_pieces and "Fourier filters in 8 groups of channels; forked resnets one branch" in str(plan)
     scale = plain.abs().max()
     torch.testing.assert_close(run() / scale, plain / scale, rtol=0, atol=1e-5)
 

@@ -110,6 +110,10 @@ class FouriScaleConfig:
             channel is filtered on its own: the same result), and the paper's FreeU in place on the up block's
             concatenation of hidden state and skip instead of on a copy of it. `None`: off, unless a memory budget
             needs it.
+        resnet_pieces (`bool`, *optional*, defaults to `None`):
+            Run each resnet of the stages that carry three branches one branch at a time, so its intermediate
+            tensors (normalised input, filtered copy, conv outputs) are one branch large (same result to
+            round-off). `None`: off, unless a memory budget needs it.
         sequential_uncond_all_steps (`bool`, *optional*, defaults to `None`):
             Run the unconditional branch as a pass of its own on every guided step, the plain ones (after
             ``stop_step``) included: every pass is then one branch, half of direct inference's batch (less memory
@@ -176,6 +180,7 @@ class FouriScaleConfig:
     feed_forward_pieces: bool | None = None
     sequential_uncond_all_steps: bool | None = None
     filter_pieces: bool | None = None
+    resnet_pieces: bool | None = None
     max_memory: int | None = None
     share_branches: bool = True
     dilated_convs: bool = True
@@ -238,6 +243,7 @@ class FouriScaleConfig:
             "feed_forward_pieces",
             "sequential_uncond_all_steps",
             "filter_pieces",
+            "resnet_pieces",
         ):
             if getattr(self, name) not in (None, True, False):
                 fail(name, f"expected True, False or None, got {getattr(self, name)!r}")

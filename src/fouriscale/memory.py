@@ -201,6 +201,7 @@ LEVER_NAMES = {
     "sequential_uncond_all_steps": "unconditional pass alone on plain steps",
     "feed_forward_pieces": "feed-forwards in pieces",
     "filter_pieces": "Fourier filters in pieces",
+    "resnet_pieces": "forked resnets one branch at a time",
     "vae_tiling": "tiled VAE decode",
 }
 

@@ -123,6 +123,7 @@ class Plan:
     sequential_uncond_all: bool = False  # with CFG, every step runs the unconditional branch as a pass of its own
     filter_pieces: int = 1  # the Fourier filters run in this many groups of channels, one after the other
     feed_forward_tokens: int = 0  # hooked feed-forwards run in pieces of this many tokens (0: whole)
+    resnet_pieces: bool = False  # the resnets of the forked stages run the forked batch one branch at a time
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -255,6 +256,8 @@ class Plan:
             uncond = "one pass of all branches"
         if self.filter_pieces > 1:
             uncond += f"; Fourier filters in {self.filter_pieces} groups of channels"
+        if self.resnet_pieces:
+            uncond += "; forked resnets one branch at a time"
         if self.fork is None:
             return uncond
         forked = [
@@ -480,4 +483,5 @@ def make_plan(
         sequential_uncond_all=bool(config.sequential_uncond_all_steps),
         filter_pieces=FILTER_PIECES if config.filter_pieces else 1,
         feed_forward_tokens=FEED_FORWARD_PIECES_MIN_TOKENS if config.feed_forward_pieces else 0,
+        resnet_pieces=bool(config.resnet_pieces) and fork is not None,
     )

@@ -23,6 +23,7 @@ from diffusers.hooks import ModelHook
 from ..profiles import FreeUSite
 from ..runtime.ops import (
     QKShare,
+    branch_pieces,
     dilated_conv2d,
     forked_feed_forward,
     join_attention,
@@ -46,6 +47,8 @@ __all__ = [
     "JOIN_ATTENTION_HOOK",
     "FF_HOOK",
     "FREEU_HOOK",
+    "PIECES_HOOK",
+    "ResnetPiecesHook",
 ]
 
 CONV_HOOK = "fouriscale.conv"
@@ -53,6 +56,7 @@ QK_HOOK = "fouriscale.qk"
 JOIN_ATTENTION_HOOK = "fouriscale.join.attention"
 FF_HOOK = "fouriscale.ff"
 FREEU_HOOK = "fouriscale.freeu"
+PIECES_HOOK = "fouriscale.pieces"
 
 
 class StageHook(ModelHook):
@@ -140,6 +144,24 @@ class FeedForwardHook(StageHook):
             tokens = call.plan.feed_forward_tokens
             return token_pieces(original, hidden_states, tokens) if tokens else original(hidden_states)
         return forked_feed_forward(call, self.index, hidden_states, original, self.after_join)
+
+
+class ResnetPiecesHook(StageHook):
+    """Forward override of a resnet in a forked stage: with ``Plan.resnet_pieces``, the forked batch one branch at a
+    time (:func:`~fouriscale.runtime.ops.branch_pieces`)."""
+
+    def new_forward(self, module, hidden_states: torch.Tensor, temb=None, *args, **kwargs):
+        original = self.fn_ref.original_forward
+        call = self.runtime.call
+        if (
+            call is None
+            or args
+            or kwargs
+            or not call.plan.resnet_pieces
+            or not call.is_forked_batch(self.stage, hidden_states)
+        ):
+            return original(hidden_states, temb, *args, **kwargs)
+        return branch_pieces(self.runtime, call, hidden_states, temb, original)
 
 
 class PaperFreeUHook(ModelHook):

@@ -588,6 +588,7 @@ def _lever_free(config: FouriScaleConfig) -> FouriScaleConfig:
         vae_tile_size=None,
         sequential_uncond_all_steps=None,
         filter_pieces=None,
+        resnet_pieces=None,
         max_memory=None,
     )
 
@@ -736,7 +737,14 @@ class _Estimator:
             )
         elif phase == FOURISCALE_STEP:
             split = plan.sequential_uncond or plan.sequential_uncond_all
-            key = (phase, split, plan.feed_forward_pieces, plan.filter_pieces, plan.feed_forward_tokens)
+            key = (
+                phase,
+                split,
+                plan.feed_forward_pieces,
+                plan.filter_pieces,
+                plan.feed_forward_tokens,
+                plan.resnet_pieces,
+            )
         else:
             decode = None if config is None else _decode_key(config, plan)
             key = (phase, decode)
@@ -1010,6 +1018,9 @@ def _ladders(est: _Estimator, phases: dict) -> dict[str, list[Rung]]:
         if filters:
             overrides["filter_pieces"] = True
             rungs.append(Rung("Fourier filters in pieces", tuple(overrides.items())))
+        if config.resnet_pieces is None and plan.fork is not None and config.dilated_convs:
+            overrides["resnet_pieces"] = True
+            rungs.append(Rung("forked resnets one branch at a time", tuple(overrides.items())))
     decode = plan.vae_decode
     if DECODE in phases and decode is not None and decode.patched and config.vae_tiling is not False:
         rungs = ladders[DECODE]

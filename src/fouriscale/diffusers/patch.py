@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import torch.nn as nn
 
 from ..config import OFFICIAL_CONTROLNET, FouriScaleConfig
-from ..plan import Plan, branch_stages, join_block, make_plan
+from ..plan import Plan, branch_stages, join_block, make_plan, runs_forked
 from ..profiles import ModelProfile
 from ..runtime.ops import QKShare, freeu_stage
 from ..runtime.planner import Planner
@@ -45,12 +45,14 @@ from .layers import (
     FF_HOOK,
     FREEU_HOOK,
     JOIN_ATTENTION_HOOK,
+    PIECES_HOOK,
     QK_HOOK,
     ConvHook,
     FeedForwardHook,
     JoinAttentionHook,
     PaperFreeUHook,
     QKShareHook,
+    ResnetPiecesHook,
 )
 from .step_source import ExplicitStep
 from .unet import JOIN_LAYOUT_HOOK, LAYOUT_HOOK, UNET_HOOK, JoinLayoutHook, LayoutHook, UNetHook
@@ -190,6 +192,15 @@ class Patch(Planner):
                     if ff is not None:
                         after_join = config.share_branches and attn is self._attn[-1]
                         self._add_fixed(ff, FeedForwardHook(spec.stage, self.runtime, index, after_join), FF_HOOK)
+            if config.dilated_convs:  # resnets of the forked stages (they hold patched convs), one branch at a time
+                block_name = join_block(profile, config, self.join)
+                resnets = dict.fromkeys(
+                    (spec.name.rpartition(".")[0], spec.stage)
+                    for spec in profile.layers
+                    if spec.kind == "conv" and runs_forked(spec, profile, self.fork, self.join, block_name)
+                )
+                for name, stage in resnets:
+                    self._add_fixed(model.get_submodule(name), ResnetPiecesHook(stage, self.runtime), PIECES_HOOK)
             last = self._attn[-1]
             if config.share_branches and last.group_norm is None and last.spatial_norm is None:
                 # The processor feeds the layer's input straight to to_q/to_k, so the join can leave the

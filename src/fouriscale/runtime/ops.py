@@ -14,6 +14,7 @@ diffusers hooks and the ComfyUI patches are thin adapters around the same code:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 
@@ -32,6 +33,7 @@ __all__ = [
     "join_attention",
     "forked_feed_forward",
     "token_pieces",
+    "branch_pieces",
     "freeu_stage",
     "paper_freeu",
     "paper_freeu_",
@@ -75,6 +77,8 @@ def patched_conv(call, index: int, x: torch.Tensor, conv: Callable[[torch.Tensor
                 x, layer.padded, layer.scales[step.index], plan.mask_floor, weak, getattr(plan, "filter_pieces", 1)
             )
     k, k_detail = step.conv_dilation, step.detail_conv_dilation
+    if k_detail != k and roles == (DETAIL,):  # the detail branch alone (a pass or a piece of its own)
+        return conv(x, k_detail)
     if k_detail != k and DETAIL in roles:
         detail = call.rows_of(roles, DETAIL)  # the detail branch is the last one
         return torch.cat([conv(x[: detail.start], k), conv(x[detail], k_detail)])
@@ -154,6 +158,24 @@ def forked_feed_forward(
     if not call.plan.feed_forward_pieces[index]:
         return ff(x)
     return torch.cat([ff(part) for part in x.split(len(call.stock) * call.rows)])
+
+
+def branch_pieces(runtime, call, x: torch.Tensor, temb, run: Callable) -> torch.Tensor:
+    """A unit of a forked stage (a resnet) run one branch at a time: ``run(x_piece, temb_piece)`` for the rows of each
+    branch of ``call.forked``, with ``runtime.call`` saying the piece holds that branch alone (so the patched convs
+    inside pick its mask and dilation), the outputs concatenated. Every row is computed on its own: the same
+    result, with the unit's intermediate tensors one branch large."""
+    roles, total = call.forked, x.shape[0]
+    outputs = []
+    try:
+        for role in roles:
+            rows = call.rows_of(roles, role)
+            piece = temb[rows] if isinstance(temb, torch.Tensor) and temb.dim() and temb.shape[0] == total else temb
+            runtime.call = dataclasses.replace(call, forked=(role,))
+            outputs.append(run(x[rows], piece))
+    finally:
+        runtime.call = call
+    return torch.cat(outputs)
 
 
 def token_pieces(ff: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tokens: int) -> torch.Tensor:
