@@ -268,8 +268,8 @@ def presets(budgets: list[str], dtype: str) -> None:
         "the paper's settings per preset; GB = 10^9 bytes; CUDA context, allocator slack and convolution workspaces "
         "not included. "
         "Levers: U uncond pass alone (three-branch steps), P uncond pass alone (plain steps), F feed-forwards in "
-        "pieces, Fi Fourier filters in pieces, R forked resnets one branch at a time, T<n> tiled decode with tiles of n "
-        "latent px, O model CPU offload. "
+        "pieces, Fi Fourier filters in pieces, R forked resnets one branch at a time, T<n> tiled decode with "
+        "tiles of n latent px, O model CPU offload. "
         f"{time.perf_counter() - started:.0f} s on {os.cpu_count()} CPUs."
     )
 
