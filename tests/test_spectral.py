@@ -200,3 +200,13 @@ def test_strided_dilated_conv_keeps_stride_and_output_size():
     y = dilated_conv2d(conv, x, 3)
     assert y.shape == conv(x).shape == (1, 2, 12, 8)
     assert math.isfinite(float(y.sum()))
+
+
+def test_filters_in_channel_pieces_are_the_same():
+    from fouriscale.spectral import freeu_filter, lowpass_filter
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 10, 12, 20, generator=g)
+    whole = lowpass_filter(x, (16, 24), (2.0, 2.0), 0.6, (False, True))
+    torch.testing.assert_close(lowpass_filter(x, (16, 24), (2.0, 2.0), 0.6, (False, True), pieces=3), whole)
+    torch.testing.assert_close(freeu_filter(x, 0.4, pieces=4), freeu_filter(x, 0.4))

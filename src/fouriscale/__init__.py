@@ -31,6 +31,12 @@ _PUBLIC = {
     "is_fouriscale_applied": ".diffusers",
     "get_plan": ".diffusers",
     "official_controlnet_kwargs": ".diffusers",
+    "estimate_memory": ".diffusers",
+    "fit_memory": ".diffusers",
+    "meta_pipeline": ".diffusers",
+    "parse_memory": ".memory",
+    "MemoryEstimate": ".memory",
+    "BudgetChoice": ".memory",
     "two_pass": ".two_pass",
     "TwoPassResult": ".two_pass",
     "evaluate": ".evaluation",
@@ -49,13 +55,17 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
         apply_fouriscale,
         denoising_step,
         disabled,
+        estimate_memory,
+        fit_memory,
         get_config,
         get_plan,
         is_fouriscale_applied,
+        meta_pipeline,
         official_controlnet_kwargs,
         remove_fouriscale,
     )
     from .evaluation import evaluate
+    from .memory import BudgetChoice, MemoryEstimate, parse_memory
     from .plan import Plan
     from .profiles import FAMILIES, Family
     from .two_pass import TwoPassResult, two_pass
@@ -103,6 +113,13 @@ __all__ = [
     "is_fouriscale_applied",
     "get_plan",
     "official_controlnet_kwargs",
+    # memory
+    "estimate_memory",
+    "fit_memory",
+    "meta_pipeline",
+    "parse_memory",
+    "MemoryEstimate",
+    "BudgetChoice",
     # recipes and measurement
     "two_pass",
     "TwoPassResult",

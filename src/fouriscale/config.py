@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import SettingError
+from .memory import parse_memory
 from .profiles import FAMILIES
 from .schedule import choose_bucket, sd_dilation
 
@@ -21,6 +22,8 @@ __all__ = [
     "MAX_SIDE",
     "MAX_PIXELS",
     "FAR_BEYOND_NATIVE",
+    "MIN_VAE_TILE",
+    "VAE_TILE",
 ]
 
 FREEU_MODES = ("paper", "diffusers", None)
@@ -34,6 +37,10 @@ MAX_SIDE = 16384
 MAX_PIXELS = 8192 * 8192
 #: Above this many times the native size per side a warning says results are unlikely to hold together.
 FAR_BEYOND_NATIVE = 8
+#: Smallest tile of the tiled VAE decode in latent pixels (its cores are 32 pixels narrower: 16-pixel margins), and
+#: the tile of ``vae_tile_size=None``.
+MIN_VAE_TILE = 48
+VAE_TILE = 128
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,21 @@ class FouriScaleConfig:
             Run the unconditional branch as a UNet pass of its own, so no pass is larger than direct
             inference's two-image batch (same peak memory; same output to round-off). `None`: on from
             128x128 latents (1024 px) up.
+        filter_pieces (`bool`, *optional*, defaults to `None`):
+            Run the Fourier filters (FouriScale's low-pass filter and the paper's FreeU) in eight groups of channels
+            one after the other, so their float32 copies and spectra are an eighth of the feature map's (every
+            channel is filtered on its own: the same result), and the paper's FreeU in place on the up block's
+            concatenation of hidden state and skip instead of on a copy of it. `None`: off, unless a memory budget
+            needs it.
+        resnet_pieces (`bool`, *optional*, defaults to `None`):
+            Run each resnet of the stages that carry three branches one branch at a time, so its intermediate
+            tensors (normalised input, filtered copy, conv outputs) are one branch large (same result to
+            round-off). `None`: off, unless a memory budget needs it.
+        sequential_uncond_all_steps (`bool`, *optional*, defaults to `None`):
+            Run the unconditional branch as a pass of its own on every guided step, the plain ones (after
+            ``stop_step``) included: every pass is then one branch, half of direct inference's batch (less memory
+            than direct inference, a little slower; same output to round-off). `None`: off, unless a memory budget
+            (``max_memory``) needs it.
         vae_tiling (`bool`, *optional*, defaults to `None`):
             Decode in tiles that share GroupNorm statistics (no colour or contrast seams). `None`: on for
             images above ``vae_tiling_threshold`` pixels. Only for ``AutoencoderKL`` and
@@ -104,6 +126,24 @@ class FouriScaleConfig:
             they do stock.
         vae_tiling_threshold (`int`, defaults to `2048 * 2048`):
             Pixel count above which `vae_tiling=None` tiles the decode.
+        vae_tile_size (`int`, *optional*, defaults to `None`):
+            Side of a tile of the tiled decode in latent pixels, its 16-pixel margins included; a latent no larger
+            than one tile is never tiled. Smaller tiles need less memory and take longer (the margins are decoded
+            twice). A multiple of 8 from 48 up; `None`: 128 (1024 px for SD/SDXL), or what a memory budget picks.
+        feed_forward_pieces (`bool`, *optional*, defaults to `None`):
+            Run the feed-forward layers of the stages that carry three branches in pieces of the stock batch's
+            size, so their hidden layer (the largest tensor of a transformer block) is never larger than in direct
+            inference (same result to round-off). `None`: on feature maps from 64 x 64 tokens on, where it is also
+            faster; `True`: everywhere, and every feed-forward from the first stage with three branches on also
+            runs in pieces of 4096 tokens (its hidden layer a piece at a time); `False`: never.
+        max_memory (`int` or `str`, *optional*, defaults to `None`):
+            A budget for the device's peak memory: bytes, or a size such as `"12GB"` (GB = 10^9 bytes, GiB = 2^30;
+            :func:`fouriscale.memory.parse_memory`), stored as bytes. Before the first step of each size, the
+            diffusers host estimates the peak (:func:`fouriscale.estimate_memory`) and picks the fastest settings
+            that fit: the unconditional pass alone, feed-forward pieces everywhere, a tiled decode with smaller
+            tiles, then diffusers' model CPU offload; only settings left at `None` (auto) are changed, and none
+            changes the result beyond float round-off. When nothing fits it refuses before any work with one
+            `ValueError` line giving the estimate and the budget. `None`: no budget.
         dilated_convs (`bool`, defaults to `True`):
             Dilate (and low-pass filter) the patched convs. `False` leaves every conv as it is, keeping only
             FouriScale's conditioning and guidance settings; with ``freeu=None`` this is the official
@@ -136,6 +176,12 @@ class FouriScaleConfig:
     sequential_uncond: bool | None = None
     vae_tiling: bool | None = None
     vae_tiling_threshold: int = 2048 * 2048
+    vae_tile_size: int | None = None
+    feed_forward_pieces: bool | None = None
+    sequential_uncond_all_steps: bool | None = None
+    filter_pieces: bool | None = None
+    resnet_pieces: bool | None = None
+    max_memory: int | None = None
     share_branches: bool = True
     dilated_convs: bool = True
     size_limit: bool = True
@@ -191,17 +237,41 @@ class FouriScaleConfig:
             if not isinstance(layers, (tuple, list)) or not layers or not all(isinstance(s, str) and s for s in layers):
                 fail("layers", f"expected a non-empty list of module paths, got {self.layers!r}")
             object.__setattr__(self, "layers", tuple(layers))
-        for name in ("sequential_uncond", "vae_tiling"):
+        for name in (
+            "sequential_uncond",
+            "vae_tiling",
+            "feed_forward_pieces",
+            "sequential_uncond_all_steps",
+            "filter_pieces",
+            "resnet_pieces",
+        ):
             if getattr(self, name) not in (None, True, False):
                 fail(name, f"expected True, False or None, got {getattr(self, name)!r}")
         if not _is_int(self.vae_tiling_threshold) or self.vae_tiling_threshold < 1:
             fail("vae_tiling_threshold", f"expected a positive pixel count, got {self.vae_tiling_threshold!r}")
+        tile = self.vae_tile_size
+        if tile is not None and (not _is_int(tile) or tile < MIN_VAE_TILE or tile % 8):
+            fail(
+                "vae_tile_size",
+                f"expected a multiple of 8 from {MIN_VAE_TILE} latent pixels up or None, got {tile!r}",
+            )
+        if self.max_memory is not None:
+            try:
+                budget = parse_memory(self.max_memory, "max_memory")
+            except ValueError as exc:
+                fail("max_memory", str(exc).removeprefix("max_memory: "))
+            object.__setattr__(self, "max_memory", budget)
         if self.mask_floor is not None and (not _is_number(self.mask_floor) or not 0 <= self.mask_floor < 1):
             fail("mask_floor", f"expected a number in [0, 1), got {self.mask_floor!r}")
         if self.detail_dilation_divisor is not None and (
             not _is_number(self.detail_dilation_divisor) or not self.detail_dilation_divisor >= 1
         ):
             fail("detail_dilation_divisor", f"expected a number >= 1, got {self.detail_dilation_divisor!r}")
+
+    @property
+    def tile_size(self) -> int:
+        """The tiled decode's tile side in latent pixels (``vae_tile_size``, or 128)."""
+        return self.vae_tile_size or VAE_TILE
 
     def replace(self, **overrides) -> FouriScaleConfig:
         """A copy with some fields changed; unknown names raise ``TypeError`` listing the valid ones."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .config import FAR_BEYOND_NATIVE, MAX_DILATION, MAX_PIXELS, MAX_SIDE, MAX_STEPS, FouriScaleConfig
 from .errors import SettingError
+from .memory import BudgetChoice
 from .profiles import LayerSpec, ModelProfile
 from .schedule import choose_bucket, conv_dilation, detail_conv_dilation, mask_scale, sd_dilation, step_dilation
 from .spectral import lowpass_passes_all, padded_size
@@ -28,6 +29,7 @@ __all__ = [
     "FEED_FORWARD_PIECES_MIN_TOKENS",
     "PIPELINE_MULTIPLE",
     "size_multiple",
+    "FILTER_PIECES",
 ]
 
 # `sequential_uncond=None` runs the unconditional branch as its own pass from this latent area on
@@ -58,6 +60,10 @@ def size_multiple(vae_scale_factor: int) -> int:
     """What every image side must be a multiple of: the VAE's factor and :data:`PIPELINE_MULTIPLE` (8 for the
     real VAEs, also 8 for the tiny ones, whose factor is 4)."""
     return math.lcm(int(vae_scale_factor), PIPELINE_MULTIPLE)
+
+
+# With `filter_pieces`, the Fourier filters run in this many groups of channels.
+FILTER_PIECES = 8
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,11 @@ class Plan:
     sequential_uncond: bool  # with CFG, three-branch steps run the unconditional branch as a pass of its own
     feed_forward_pieces: tuple[bool, ...]  # per self-attention: its block's feed-forward runs a forked batch in pieces
     vae_decode: DecodePlan | None = None  # known when the plan is made for a pipeline (or given its VAE)
+    memory: BudgetChoice | None = None  # what a memory budget (config.max_memory) chose for this size, by the host
+    sequential_uncond_all: bool = False  # with CFG, every step runs the unconditional branch as a pass of its own
+    filter_pieces: int = 1  # the Fourier filters run in this many groups of channels, one after the other
+    feed_forward_tokens: int = 0  # hooked feed-forwards run in pieces of this many tokens (0: whole)
+    resnet_pieces: bool = False  # the resnets of the forked stages run the forked batch one branch at a time
 
     @property
     def latent(self) -> tuple[int, int]:
@@ -205,6 +216,8 @@ class Plan:
             f"  native size        {nw}x{nh}",
         ]
         vae = [f"  VAE decode         {self.vae_decode.text}"] if self.vae_decode is not None else []
+        if self.memory is not None:
+            vae.append(f"  memory budget      {self.memory.describe()}")
         if self.noop:
             lines.append("  dilation           1: the size fits the reference size, FouriScale is a no-op")
             return "\n".join(lines + vae)
@@ -247,6 +260,7 @@ class Plan:
                 if self.freeu_params
                 else "off"
             ),
+            f"  memory             {self.memory_text()}",
             *vae,
             f"  patched layers     {len(self.layers)}",
         ]
@@ -269,6 +283,33 @@ class Plan:
             amp = ", amp guidance" if s.amp_guidance else ""
             lines.append(f"    {s.index:>3}: d_i={s.dilation:.4f} -> {s.conv_dilation}{extra}{amp}")
         return "\n".join(lines)
+
+    def memory_text(self) -> str:
+        """The memory settings of the steps in words (the plan text's "memory" line)."""
+        if self.sequential_uncond_all:
+            uncond = "unconditional branch as a pass of its own on every step"
+        elif self.fork is None:
+            return "no structure branch: passes of the stock batch"
+        elif self.sequential_uncond:
+            uncond = "unconditional branch as a pass of its own on three-branch steps"
+        else:
+            uncond = "one pass of all branches"
+        if self.filter_pieces > 1:
+            uncond += f"; Fourier filters in {self.filter_pieces} groups of channels"
+        if self.resnet_pieces:
+            uncond += "; forked resnets one branch at a time"
+        if self.fork is None:
+            return uncond
+        forked = [
+            pieces
+            for attention, pieces in zip(self.profile.attentions, self.feed_forward_pieces)
+            if self.fork <= attention.stage <= self.join
+        ]
+        n, k = len(forked), sum(forked)
+        tokens = f", and of {self.feed_forward_tokens} tokens" if self.feed_forward_tokens else ""
+        if not k:
+            return f"{uncond}; feed-forwards whole"
+        return f"{uncond}; feed-forwards in pieces in {'all' if k == n else k} of {n} forked transformer blocks{tokens}"
 
     def __str__(self) -> str:
         return self.describe()
@@ -450,7 +491,9 @@ def make_plan(
         forked = runs_forked(spec, profile, fork, join, block)
         layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, forked))
     pieces = tuple(
-        _halve(latent[0], a.level) * _halve(latent[1], a.level) >= FEED_FORWARD_PIECES_MIN_TOKENS
+        config.feed_forward_pieces
+        if config.feed_forward_pieces is not None
+        else _halve(latent[0], a.level) * _halve(latent[1], a.level) >= FEED_FORWARD_PIECES_MIN_TOKENS
         for a in profile.attentions
     )
 
@@ -478,4 +521,8 @@ def make_plan(
             else latent[0] * latent[1] >= SEQUENTIAL_UNCOND_MIN_LATENT
         ),
         feed_forward_pieces=pieces,
+        sequential_uncond_all=bool(config.sequential_uncond_all_steps),
+        filter_pieces=FILTER_PIECES if config.filter_pieces else 1,
+        feed_forward_tokens=FEED_FORWARD_PIECES_MIN_TOKENS if config.feed_forward_pieces else 0,
+        resnet_pieces=bool(config.resnet_pieces) and fork is not None,
     )

@@ -34,6 +34,7 @@ __all__ = [
     "branch_lowpass_masks",
     "freeu_filter",
     "lowpass_filter",
+    "clear_caches",
 ]
 
 
@@ -112,12 +113,26 @@ def real_filter_mask(mask_shifted: torch.Tensor) -> torch.Tensor:
     return ((m + m_neg) / 2)[..., : W // 2 + 1].contiguous()
 
 
-def filter_real(x: torch.Tensor, half_mask: torch.Tensor) -> torch.Tensor:
+def _channel_pieces(channels: int, pieces: int) -> list[tuple[int, int]]:
+    """``pieces`` nearly equal channel ranges ``(start, stop)`` covering ``channels``."""
+    pieces = max(1, min(pieces, channels))
+    step = -(-channels // pieces)
+    return [(c, min(c + step, channels)) for c in range(0, channels, step)]
+
+
+def filter_real(x: torch.Tensor, half_mask: torch.Tensor, pieces: int = 1) -> torch.Tensor:
     """``Re(IFFT2(M * FFT2(x)))`` over the last two dims, in float32, cast back to ``x.dtype``.
 
     ``half_mask`` comes from :func:`real_filter_mask`; it may carry a leading branch dimension
-    ``(n, 1, 1, H, W//2+1)``, in which case ``x``'s batch is split into ``n`` equal branches.
+    ``(n, 1, 1, H, W//2+1)``, in which case ``x``'s batch is split into ``n`` equal branches. ``pieces > 1`` filters
+    that many groups of channels one after the other into one output (every channel is filtered on its own, so the
+    result is the same; the float32 copies and spectra are those of one group at a time).
     """
+    if pieces > 1 and x.dim() == 4 and x.shape[1] > 1:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        for c0, c1 in _channel_pieces(x.shape[1], pieces):
+            out[:, c0:c1] = filter_real(x[:, c0:c1], half_mask)
+        return out
     H, W = x.shape[-2:]
     spec = torch.fft.rfft2(x.float(), dim=(-2, -1))
     if half_mask.dim() == 5:
@@ -176,15 +191,22 @@ def lowpass_filter(
     scale: tuple[float, float],
     v: float,
     weak_flags: tuple[bool, ...],
+    pieces: int = 1,
 ) -> torch.Tensor:
     """FouriScale's low-pass step on a feature map ``x`` of shape ``(n*B, C, Hf, Wf)``.
 
     Pads zeros at the bottom/right up to ``padded`` (from :func:`padded_size`; ``(Hf, Wf)`` filters at the
     map's own size), filters each branch with its mask (``weak_flags[i]``: branch ``i`` takes the weak mask),
-    and crops back.
+    and crops back. ``pieces > 1``: that many groups of channels one after the other (padding, float32 copy and
+    spectrum of one group at a time; the same result).
     """
     Hf, Wf = x.shape[-2:]
     Ph, Pw = padded
+    if pieces > 1 and x.shape[1] > 1:
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        for c0, c1 in _channel_pieces(x.shape[1], pieces):
+            out[:, c0:c1] = lowpass_filter(x[:, c0:c1], padded, scale, v, weak_flags)
+        return out
     if (Ph, Pw) != (Hf, Wf):
         x = F.pad(x, (0, Pw - Wf, 0, Ph - Hf))
     masks = branch_lowpass_masks((Ph, Pw), scale, v, weak_flags, x.device)
@@ -194,11 +216,18 @@ def lowpass_filter(
     return y
 
 
+def clear_caches() -> None:
+    """Forget the cached masks (they are rebuilt on their next use)."""
+    _branch_masks.cache_clear()
+    _freeu_mask.cache_clear()
+
+
 @lru_cache(maxsize=256)
 def _freeu_mask(size: tuple[int, int], s: float, device: torch.device) -> torch.Tensor:
     return real_filter_mask(freeu_skip_mask(size, s, device))
 
 
-def freeu_filter(x: torch.Tensor, s: float) -> torch.Tensor:
-    """FreeU's skip-feature filter: scale the lowest frequencies (central 2x2 fftshifted bins) by ``s``."""
-    return filter_real(x, _freeu_mask((x.shape[-2], x.shape[-1]), float(s), x.device))
+def freeu_filter(x: torch.Tensor, s: float, pieces: int = 1) -> torch.Tensor:
+    """FreeU's skip-feature filter: scale the lowest frequencies (central 2x2 fftshifted bins) by ``s``
+    (``pieces``: as :func:`filter_real`)."""
+    return filter_real(x, _freeu_mask((x.shape[-2], x.shape[-1]), float(s), x.device), pieces)

@@ -5,6 +5,8 @@ The public names are re-exported by :mod:`fouriscale`: ``apply_fouriscale``, ``r
 ``disabled``, ``denoising_step``, ``get_plan``, ...
 """
 
+from .memory import MemoryBudgetError, estimate_memory, fit_memory, measure_memory
+from .meta import meta_pipeline
 from .patch import (
     apply_fouriscale,
     denoising_step,
@@ -25,4 +27,9 @@ __all__ = [
     "disabled",
     "denoising_step",
     "official_controlnet_kwargs",
+    "estimate_memory",
+    "measure_memory",
+    "fit_memory",
+    "MemoryBudgetError",
+    "meta_pipeline",
 ]

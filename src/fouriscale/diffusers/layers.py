@@ -23,12 +23,15 @@ from diffusers.hooks import ModelHook
 from ..profiles import FreeUSite
 from ..runtime.ops import (
     QKShare,
+    branch_pieces,
     dilated_conv2d,
     forked_feed_forward,
     join_attention,
     paper_freeu,
+    paper_freeu_,
     patched_conv,
     shared_projection,
+    token_pieces,
 )
 from ..runtime.state import Runtime
 
@@ -44,6 +47,8 @@ __all__ = [
     "JOIN_ATTENTION_HOOK",
     "FF_HOOK",
     "FREEU_HOOK",
+    "PIECES_HOOK",
+    "ResnetPiecesHook",
 ]
 
 CONV_HOOK = "fouriscale.conv"
@@ -51,6 +56,7 @@ QK_HOOK = "fouriscale.qk"
 JOIN_ATTENTION_HOOK = "fouriscale.join.attention"
 FF_HOOK = "fouriscale.ff"
 FREEU_HOOK = "fouriscale.freeu"
+PIECES_HOOK = "fouriscale.pieces"
 
 
 class StageHook(ModelHook):
@@ -132,9 +138,30 @@ class FeedForwardHook(StageHook):
     def new_forward(self, module, hidden_states: torch.Tensor, *args, **kwargs):
         original = self.fn_ref.original_forward
         call = self.runtime.call
-        if call is None or args or kwargs or not call.is_forked_batch(self.stage, hidden_states):
+        if call is None or args or kwargs:
             return original(hidden_states, *args, **kwargs)
+        if not call.is_forked_batch(self.stage, hidden_states):
+            tokens = call.plan.feed_forward_tokens
+            return token_pieces(original, hidden_states, tokens) if tokens else original(hidden_states)
         return forked_feed_forward(call, self.index, hidden_states, original, self.after_join)
+
+
+class ResnetPiecesHook(StageHook):
+    """Forward override of a resnet in a forked stage: with ``Plan.resnet_pieces``, the forked batch one branch at a
+    time (:func:`~fouriscale.runtime.ops.branch_pieces`)."""
+
+    def new_forward(self, module, hidden_states: torch.Tensor, temb=None, *args, **kwargs):
+        original = self.fn_ref.original_forward
+        call = self.runtime.call
+        if (
+            call is None
+            or args
+            or kwargs
+            or not call.plan.resnet_pieces
+            or not call.is_forked_batch(self.stage, hidden_states)
+        ):
+            return original(hidden_states, temb, *args, **kwargs)
+        return branch_pieces(self.runtime, call, hidden_states, temb, original)
 
 
 class PaperFreeUHook(ModelHook):
@@ -152,5 +179,32 @@ class PaperFreeUHook(ModelHook):
         if call is None or call.plan.freeu_params is None or call.plan.config.freeu != "paper" or not args:
             return args, kwargs
         x, C = args[0], self.site.backbone_channels
-        x = torch.cat(paper_freeu(x[:, :C], x[:, C:], call.plan.freeu_params, self.stage), dim=1)
+        pieces = call.plan.filter_pieces
+        # With the filters in pieces (a memory setting), FreeU changes diffusers' up block's new [hidden, skip]
+        # concatenation in place, which the block reads no more after the resnet (a caller that does gets a copy
+        # only when it holds one more reference: the check cannot see later reads, so it is not the default).
+        if pieces > 1 and _fresh(x):
+            paper_freeu_(x, C, call.plan.freeu_params, self.stage, pieces)
+            return args, kwargs
+        x = torch.cat(paper_freeu(x[:, :C], x[:, C:], call.plan.freeu_params, self.stage, pieces), dim=1)
         return (x, *args[1:]), kwargs
+
+
+# References to the concatenation when diffusers' up block calls a resnet (through nn.Module.__call__, the hook
+# registry and accelerate's wrapper alike), counted inside _fresh: sys.getrefcount's argument, _fresh's and
+# pre_forward's names, the argument tuples on the way, the block's own name. One more holder makes it no longer fresh.
+_FRESH_REFS = 11
+
+
+def _fresh(x: torch.Tensor) -> bool:
+    """``x`` can be changed in place: a whole tensor (no view), not part of an autograd graph, and referenced only by
+    the call being made (the up block's local name, the call's arguments and this check)."""
+    import sys
+
+    return (
+        x._base is None
+        and not x.requires_grad
+        and x.grad_fn is None
+        and x.is_contiguous()
+        and sys.getrefcount(x) <= _FRESH_REFS
+    )

@@ -27,12 +27,13 @@ so the pipeline's output is bit-identical to one that was never patched. Applyin
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from contextlib import contextmanager
 
 import torch.nn as nn
 
 from ..config import OFFICIAL_CONTROLNET, FouriScaleConfig
-from ..plan import Plan, branch_stages, join_block, make_plan
+from ..plan import Plan, branch_stages, join_block, make_plan, runs_forked
 from ..profiles import ModelProfile
 from ..runtime.ops import QKShare, freeu_stage
 from ..runtime.planner import Planner
@@ -44,16 +45,18 @@ from .layers import (
     FF_HOOK,
     FREEU_HOOK,
     JOIN_ATTENTION_HOOK,
+    PIECES_HOOK,
     QK_HOOK,
     ConvHook,
     FeedForwardHook,
     JoinAttentionHook,
     PaperFreeUHook,
     QKShareHook,
+    ResnetPiecesHook,
 )
 from .step_source import ExplicitStep
 from .unet import JOIN_LAYOUT_HOOK, LAYOUT_HOOK, UNET_HOOK, JoinLayoutHook, LayoutHook, UNetHook
-from .vae_tiling import SyncTiledDecode, decode_plan, tiles_exactly
+from .vae_tiling import SyncTiledDecode, decode_plan, tiles_exactly, tiles_size
 
 # diffusers' model and pipeline classes (and transformers' models) are imported where they are used: each adds
 # 1-2 s and 300-500 modules to `import fouriscale` (docs/architecture.md, "Imports").
@@ -82,6 +85,11 @@ class Patch(Planner):
         self._signature: list | None = None
         self.restorers: list = []
         self.freeu_before = FreeUSnapshot(model)  # the user's own FreeU state, for removal and `disabled`
+        self.decode: SyncTiledDecode | None = None  # the tiled decode installed on the pipeline's VAE
+        self.pipe_ref = None  # weak reference to the pipeline it was applied to (its VAE and text encoders)
+        self.override: FouriScaleConfig | None = None  # settings an estimate runs with (see `overriding`)
+        self.choices: dict = {}  # what the memory budget chose, per (size, steps, batch, guidance, dtype, device)
+        self._decode_choices: dict = {}  # latent size -> (tile or not, tile size), as the budget chose
         self.fork, self.join = branch_stages(profile, config)
         # Convs are hooked when they dilate; Q/K projections when a structure branch ever runs.
         self._conv_slots = [self._slot(spec.name) for spec in profile.layers] if config.dilated_convs else []
@@ -131,6 +139,42 @@ class Patch(Planner):
             self._layer_hooks.append((module, QK_HOOK))
         self._signature = signature
 
+    # -- settings per call: memory budget and estimates ---------------------------------------------------------
+    @contextmanager
+    def overriding(self, config: FouriScaleConfig):
+        """Inside the block the hooks and the tiled decode follow ``config`` (same structure as the patch's own:
+        only its memory settings may differ), not the patch's config or its budget. For memory estimates."""
+        before, self.override = self.override, config
+        try:
+            yield self
+        finally:
+            self.override = before
+
+    def decode_choice(self, latent: tuple[int, int]) -> tuple[bool, int] | None:
+        """``(tile or not, tile size)`` of the tiled decode for a latent size, where an override or the memory budget
+        decides it; ``None``: the patch's own threshold and tile size."""
+        config = self.override
+        if config is None:
+            return self._decode_choices.get(tuple(latent))
+        threshold = None if config.vae_tiling else config.vae_tiling_threshold
+        tiled = config.vae_tiling is not False and tiles_size(
+            latent[0], latent[1], self.profile.vae_scale_factor, threshold, config.tile_size
+        )
+        return tiled, config.tile_size
+
+    def plan_for_call(self, height: int, width: int, num_steps: int, call: dict) -> Plan:
+        """The plan of a UNet call: under an override, its config; with a memory budget (``config.max_memory``),
+        the settings it chose for this size and call (chosen before the call's first step, refused in one line
+        when nothing fits); else the patch's config. ``call`` holds ``rows``, ``cfg``, ``dtype``, ``device`` and
+        ``pipe`` (the calling pipeline, or ``None``)."""
+        if self.override is not None:
+            return self.plan(height, width, num_steps, self.override)
+        if self.config.max_memory is None:
+            return self.plan(height, width, num_steps)
+        from .memory import apply_budget
+
+        return apply_budget(self, height, width, num_steps, call)
+
     # -- install / uninstall -----------------------------------------------------------------------------------
     def install(self, pipe) -> None:
         model, profile, config = self.model, self.profile, self.config
@@ -148,6 +192,15 @@ class Patch(Planner):
                     if ff is not None:
                         after_join = config.share_branches and attn is self._attn[-1]
                         self._add_fixed(ff, FeedForwardHook(spec.stage, self.runtime, index, after_join), FF_HOOK)
+            if config.dilated_convs:  # resnets of the forked stages (they hold patched convs), one branch at a time
+                block_name = join_block(profile, config, self.join)
+                resnets = dict.fromkeys(
+                    (spec.name.rpartition(".")[0], spec.stage)
+                    for spec in profile.layers
+                    if spec.kind == "conv" and runs_forked(spec, profile, self.fork, self.join, block_name)
+                )
+                for name, stage in resnets:
+                    self._add_fixed(model.get_submodule(name), ResnetPiecesHook(stage, self.runtime), PIECES_HOOK)
             last = self._attn[-1]
             if config.share_branches and last.group_norm is None and last.spatial_norm is None:
                 # The processor feeds the layer's input straight to to_q/to_k, so the join can leave the
@@ -171,7 +224,10 @@ class Patch(Planner):
         vae = getattr(pipe, "vae", None)
         if config.vae_tiling is not False and vae is not None and tiles_exactly(vae):  # other VAEs keep their own
             threshold = None if config.vae_tiling else config.vae_tiling_threshold
-            self.restorers.append(SyncTiledDecode(vae, threshold, self.runtime))
+            self.decode = SyncTiledDecode(vae, threshold, self.runtime, tile=config.tile_size)
+            self.decode.choose = self.decode_choice
+            self.restorers.append(self.decode)
+        self.pipe_ref = weakref.ref(pipe)
         self._add_fixed(model, UNetHook(self), UNET_HOOK)
 
     def _add_fixed(self, module: nn.Module, hook, name: str) -> None:
@@ -347,6 +403,8 @@ def get_plan(
     *,
     vae_scale_factor: int | None = None,
     vae=None,
+    dtype=None,
+    device: str | None = None,
     **overrides,
 ) -> Plan:
     """The :class:`~fouriscale.plan.Plan` FouriScale follows for a size and step count.
@@ -354,7 +412,10 @@ def get_plan(
     ``pipe`` is a pipeline (its applied config is used when no ``config`` is given) or a bare UNet, which
     may live on the meta device (then ``vae_scale_factor`` defaults to 8). The plan's ``vae_decode`` says how
     the pipeline's VAE (or ``vae``: a VAE, its class or its class name) decodes this size; ``None`` for a bare
-    UNet without ``vae``. Raises ``ValueError`` for sizes the model cannot take.
+    UNet without ``vae``. With a memory budget (``config.max_memory``) and a pipeline, the plan follows the
+    settings :func:`~fouriscale.fit_memory` chooses (its ``memory`` holds the choice; ``dtype`` and ``device`` are
+    the generation's, default the UNet's dtype and ``"cuda"``). Raises ``ValueError`` for sizes the model cannot
+    take, and when nothing fits the budget.
     """
     if isinstance(pipe, nn.Module) and hasattr(pipe, "down_blocks"):
         unet, factor = pipe, vae_scale_factor or 8
@@ -366,9 +427,26 @@ def get_plan(
             vae = getattr(pipe, "vae", None)
     config = _resolve_config(config, overrides)
     profile = detect_profile(_structure(unet), factor, config.layers)
+    choice = None
+    if config.max_memory is not None and unet is not pipe:
+        from .memory import fit_memory
+
+        choice = fit_memory(
+            pipe,
+            height,
+            width,
+            num_inference_steps,
+            config.max_memory,
+            config.replace(max_memory=None),
+            dtype=dtype,
+            device=device or "cuda",
+        )
+        config = config.replace(**choice.overrides)
     plan = make_plan(profile, height, width, num_inference_steps, config)
     if vae is not None:
         plan = dataclasses.replace(plan, vae_decode=decode_plan(vae, config, plan.latent, factor))
+    if choice is not None:
+        plan = dataclasses.replace(plan, memory=choice)
     return plan
 
 

@@ -119,15 +119,17 @@ class UNetHook(ModelHook):
             return None
         step_index, num_steps, cfg = located
         f = patch.profile.vae_scale_factor
-        plan = patch.plan(sample.shape[-2] * f, sample.shape[-1] * f, num_steps)
+        n_stock = 2 if cfg else 1
+        rows = max(sample.shape[0] // n_stock, 1)
+        call = dict(rows=rows, cfg=cfg, dtype=sample.dtype, device=sample.device, unet=module)
+        plan = patch.plan_for_call(sample.shape[-2] * f, sample.shape[-1] * f, num_steps, call)
         if plan.noop:
             return None
-        n_stock = 2 if cfg else 1
         if sample.shape[0] % n_stock:
             raise RuntimeError(
                 f"FouriScale: a UNet batch of {sample.shape[0]} cannot be split into {n_stock} CFG branches."
             )
-        return inputs, plan, plan.step(step_index), cfg, sample.shape[0] // n_stock
+        return inputs, plan, plan.step(step_index), cfg, rows
 
     @torch.compiler.disable
     def _run(self, original, inputs: dict, plan, step, cfg: bool, rows: int):

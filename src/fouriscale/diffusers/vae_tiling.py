@@ -247,6 +247,9 @@ class SyncTiledDecode:
         self.threshold = threshold  # None: always tile (when larger than one tile)
         self.runtime = runtime  # its `enabled` switch (fouriscale.disabled) turns tiling off too
         self.tile, self.margin = tile, margin
+        # Set by the patch: latent size (h, w) -> (tile or not, tile size) where a memory budget or an estimate
+        # decides them, else None (then `threshold` and `tile` do).
+        self.choose = None
         self.scale = vae_scale_factor(vae.config)
         self._own = type(vae).decode
         self._signature = inspect.signature(self._own)  # with `self`; apply_forward_hook keeps it (functools.wraps)
@@ -259,7 +262,7 @@ class SyncTiledDecode:
         vae.decode = self
 
     def _tiled_call(self, args: tuple, kwargs: dict) -> tuple | None:
-        """``(latent, pictures, return_dict)`` when this call is tiled, else ``None``."""
+        """``(latent, pictures, return_dict, tile)`` when this call is tiled, else ``None``."""
         if self.runtime is not None and not self.runtime.enabled:
             return None
         try:
@@ -269,11 +272,14 @@ class SyncTiledDecode:
         call.apply_defaults()
         values = call.arguments
         z = values[self._latent]
-        if (
-            not isinstance(z, torch.Tensor)
-            or z.dim() != 4
-            or not tiles_size(*z.shape[-2:], self.scale, self.threshold, self.tile)
-        ):
+        if not isinstance(z, torch.Tensor) or z.dim() != 4:
+            return None
+        decision = self.choose(tuple(z.shape[-2:])) if self.choose is not None else None
+        if decision is None:
+            tiled, tile = tiles_size(*z.shape[-2:], self.scale, self.threshold, self.tile), self.tile
+        else:
+            tiled, tile = decision
+        if not tiled or max(z.shape[-2:]) <= tile:
             return None
         for name, value in values.items():
             if name in self._known:
@@ -292,20 +298,20 @@ class SyncTiledDecode:
                 not isinstance(picture, torch.Tensor) or tuple(picture.shape[-2:]) != (H * self.scale, W * self.scale)
             ):
                 return None
-        return z, pictures, values.get("return_dict", True)
+        return z, pictures, values.get("return_dict", True), tile
 
     def __call__(self, *args, **kwargs):
         vae = self.vae
         tiled = self._tiled_call(args, kwargs)
         if tiled is None:
             return self._own(vae, *args, **kwargs)
-        z, pictures, return_dict = tiled
+        z, pictures, return_dict, tile = tiled
         hook = getattr(vae, "_hf_hook", None)
         if hook is not None and hasattr(hook, "pre_forward"):
             hook.pre_forward(vae)  # model CPU offload: bring the VAE to its device, as `decode` would
         if getattr(vae, "post_quant_conv", None) is not None:
             z = vae.post_quant_conv(z)
-        images = sync_tiled_decode(vae.decoder, z, self.tile, self.margin, pictures, self.scale)
+        images = sync_tiled_decode(vae.decoder, z, tile, self.margin, pictures, self.scale)
         if not return_dict:
             return (images,)
         from diffusers.models.autoencoders.vae import DecoderOutput
@@ -334,9 +340,16 @@ def decode_plan(vae, config, latent: tuple[int, int], factor: int):
     if config.vae_tiling is False:
         return DecodePlan(name, False, False, f"{name}'s own (vae_tiling=False)")
     threshold = None if config.vae_tiling else config.vae_tiling_threshold
-    when = f"latents over {TILE} px per side" if threshold is None else f"images above {threshold} px"
-    if tiles_size(latent[0], latent[1], factor, threshold):
-        return DecodePlan(name, True, True, f"tiled, tiles share GroupNorm statistics ({name}; tiles {when})")
+    tile = config.tile_size
+    when = f"latents over {tile} px per side" if threshold is None else f"images above {threshold} px"
+    if tiles_size(latent[0], latent[1], factor, threshold, tile):
+        return DecodePlan(
+            name,
+            True,
+            True,
+            f"tiled, tiles share GroupNorm statistics ({name}; tiles {when}"
+            + (f", {tile} latent px a side)" if tile != TILE else ")"),
+        )
     return DecodePlan(
         name, True, False, f"{name}'s own at this size (tiled, with shared GroupNorm statistics, for {when})"
     )

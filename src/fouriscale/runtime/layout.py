@@ -102,9 +102,10 @@ def stock_roles(plan, step, uncond: bool, cond: bool = True) -> tuple[str, ...]:
 def passes(plan, step, stock: tuple[str, ...]) -> list[tuple[tuple[str, ...], tuple[str, ...] | None]]:
     """The model passes of one call with the stock layout ``stock``: each pass's stock roles and forked roles (or
     ``None``). With ``plan.sequential_uncond`` a three-branch step runs the unconditional branch as a pass of its
-    own, so no pass is larger than the stock batch."""
+    own, so no pass is larger than the stock batch; with ``plan.sequential_uncond_all`` every step does."""
     three = plan.three_branch(step)
-    if three and plan.sequential_uncond and len(stock) > 1 and UNCOND in stock:
+    split = (three and plan.sequential_uncond) or getattr(plan, "sequential_uncond_all", False)
+    if split and len(stock) > 1 and UNCOND in stock:
         groups = [(UNCOND,), tuple(r for r in stock if r != UNCOND)]
     else:
         groups = [stock]

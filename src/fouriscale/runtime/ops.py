@@ -14,7 +14,9 @@ diffusers hooks and the ComfyUI patches are thin adapters around the same code:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -30,8 +32,11 @@ __all__ = [
     "shared_projection",
     "join_attention",
     "forked_feed_forward",
+    "token_pieces",
+    "branch_pieces",
     "freeu_stage",
     "paper_freeu",
+    "paper_freeu_",
     "amplify_guidance",
 ]
 
@@ -68,8 +73,12 @@ def patched_conv(call, index: int, x: torch.Tensor, conv: Callable[[torch.Tensor
     if layer.filtered:
         weak = tuple(role == DETAIL for role in roles)
         with torch.profiler.record_function("fouriscale.lowpass"):  # the benchmark times the filter by this name
-            x = lowpass_filter(x, layer.padded, layer.scales[step.index], plan.mask_floor, weak)
+            x = lowpass_filter(
+                x, layer.padded, layer.scales[step.index], plan.mask_floor, weak, getattr(plan, "filter_pieces", 1)
+            )
     k, k_detail = step.conv_dilation, step.detail_conv_dilation
+    if k_detail != k and roles == (DETAIL,):  # the detail branch alone (a pass or a piece of its own)
+        return conv(x, k_detail)
     if k_detail != k and DETAIL in roles:
         detail = call.rows_of(roles, DETAIL)  # the detail branch is the last one
         return torch.cat([conv(x[: detail.start], k), conv(x[detail], k_detail)])
@@ -140,12 +149,41 @@ def forked_feed_forward(
     feed-forward tensor is larger than in direct inference; on small maps it runs whole. ``after_join``: the join
     layer's block, whose feed-forward comes after the structure branch's last use, runs without it.
     """
+    tokens = getattr(call.plan, "feed_forward_tokens", 0)
+    if tokens:
+        ff = partial(token_pieces, ff, tokens=tokens)
     if after_join:  # the stock roles are the forked ones less the structure branch
         out = ff(relayout_rows(x, call.rows, call.forked, call.stock))
         return relayout_rows(out, call.rows, call.stock, call.forked)
     if not call.plan.feed_forward_pieces[index]:
         return ff(x)
     return torch.cat([ff(part) for part in x.split(len(call.stock) * call.rows)])
+
+
+def branch_pieces(runtime, call, x: torch.Tensor, temb, run: Callable) -> torch.Tensor:
+    """A unit of a forked stage (a resnet) run one branch at a time: ``run(x_piece, temb_piece)`` for the rows of each
+    branch of ``call.forked``, with ``runtime.call`` saying the piece holds that branch alone (so the patched convs
+    inside pick its mask and dilation), the outputs concatenated. Every row is computed on its own: the same
+    result, with the unit's intermediate tensors one branch large."""
+    roles, total = call.forked, x.shape[0]
+    outputs = []
+    try:
+        for role in roles:
+            rows = call.rows_of(roles, role)
+            piece = temb[rows] if isinstance(temb, torch.Tensor) and temb.dim() and temb.shape[0] == total else temb
+            runtime.call = dataclasses.replace(call, forked=(role,))
+            outputs.append(run(x[rows], piece))
+    finally:
+        runtime.call = call
+    return torch.cat(outputs)
+
+
+def token_pieces(ff: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A feed-forward layer (position-wise) over ``x`` of shape ``(rows, tokens, channels)`` in pieces of ``tokens``
+    tokens, so its hidden layer exists for one piece at a time; the same result."""
+    if x.dim() != 3 or x.shape[1] <= tokens:
+        return ff(x)
+    return torch.cat([ff(part) for part in x.split(tokens, dim=1)], dim=1)
 
 
 def freeu_stage(backbone_channels: int, deepest_channels: int) -> int | None:
@@ -158,15 +196,27 @@ def freeu_stage(backbone_channels: int, deepest_channels: int) -> int | None:
 
 
 def paper_freeu(
-    h: torch.Tensor, skip: torch.Tensor, params: tuple[float, float, float, float], stage: int
+    h: torch.Tensor, skip: torch.Tensor, params: tuple[float, float, float, float], stage: int, pieces: int = 1
 ) -> list[torch.Tensor]:
     """FreeU of the paper's scripts before an up-block resnet (FreeU, Eq. 6-7): the first half of the backbone
     features ``h`` scaled by ``b``, the skip features Fourier-filtered with ``s``; returns the channel pieces
-    ``[h_first_half * b, h_second_half, filtered_skip]``."""
+    ``[h_first_half * b, h_second_half, filtered_skip]`` (``pieces``: the filter's groups of channels)."""
     b1, b2, s1, s2 = params
     b, s = (b1, s1) if stage == 1 else (b2, s2)
     half = h.shape[1] // 2
-    return [h[:, :half] * b, h[:, half:], freeu_filter(skip, s)]
+    return [h[:, :half] * b, h[:, half:], freeu_filter(skip, s, pieces)]
+
+
+def paper_freeu_(
+    x: torch.Tensor, backbone: int, params: tuple[float, float, float, float], stage: int, pieces: int = 1
+) -> torch.Tensor:
+    """:func:`paper_freeu` in place on the concatenation ``x = [h, skip]`` (``backbone``: the channels of ``h``), for
+    a host that hands over a tensor nothing else reads: the same values, without a second copy of ``x``."""
+    b1, b2, s1, s2 = params
+    b, s = (b1, s1) if stage == 1 else (b2, s2)
+    x[:, : backbone // 2].mul_(b)
+    x[:, backbone:] = freeu_filter(x[:, backbone:], s, pieces)
+    return x
 
 
 def amplify_guidance(uncond: torch.Tensor, cond: torch.Tensor, factor: float) -> torch.Tensor:

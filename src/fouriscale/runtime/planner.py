@@ -28,16 +28,18 @@ class Planner:
         #: How a :class:`~fouriscale.errors.SettingError` of a plan names other settings (a front end sets its own).
         self.names: Mapping[str, str | None] = API_NAMES
         self.runtime = Runtime()
-        self._plans: dict[tuple[int, int, int], Plan] = {}
+        self._plans: dict[tuple, Plan] = {}
         self._told: set = set()
 
-    def plan(self, height: int, width: int, num_steps: int) -> Plan:
-        """The (cached) plan for an image size in pixels and a number of denoising steps."""
-        key = (height, width, num_steps)
+    def plan(self, height: int, width: int, num_steps: int, config: FouriScaleConfig | None = None) -> Plan:
+        """The (cached) plan for an image size in pixels and a number of denoising steps (under ``config`` instead
+        of the patch's own: settings a memory budget chose, or an estimate's)."""
+        config = config or self.config
+        key = (height, width, num_steps, config)
         plan = self._plans.get(key)
         if plan is None:
             try:
-                plan = make_plan(self.profile, height, width, num_steps, self.config)
+                plan = make_plan(self.profile, height, width, num_steps, config)
             except SettingError as exc:
                 raise (exc if self.names is API_NAMES else exc.reworded(self.names)) from None
             if len(self._plans) >= _MAX_PLANS:
