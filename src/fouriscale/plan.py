@@ -208,7 +208,7 @@ class Plan:
 
     def describe(self) -> str:
         """Human-readable summary (what ``fouriscale plan`` prints)."""
-        p, c = self.profile, self.config
+        p = self.profile
         nh, nw = p.native_size
         lines = [
             f"FouriScale plan: {p.family.label} at {self.width}x{self.height} (width x height), "
@@ -221,50 +221,48 @@ class Plan:
         if self.noop:
             lines.append("  dilation           1: the size fits the reference size, FouriScale is a no-op")
             return "\n".join(lines + vae)
-        bh, bw = self.base_size
-        label = "base bucket" if p.family.bucketed else "base size"
+        lines += self._setting_lines() + vae + [f"  patched layers     {len(self.layers)}"]
+        return "\n".join(lines + self._layer_lines() + self._step_lines())
+
+    def _branches_text(self) -> str:
+        c, stages = self.config, self.profile.stages
         if self.fork is None:
-            branches = "off" if not c.attention_guidance else "detail branch only (no layer tells the branches apart)"
-        else:
-            stages = p.stages
-            shared = f"; stock batch before {stages[self.fork]}" if self.fork > 0 else ""
-            tail = f", detail only after {self.join_block}" if self.join < len(stages) - 1 else ""
-            branches = (
-                f"3 branches (uncond, structure, detail) for {stages[self.fork]}..{self.join_block}{shared}{tail}"
-            )
-        lines += [
+            return "off" if not c.attention_guidance else "detail branch only (no layer tells the branches apart)"
+        shared = f"; stock batch before {stages[self.fork]}" if self.fork > 0 else ""
+        tail = f", detail only after {self.join_block}" if self.join < len(stages) - 1 else ""
+        return f"3 branches (uncond, structure, detail) for {stages[self.fork]}..{self.join_block}{shared}{tail}"
+
+    def _setting_lines(self) -> list[str]:
+        """The plan text's base size, dilation, schedule, masks, guidance, FreeU and memory lines."""
+        c = self.config
+        bh, bw = self.base_size
+        label = "base bucket" if self.profile.family.bucketed else "base size"
+        far = f" (more than {FAR_BEYOND_NATIVE}x the native size per side: {FAR_BEYOND_CONSEQUENCE})"
+        schedule = (
+            f"full dilation for steps < {self.start}, "
+            + (f"progressive for {self.start} <= i < {self.stop}, " if c.progressive else "")
+            + f"plain convs from step {self.stop}"
+        )
+        freeu = self.freeu_params
+        return [
             f"  {label:<18} {_num(bw)}x{_num(bh)}",
-            f"  dilation d         {self.dilation}"
-            + (
-                f" (more than {FAR_BEYOND_NATIVE}x the native size per side: {FAR_BEYOND_CONSEQUENCE})"
-                if self.far_beyond_native
-                else ""
-            ),
-            (
-                f"  schedule           full dilation for steps < {self.start}, "
-                + (f"progressive for {self.start} <= i < {self.stop}, " if c.progressive else "")
-                + f"plain convs from step {self.stop}"
-            )
-            if c.dilated_convs
-            else "  schedule           convs not dilated (dilated_convs=False)",
+            f"  dilation d         {self.dilation}" + (far if self.far_beyond_native else ""),
+            f"  schedule           {schedule if c.dilated_convs else 'convs not dilated (dilated_convs=False)'}",
             f"  masks              floor v={self.mask_floor:g}; low-pass {'on' if c.low_pass else 'off'}"
             + (" (no effect at this size: every mask passes all frequencies)" if self.low_pass_idle else "")
             + f"; pad-then-crop {'on' if c.pad_then_crop else 'off'}",
-            f"  guidance           {branches}"
+            f"  guidance           {self._branches_text()}"
             + (f"; detail dilation ceil(max(d_i/{self.detail_divisor:g}, 1))" if self.detail_divisor != 1 else "")
             + (f"; amp x{c.amp_guidance_factor:g} before step {self.start}" if c.amp_guidance else ""),
             "  FreeU              "
-            + (
-                f"{c.freeu} (b1={self.freeu_params[0]:g}, b2={self.freeu_params[1]:g}, "
-                f"s1={self.freeu_params[2]:g}, s2={self.freeu_params[3]:g})"
-                if self.freeu_params
-                else "off"
-            ),
+            + (f"{c.freeu} (b1={freeu[0]:g}, b2={freeu[1]:g}, s1={freeu[2]:g}, s2={freeu[3]:g})" if freeu else "off"),
             f"  memory             {self.memory_text()}",
-            *vae,
-            f"  patched layers     {len(self.layers)}",
         ]
+
+    def _layer_lines(self) -> list[str]:
+        """One line per patched conv: name, kind, input size, how it is filtered."""
         width = max(len(lp.spec.name) for lp in self.layers)
+        lines = []
         for lp in self.layers:
             size = f"{lp.input_size[1]}x{lp.input_size[0]}"
             if not lp.filtered:
@@ -274,7 +272,11 @@ class Plan:
             else:
                 base = f"filtered, base {_num(lp.base[1])}x{_num(lp.base[0])}, padded {lp.padded[1]}x{lp.padded[0]}"
             lines.append(f"    {lp.spec.name:<{width}}  {lp.spec.kind:<11}  input {size:<9}  {base}")
-        lines.append("  steps (i: d_i -> conv dilation[, detail dilation])")
+        return lines
+
+    def _step_lines(self) -> list[str]:
+        """One line per step: ``d_i`` and the conv dilations, or plain."""
+        lines = ["  steps (i: d_i -> conv dilation[, detail dilation])"]
         for s in self.steps:
             if s.dilation is None:
                 lines.append(f"    {s.index:>3}: plain")
@@ -282,7 +284,7 @@ class Plan:
             extra = f", detail {s.detail_conv_dilation}" if s.detail_conv_dilation != s.conv_dilation else ""
             amp = ", amp guidance" if s.amp_guidance else ""
             lines.append(f"    {s.index:>3}: d_i={s.dilation:.4f} -> {s.conv_dilation}{extra}{amp}")
-        return "\n".join(lines)
+        return lines
 
     def memory_text(self) -> str:
         """The memory settings of the steps in words (the plan text's "memory" line)."""
@@ -419,20 +421,12 @@ def _check_size_and_steps(height: int, width: int, num_steps: int, f: int, confi
             raise SettingError(name, problem, value=value, bound=(0, num_steps))
 
 
-def make_plan(
-    profile: ModelProfile, height: int, width: int, num_steps: int, config: FouriScaleConfig | None = None
-) -> Plan:
-    """Derive the :class:`Plan` for a ``height`` x ``width`` image in ``num_steps`` denoising steps.
-
-    Raises :class:`~fouriscale.errors.SettingError` (a ``ValueError``) for sizes the model cannot take (non-positive,
-    not a multiple of :func:`size_multiple`, above the size limit, an SDXL aspect ratio outside its buckets, a
-    dilation above 16) and start or stop steps beyond the step count.
-    """
-    config = config or FouriScaleConfig()
+def base_and_dilation(
+    profile: ModelProfile, height: int, width: int, config: FouriScaleConfig
+) -> tuple[tuple[float, float], int]:
+    """The reference size ``(hb, wb)`` in pixels and the dilation ``d``: the explicit base size, SDXL's closest
+    training bucket, or the native size; ``config.dilation`` overrides ``d`` (at most 16)."""
     fam = profile.family
-    f = profile.vae_scale_factor
-    _check_size_and_steps(height, width, num_steps, f, config)
-
     if config.base_size is not None:
         base = (float(config.base_size[0]), float(config.base_size[1]))
         d = sd_dilation(height, width, base[0], base[1])
@@ -450,16 +444,26 @@ def make_plan(
             f"reference size {int(base[1])}x{int(base[0])} per side); choose a smaller size"
         )
         raise SettingError("size", problem, value=(height, width), bound=MAX_DILATION)
+    return base, d
 
-    start, stop = fam.window(d, num_steps)
+
+def step_window(profile: ModelProfile, d: int, num_steps: int, config: FouriScaleConfig) -> tuple[int, int]:
+    """``(start, stop)``: the family's window for ``d`` scaled to ``num_steps``, or the configured steps (an unset
+    end never crosses a set one)."""
+    start, stop = profile.family.window(d, num_steps)
     start = config.start_step if config.start_step is not None else start
     stop = config.stop_step if config.stop_step is not None else stop
     if config.start_step is None and start > stop:
         start = stop
     if config.stop_step is None and stop < start:
         stop = start
+    return start, stop
 
-    divisor = config.detail_dilation_divisor or fam.detail_dilation_divisor
+
+def step_settings(
+    d: int, start: int, stop: int, num_steps: int, divisor: float, config: FouriScaleConfig
+) -> tuple[StepSetting, ...]:
+    """Each step's dilation ``d_i``, its conv dilations (structure and detail branch) and amplified guidance."""
     steps = []
     for i in range(num_steps):
         d_i = step_dilation(i, d, start, stop, config.progressive) if config.dilated_convs else None
@@ -468,10 +472,22 @@ def make_plan(
             steps.append(StepSetting(i, None, 1, 1, amp))
         else:
             steps.append(StepSetting(i, d_i, conv_dilation(d_i), detail_conv_dilation(d_i, divisor), amp))
+    return tuple(steps)
 
+
+def layer_plans(
+    profile: ModelProfile,
+    height: int,
+    width: int,
+    base: tuple[float, float],
+    steps: tuple[StepSetting, ...],
+    branches: tuple[int | None, int | None, str | None],
+    config: FouriScaleConfig,
+) -> tuple[LayerPlan, ...]:
+    """Each patched conv's input size, whether it is filtered, its base and padded size (pad-then-crop), its mask
+    scale per step and whether it runs the forked batch (``branches``: fork, join, join block)."""
+    fam, f = profile.family, profile.vae_scale_factor
     latent = (height // f, width // f)
-    fork, join = branch_stages(profile, config)
-    block = join_block(profile, config, join)
     layers = []
     for spec in profile.layers:
         size = _input_size(spec, latent)
@@ -488,15 +504,29 @@ def make_plan(
             else None
             for s in steps
         )
-        forked = runs_forked(spec, profile, fork, join, block)
-        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, forked))
-    pieces = tuple(
-        config.feed_forward_pieces
-        if config.feed_forward_pieces is not None
-        else _halve(latent[0], a.level) * _halve(latent[1], a.level) >= FEED_FORWARD_PIECES_MIN_TOKENS
-        for a in profile.attentions
-    )
+        layers.append(LayerPlan(spec, size, filtered, base_hw, padded, scales, runs_forked(spec, profile, *branches)))
+    return tuple(layers)
 
+
+def make_plan(
+    profile: ModelProfile, height: int, width: int, num_steps: int, config: FouriScaleConfig | None = None
+) -> Plan:
+    """Derive the :class:`Plan` for a ``height`` x ``width`` image in ``num_steps`` denoising steps.
+
+    Raises :class:`~fouriscale.errors.SettingError` (a ``ValueError``) for sizes the model cannot take (non-positive,
+    not a multiple of :func:`size_multiple`, above the size limit, an SDXL aspect ratio outside its buckets, a
+    dilation above 16) and start or stop steps beyond the step count.
+    """
+    config = config or FouriScaleConfig()
+    fam, f = profile.family, profile.vae_scale_factor
+    _check_size_and_steps(height, width, num_steps, f, config)
+    base, d = base_and_dilation(profile, height, width, config)
+    start, stop = step_window(profile, d, num_steps, config)
+    divisor = config.detail_dilation_divisor or fam.detail_dilation_divisor
+    steps = step_settings(d, start, stop, num_steps, divisor, config)
+    fork, join = branch_stages(profile, config)
+    block = join_block(profile, config, join)
+    latent = (height // f, width // f)
     return Plan(
         profile=profile,
         config=config,
@@ -510,17 +540,29 @@ def make_plan(
         mask_floor=config.mask_floor if config.mask_floor is not None else fam.mask_floor,
         detail_divisor=float(divisor),
         freeu_params=(config.freeu_params or fam.freeu) if config.freeu is not None else None,
-        layers=tuple(layers),
-        steps=tuple(steps),
+        layers=layer_plans(profile, height, width, base, steps, (fork, join, block), config),
+        steps=steps,
         fork=fork,
         join=join,
         join_block=block,
-        sequential_uncond=(
-            config.sequential_uncond
-            if config.sequential_uncond is not None
-            else latent[0] * latent[1] >= SEQUENTIAL_UNCOND_MIN_LATENT
+        **memory_settings(profile, latent, fork, config),
+    )
+
+
+def memory_settings(profile: ModelProfile, latent: tuple[int, int], fork: int | None, config: FouriScaleConfig) -> dict:
+    """The plan's memory fields: the configured memory settings, or the defaults for this latent size (the
+    unconditional branch alone from 128 x 128 latents, feed-forward pieces on maps of 64 x 64 and more)."""
+    sequential = config.sequential_uncond
+    return dict(
+        sequential_uncond=sequential
+        if sequential is not None
+        else latent[0] * latent[1] >= SEQUENTIAL_UNCOND_MIN_LATENT,
+        feed_forward_pieces=tuple(
+            config.feed_forward_pieces
+            if config.feed_forward_pieces is not None
+            else _halve(latent[0], a.level) * _halve(latent[1], a.level) >= FEED_FORWARD_PIECES_MIN_TOKENS
+            for a in profile.attentions
         ),
-        feed_forward_pieces=pieces,
         sequential_uncond_all=bool(config.sequential_uncond_all_steps),
         filter_pieces=FILTER_PIECES if config.filter_pieces else 1,
         feed_forward_tokens=FEED_FORWARD_PIECES_MIN_TOKENS if config.feed_forward_pieces else 0,
