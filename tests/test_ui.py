@@ -202,7 +202,7 @@ def test_the_api_refuses_typed_input_with_a_message(tmp_path, capsys, monkeypatc
         assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"  # analytics off unless asked for
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         good = ["a cat", "", "tiny:sd1", 64, 64, 2, None, 5, True, False, True, True, True, True, False]
-        good += [None, None, None, "", None, None, False]  # no pictures in, no two-pass
+        good += [None, None, None, "", None, None, False, ""]  # no pictures in, no two-pass, no memory budget
         image, slider, shown, download, info = client.predict(*good, api_name="/generate")
         assert image["visible"] is True and slider["visible"] is False and "64x64, 2 steps, seed 5" in info
         assert shown["visible"] is False
@@ -211,6 +211,8 @@ def test_the_api_refuses_typed_input_with_a_message(tmp_path, capsys, monkeypatc
             (7, "abc", "seed must be"),
             (8, "no", "freeu must be true or false"),
             (6, -5, "from 0 to 100"),
+            (22, "12 parsecs", "the memory budget: '12 parsecs' has an unknown unit"),
+            (22, 5.5, "the memory budget must be text such as 12GB"),
         ):
             args = list(good)
             args[index] = value

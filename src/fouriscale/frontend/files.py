@@ -80,7 +80,8 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
-_NOT_KEYED = ("key", "file", "version", "index", "rank", "input_files")
+#: Bookkeeping, and what a memory budget chose ("memory": the settings it changed are in "fouriscale").
+_NOT_KEYED = ("key", "file", "version", "index", "rank", "input_files", "memory")
 
 
 def encode_png(image: Image.Image, settings: dict | None = None) -> bytes:

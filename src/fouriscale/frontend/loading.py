@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from ..diffusers.describe import detect_family, native_latent, vae_scale_factor
 from ..hub import hub_unreachable, offline
+from ..published import component_config, published_model
 from ..testing import TINY_FAMILIES, tiny_pipeline, tiny_unet_config, tiny_vae_config
 from .errors import UserError, captured_logs, one_line
 from .fields import CLI_NAMES
@@ -37,6 +38,7 @@ __all__ = [
     "load_pipeline",
     "load_unet_profile_source",
     "load_plan_source",
+    "load_estimate_source",
     "native_size",
     "set_scheduler",
     "parse_lora",
@@ -443,6 +445,11 @@ def load_plan_source(model: str, config: str | None = None, labels: Mapping = CL
     if path.is_file():
         loaded = load_pipeline(model, device="cpu", dtype="fp32", scheduler=None, config=config, labels=labels)
         return loaded.pipe.unet, loaded.pipe.vae_scale_factor, type(loaded.pipe.vae).__name__
+    shipped = None if path.exists() else published_model(model)
+    if shipped is not None:  # the paper's models: their configs ship with the package (no download, no cache)
+        unet_config, vae_config = component_config(shipped, "unet"), component_config(shipped, "vae")
+        unet = _meta_unet(json.dumps(unet_config, sort_keys=True))
+        return unet, vae_scale_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")
     if looks_like_path(model) and not path.exists():
         raise UserError(f"--model {model}: no such file or folder")
     if path.is_dir():
@@ -465,3 +472,57 @@ def load_plan_source(model: str, config: str | None = None, labels: Mapping = CL
             raise UserError(f"could not read the config of {model!r} ({one_line(exc, first_line=True)})") from None
     unet = _meta_unet(json.dumps(dict(unet_config), sort_keys=True))
     return unet, vae_scale_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")
+
+
+#: The files of a hub repository that describe a pipeline without its weights.
+CONFIG_FILES = ("model_index.json", "*/config.json", "scheduler/scheduler_config.json")
+
+
+def _hub_configs(model: str, labels: Mapping) -> str:
+    """The folder of a hub id's configs (:data:`CONFIG_FILES`): from the cache, else fetched (kilobytes)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, allow_patterns=list(CONFIG_FILES), local_files_only=True)
+    except Exception:
+        check_hub(model, option=labels["model_path"])
+    try:
+        return snapshot_download(model, allow_patterns=list(CONFIG_FILES))
+    except Exception as exc:
+        raise UserError(f"could not read the configs of {model!r} ({one_line(exc, first_line=True)})") from None
+
+
+def load_estimate_source(
+    model: str,
+    dtype: str = "fp16",
+    device: str = "cuda",
+    *,
+    config: str | None = None,
+    allow_pickle: bool = False,
+    labels: Mapping = CLI_NAMES,
+):
+    """A pipeline to estimate memory on (:func:`fouriscale.estimate_memory`), in ``dtype`` (resolved for
+    ``device``): weightless for the models whose configs ship with the package, diffusers folders and hub ids (their
+    configs only: from the cache, else a few kilobytes from the Hub); the tiny models as they are; a single file
+    loaded on the CPU (its configs are in the file)."""
+    from ..diffusers.meta import meta_pipeline
+
+    torch_dtype = resolve_dtype(dtype, device)
+    path = Path(model).expanduser()
+    tiny = tiny_family(model)
+    if tiny is not None:
+        return tiny_pipeline(tiny).to(dtype=torch_dtype)
+    if path.is_file():
+        name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(torch_dtype, "fp32")
+        kwargs = dict(device="cpu", dtype=name, scheduler=None, config=config, allow_pickle=allow_pickle)
+        return load_pipeline(model, labels=labels, **kwargs).pipe
+    if looks_like_path(model) and not path.exists():
+        raise UserError(f"--model {model}: no such file or folder")
+    if path.is_dir() or published_model(model) is not None:
+        source = str(path) if path.is_dir() else model
+    else:
+        source = _hub_configs(model, labels)
+    try:
+        return meta_pipeline(source, torch_dtype)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"could not build {model} from its configs ({one_line(exc, first_line=True)})") from None

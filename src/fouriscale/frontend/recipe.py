@@ -65,6 +65,9 @@ class Recipe:
     first_size: tuple[int, int] | None = None  # (height, width) of the two-pass first pass
     #: SDXL ``original_size``/``target_size`` of the UNet and ControlNet (the official ControlNet recipe).
     micro_conditions: tuple[int, int] | None = None
+    #: What a memory budget chose (:meth:`fouriscale.memory.BudgetChoice.to_dict`); recorded, not keyed (its
+    #: settings are in ``config``).
+    memory: dict | None = None
 
     def replace(self, **changes) -> Recipe:
         return replace(self, **changes)
@@ -191,6 +194,8 @@ def image_settings(recipe: Recipe, job: Job, method: str, plan=None) -> dict:
         settings["input_files"] = files
     if method not in ("direct", "first"):
         settings["fouriscale"] = recipe.config.to_dict()
+        if recipe.memory is not None:
+            settings["memory"] = recipe.memory
         if plan is not None:
             settings["plan"] = {
                 "dilation": plan.dilation,

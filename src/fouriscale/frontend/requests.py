@@ -4,10 +4,12 @@ FouriScale applied and a :class:`Ready` run (recipe, plan, pipelines), in the or
 1. :func:`check_request`, before any weights are read (diffusers folders, hub ids, tiny models: the UNet's config
    on the meta device): the size, steps and plan (the library's checks), the caller's own check (``compare``'s
    layout), the ControlNets against the model, that the strength leaves a step; warnings (far beyond the native
-   size, pictures cropped or upscaled to fit) are returned as notes.
-2. :func:`load_model`: the model with its scheduler, LoRAs, dtype and placement.
-3. :func:`get_ready`: the plan again on the loaded pipeline (and, for single files, the checks of step 1),
-   FouriScale applied, the ControlNets loaded (kept in the caller's cache if it gives one), the recipe.
+   size, pictures cropped or upscaled to fit) are returned as notes. With a memory budget, the settings that fit it
+   (:func:`fit_budget` on the weightless pipeline), or the refusal.
+2. :func:`load_model`: the model with its scheduler, LoRAs, dtype and placement (the CPU offload the budget chose).
+3. :func:`get_ready`: the plan again on the loaded pipeline (and, for single files, the checks of step 1 and the
+   budget's choice), FouriScale applied, the ControlNets loaded (kept in the caller's cache if it gives one), the
+   recipe.
 
 The command line (``generate``, ``upscale``, ``compare``, ``benchmark-quality``) and the web UI are adapters that
 turn their inputs into a :class:`Request` and render the :class:`Ready` run's jobs (:mod:`.batch` or
@@ -24,18 +26,29 @@ import fouriscale
 
 from ..config import PAPER_PRESETS, FouriScaleConfig
 from ..diffusers.describe import detect_profile
+from ..memory import BudgetChoice
 from ..profiles import FAMILIES
 from ..two_pass import first_pass_size
 from .controlnets import combine, load_controlnet
 from .defaults import DEFAULT_ETA, DEFAULT_SCHEDULER, DEFAULT_STEPS, default_guidance, default_size
 from .errors import UserError, user_errors
 from .fields import CLI_NAMES
-from .loading import LoadedModel, load_pipeline, load_plan_source, native_size
+from .loading import LoadedModel, load_estimate_source, load_pipeline, load_plan_source, native_size, resolve_dtype
 from .pipelines import Pipelines
 from .recipe import Recipe
 from .sources import Sources, check_steps_run, fit_warnings
 
-__all__ = ["Size", "Request", "Prepared", "Ready", "check_request", "load_model", "get_ready", "plan_request"]
+__all__ = [
+    "Size",
+    "Request",
+    "Prepared",
+    "Ready",
+    "check_request",
+    "load_model",
+    "get_ready",
+    "plan_request",
+    "fit_budget",
+]
 
 
 @dataclass(frozen=True)
@@ -73,7 +86,8 @@ class Request:
     ``config(steps)`` gives the run's FouriScale settings for its step count (a preset's start and stop steps are
     rescaled to it); ``guidance`` ``None``: the preset's, else the family's; ``labels``: how messages name the
     request's inputs (the CLI's options, or the web UI's fields), with the pictures' paths unless ``name_paths`` is
-    false.
+    false. ``max_memory``: a memory budget in bytes (the settings and CPU offload are chosen to fit it:
+    :func:`fit_budget`), ``None`` for none.
     """
 
     model: str
@@ -90,6 +104,7 @@ class Request:
     allow_pickle: bool = False
     dtype: str = "auto"
     offload: str = "none"
+    max_memory: int | None = None
     labels: Mapping = field(default_factory=lambda: CLI_NAMES)
     name_paths: bool = True  # warnings about a picture name its file, not only its input
 
@@ -104,6 +119,7 @@ class Prepared:
     config: FouriScaleConfig
     plan: fouriscale.Plan
     notes: tuple[str, ...] = ()
+    memory: BudgetChoice | None = None  # what the memory budget chose (already in ``config`` and ``plan``)
 
 
 @dataclass(frozen=True)
@@ -117,14 +133,48 @@ class Ready:
     notes: tuple[str, ...] = ()
 
 
-def plan_request(request: Request, target, family: str, native: tuple[int, int], vae_scale_factor=None, vae=None):
-    """:class:`Prepared` for a pipeline or a (meta-device) UNet: size, steps and config resolved, the plan made by
-    the library (a size or setting it cannot take is a :class:`UserError` with its message)."""
+def plan_request(
+    request: Request,
+    target,
+    family: str,
+    native: tuple[int, int],
+    vae_scale_factor=None,
+    vae=None,
+    memory: BudgetChoice | None = None,
+):
+    """:class:`Prepared` for a pipeline or a (meta-device) UNet: size, steps and config resolved (with the settings
+    a memory budget chose, ``memory``), the plan made by the library (a size or setting it cannot take is a
+    :class:`UserError` with its message)."""
     height, width, steps = request.size.resolve(native, family)
     with user_errors(labels=request.labels):
         config = request.config(steps)
+        if memory is not None:
+            config = config.replace(**memory.overrides)
         plan = fouriscale.get_plan(target, height, width, steps, config, vae_scale_factor=vae_scale_factor, vae=vae)
-    return Prepared(height, width, steps, config, plan)
+    if memory is not None:
+        plan = replace(plan, memory=memory)
+    return Prepared(height, width, steps, config, plan, memory=memory)
+
+
+def fit_budget(request: Request, prepared: Prepared, pipe, device: str) -> BudgetChoice:
+    """The fastest settings and CPU offload whose estimated peak on ``device`` is within ``request.max_memory``
+    (:func:`fouriscale.fit_memory` on ``pipe``, weightless or loaded, in the request's dtype; an ``--offload`` given
+    is kept; the CPU has no offload). Nothing fits: a :class:`UserError` with the estimate and the budget."""
+    offload = "none" if device == "cpu" else (None if request.offload == "none" else request.offload)
+    guided = request.guidance is None or request.guidance > 1
+    with user_errors(labels=request.labels):
+        return fouriscale.fit_memory(
+            pipe,
+            prepared.height,
+            prepared.width,
+            prepared.steps,
+            request.max_memory,
+            prepared.config,
+            dtype=resolve_dtype(request.dtype, device),
+            device=device,
+            offload=offload,
+            guidance=guided,
+        )
 
 
 def _checked(request: Request, prepared: Prepared, unet, factor: int, check, inits, fit: bool) -> Prepared:
@@ -145,25 +195,34 @@ def _checked(request: Request, prepared: Prepared, unet, factor: int, check, ini
     return replace(prepared, notes=tuple(notes))
 
 
-def check_request(request: Request, *, check=None, inits=(), fit: bool = True) -> Prepared | None:
+def check_request(request: Request, *, check=None, inits=(), fit: bool = True, device: str = "cpu") -> Prepared | None:
     """Step 1, before the weights: ``None`` for single-file checkpoints (checked when loaded, in :func:`get_ready`).
-    ``inits`` are the pictures whose fitting to the size is reported (with ``fit``)."""
+    ``inits`` are the pictures whose fitting to the size is reported (with ``fit``); ``device``: where the run will
+    be (what a memory budget is for)."""
     if Path(request.model).expanduser().is_file():
         return None
     unet, factor, vae = load_plan_source(request.model, request.model_config, request.labels)
     with user_errors(labels=request.labels):
         profile = detect_profile(unet, factor)
-    prepared = plan_request(request, unet, profile.family.name, profile.native_size, factor, vae)
-    return _checked(request, prepared, unet, factor, check, inits, fit)
+    family, native = profile.family.name, profile.native_size
+    prepared = plan_request(request, unet, family, native, factor, vae)
+    prepared = _checked(request, prepared, unet, factor, check, inits, fit)
+    if request.max_memory is None:
+        return prepared
+    source = load_estimate_source(request.model, request.dtype, device, labels=request.labels)
+    memory = fit_budget(request, prepared, source, device)
+    return replace(plan_request(request, unet, family, native, factor, vae, memory), notes=prepared.notes)
 
 
-def load_model(request: Request, device: str) -> LoadedModel:
-    """Step 2: the model, its scheduler, LoRAs, dtype and placement (``UserError`` for whatever the user can fix)."""
+def load_model(request: Request, device: str, early: Prepared | None = None) -> LoadedModel:
+    """Step 2: the model, its scheduler, LoRAs, dtype and placement, with the CPU offload a memory budget chose in
+    ``early`` (:func:`check_request`'s result) (``UserError`` for whatever the user can fix)."""
+    memory = early.memory if early is not None else None
     return load_pipeline(
         request.model,
         dtype=request.dtype,
         device=device,
-        offload=request.offload,
+        offload=memory.offload if memory is not None else request.offload,
         scheduler=request.scheduler,
         loras=list(request.loras),
         allow_pickle=request.allow_pickle,
@@ -184,15 +243,29 @@ def get_ready(
 ) -> Ready:
     """Step 3: the plan on the loaded pipeline, FouriScale applied, ControlNets loaded (from and into the
     ``controlnets`` cache, spec -> model, when given), the recipe. ``early``: :func:`check_request`'s result (its
-    checks are made here when it is ``None``)."""
+    checks, and a memory budget's choice, are made here when it is ``None``)."""
     pipe = loaded.pipe
-    prepared = plan_request(request, pipe, loaded.family, native_size(pipe))
+    memory = early.memory if early is not None else None
+    prepared = plan_request(request, pipe, loaded.family, native_size(pipe), memory=memory)
     if early is None:
         prepared = _checked(request, prepared, pipe.unet, pipe.vae_scale_factor, check, inits, fit)
+        if request.max_memory is not None:
+            prepared = replace(_budget_loaded(loaded, request, prepared), notes=prepared.notes)
     with user_errors(labels=request.labels):
         fouriscale.apply_fouriscale(pipe, prepared.config)
     pipes = Pipelines(pipe, _controlnet(loaded, request, controlnets))
     return Ready(loaded, pipes, _recipe(loaded, request, prepared), prepared.plan, prepared.notes)
+
+
+def _budget_loaded(loaded: LoadedModel, request: Request, prepared: Prepared) -> Prepared:
+    """A memory budget's choice made on the loaded pipeline (single files: their configs come with the weights),
+    with the model CPU offload it asks for enabled."""
+    pipe = loaded.pipe
+    device = str(getattr(pipe, "_execution_device", pipe.unet.device))
+    memory = fit_budget(request, prepared, pipe, device)
+    if memory.offload == "model" and request.offload == "none":
+        pipe.enable_model_cpu_offload(device=device)
+    return plan_request(request, pipe, loaded.family, native_size(pipe), memory=memory)
 
 
 def _controlnet(loaded: LoadedModel, request: Request, cache: dict | None):
@@ -237,4 +310,5 @@ def _recipe(loaded: LoadedModel, request: Request, prepared: Prepared) -> Recipe
         upscale=sources.upscale,
         first_size=first,
         micro_conditions=micro,
+        memory=prepared.memory.to_dict() if prepared.memory is not None else None,
     )

@@ -25,14 +25,22 @@ from ..defaults import MAX_SEED
 from ..errors import UserError, user_errors
 from ..files import compare_name, differing_settings, encode_png, read_settings, settings_key
 from ..folder import OutputFolder
-from ..loading import check_lora_files, check_offload, load_plan_source, native_size, parse_lora, resolve_device
+from ..loading import (
+    check_lora_files,
+    check_offload,
+    load_estimate_source,
+    load_plan_source,
+    native_size,
+    parse_lora,
+    resolve_device,
+)
 from ..pictures import read_picture
 from ..prompts import cut_prompts, prompt_lines
 from ..recipe import Job, finished_settings, make_jobs
-from ..requests import Request, Size, check_request, get_ready, load_model, plan_request
+from ..requests import Request, Size, check_request, fit_budget, get_ready, load_model, plan_request
 from ..sources import check_sources, check_steps_run, fit_warnings
 from .logs import warn
-from .options import config_from, size_from
+from .options import config_from, memory_from, size_from
 
 __all__ = [
     "cmd_generate",
@@ -68,6 +76,7 @@ def request_of(args, sources=None, loras=()) -> Request:
         allow_pickle=args.allow_pickle,
         dtype=args.dtype,
         offload=args.offload,
+        max_memory=memory_from(args),
     )
 
 
@@ -87,15 +96,17 @@ def prepare(args, request: Request, device: str, *, check=None, inits=(), fit=Tr
     """The request path in the order that fails fastest, with the command's warnings given once the run is ready,
     before anything is rendered (so that a refused request is one line; ``fit=False``: no fitting warnings, the
     command gives them itself); returns the :class:`~fouriscale.frontend.requests.Ready` run."""
-    early = check_request(request, check=check, inits=tuple(inits), fit=fit)
     if state is not None and device != "cpu":
         device = str(state.device)
+    early = check_request(request, check=check, inits=tuple(inits), fit=fit, device=device)
     _progress(args)
-    loaded = load_model(request, device)
+    loaded = load_model(request, device, early)
     _progress(args, loaded.pipe)
     ready = get_ready(loaded, request, early, check=check, inits=tuple(inits), fit=fit)
     for line in early.notes if early is not None else ready.notes:
         warn(line)
+    if ready.plan.memory is not None:
+        print(f"memory {ready.plan.memory.describe()}")
     return ready
 
 
@@ -254,13 +265,58 @@ def cmd_upscale(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    budget = memory_from(args)
     unet, factor, vae = load_plan_source(args.model, args.model_config)
     with user_errors():
         profile = detect_profile(unet, factor)
-    request = Request(args.model, config=lambda steps: config_from(args, steps), size=size_from(args))
-    prepared = plan_request(request, unet, profile.family.name, profile.native_size, factor, vae)
-    print(prepared.plan.describe())
+    request = Request(
+        args.model,
+        config=lambda steps: config_from(args, steps),
+        size=size_from(args),
+        dtype=args.dtype,
+        offload=args.offload,
+        max_memory=budget,
+        allow_pickle=args.allow_pickle,
+        model_config=args.model_config,
+    )
+    family, native = profile.family.name, profile.native_size
+    prepared = plan_request(request, unet, family, native, factor, vae)
+    if not args.memory and budget is None:
+        print(prepared.plan.describe())
+        return 0
+    # The estimate is for a GPU: what --memory is asked for is whether a card will do.
+    source = load_estimate_source(
+        args.model, args.dtype, "cuda", config=args.model_config, allow_pickle=args.allow_pickle
+    )
+    chosen = None
+    if budget is not None:
+        chosen = plan_request(request, unet, family, native, factor, vae, fit_budget(request, prepared, source, "cuda"))
+    print((chosen or prepared).plan.describe())
+    if args.memory:
+        for direct in (True, False):
+            print()
+            print(_estimate(request, prepared, source, direct))
+    if chosen is not None:
+        print()
+        print(f"--max-memory: {chosen.memory.describe()}")
+        print(chosen.memory.estimate)
     return 0
+
+
+def _estimate(request: Request, prepared, source, direct: bool):
+    """The memory estimate of direct inference or of FouriScale's settings (as asked, before any budget)."""
+    with user_errors():
+        return fouriscale.estimate_memory(
+            source,
+            prepared.height,
+            prepared.width,
+            prepared.steps,
+            prepared.config,
+            dtype=request.dtype,
+            device="cuda",
+            offload=request.offload,
+            direct=direct,
+        )
 
 
 def _parse_crop(text: str | None):

@@ -9,8 +9,11 @@ flags); sizes, steps and start/stop windows by the library's :func:`fouriscale.g
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 
 from ...config import PAPER_PRESETS, FouriScaleConfig
+from ...memory import parse_memory
 from ...schedule import scaled_window
 from ..defaults import (
     DEFAULT_ETA,
@@ -40,7 +43,9 @@ __all__ = [
     "strength_type",
     "config_from",
     "size_from",
+    "memory_from",
     "preset_window",
+    "MAX_MEMORY_HELP",
 ]
 
 
@@ -49,6 +54,29 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # argparse API
         self.exit(2, f"fouriscale: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):  # argparse API
+        args = _joined(sys.argv[1:] if args is None else list(args))
+        return super().parse_known_args(args, namespace)
+
+
+#: Options whose value may start with "-" and a digit without being a number argparse knows (``--max-memory -3GB``):
+#: joined to their value (``--max-memory=-3GB``), so that the value is refused for what it is.
+_SIGNED_VALUES = ("--max-memory",)
+
+
+def _joined(args: list) -> list:
+    joined, rest = [], iter(args)
+    for arg in rest:
+        if arg in _SIGNED_VALUES:
+            value = next(rest, None)
+            if value is not None and re.match(r"^-[\d.]", str(value)):
+                joined.append(f"{arg}={value}")
+                continue
+            joined.extend([arg] if value is None else [arg, value])
+            continue
+        joined.append(arg)
+    return joined
 
 
 def _arg_type(check):
@@ -315,6 +343,21 @@ def _runtime() -> argparse.ArgumentParser:
     return p
 
 
+#: ``--max-memory``'s help (``generate``, ``upscale``, ``compare``, ``plan``).
+MAX_MEMORY_HELP = (
+    "memory budget of the device, e.g. 12GB (GB = 10^9 bytes) or 11GiB: before loading, FouriScale picks the fastest "
+    "settings whose estimated peak fits (unconditional pass alone, feed-forwards in pieces, tiled VAE decode, then "
+    "model CPU offload; the latents change only by float round-off), prints and records the choice, or refuses "
+    "(default: none)"
+)
+
+
+def _memory_budget() -> argparse.ArgumentParser:
+    p, g = _group("memory")
+    g.add_argument("--max-memory", metavar="SIZE", help=MAX_MEMORY_HELP)
+    return p
+
+
 def _output(progress: bool = True) -> argparse.ArgumentParser:
     p = _parser()
     p.add_argument("--out", default="outputs", metavar="DIR", help="output folder (default: ./outputs)")
@@ -325,8 +368,9 @@ def _output(progress: bool = True) -> argparse.ArgumentParser:
 
 def parents(*names: str) -> list[argparse.ArgumentParser]:
     """Parent parsers by name: ``common`` (``--debug``), ``model`` / ``model?`` (optional ``--model``),
-    ``size``, ``fouriscale``, ``sampling``, ``runtime``, ``output``, ``pictures`` (``--init-image``, ``--mask``,
-    ``--strength``, ControlNets) and ``control`` (the same without ``--init-image``/``--mask``)."""
+    ``size``, ``fouriscale``, ``sampling``, ``runtime``, ``budget`` (``--max-memory``), ``output``, ``pictures``
+    (``--init-image``, ``--mask``, ``--strength``, ControlNets) and ``control`` (the same without ``--init-image`` and
+    ``--mask``)."""
     table = {
         "common": _common,
         "model": lambda: _model(True),
@@ -335,6 +379,7 @@ def parents(*names: str) -> list[argparse.ArgumentParser]:
         "fouriscale": _fouriscale,
         "sampling": _sampling,
         "runtime": _runtime,
+        "budget": _memory_budget,
         "output": _output,
         "pictures": _pictures,
         "control": lambda: _pictures(init=False),
@@ -388,3 +433,13 @@ def size_from(args) -> Size:
     height = args.height if getattr(args, "height", None) is not None else height
     width = args.width if getattr(args, "width", None) is not None else width
     return Size(height, width, getattr(args, "preset", None), args.steps)
+
+
+def memory_from(args) -> int | None:
+    """``--max-memory`` in bytes (``None`` when not given); a malformed or non-positive amount is a
+    :class:`UserError` naming the option."""
+    text = getattr(args, "max_memory", None)
+    if text is None:
+        return None
+    with user_errors():
+        return parse_memory(text, "--max-memory")

@@ -46,7 +46,7 @@ def _generate(sub) -> None:
     gen = _command(
         sub,
         "generate",
-        "common model size sampling runtime output fouriscale pictures",
+        "common model size sampling runtime budget output fouriscale pictures",
         help="generate images",
         description="Generate images with FouriScale, from text or from pictures (--init-image, --mask, "
         "--controlnet), or in two passes (--two-pass). Defaults are the official scripts' recipe: DDIM with eta "
@@ -79,7 +79,7 @@ def _upscale(sub) -> None:
     up = _command(
         sub,
         "upscale",
-        "common model size sampling runtime output fouriscale control",
+        "common model size sampling runtime budget output fouriscale control",
         help="make pictures larger: FouriScale img2img from each picture at the size",
         description="Render each picture again at --size WxH (or --scale times its size) with FouriScale img2img. "
         "The prompt is --prompt, else the one the picture carries (settings embedded by this tool, or A1111's "
@@ -97,13 +97,26 @@ def _upscale(sub) -> None:
 
 
 def _plan(sub) -> None:
-    _command(
+    plan = _command(
         sub,
         "plan",
-        "common model size fouriscale",
-        help="show what FouriScale will do for a model and size",
+        "common model size budget fouriscale",
+        help="show what FouriScale will do for a model and size, and the memory it needs",
         description="Print the plan (native size, dilation, SDXL base bucket, patched layers with their base sizes, "
-        "per-step schedule) without generating.",
+        "per-step schedule) without generating; with --memory, the peak GPU memory estimated without weights (the "
+        "paper's models from configs shipped with fouriscale, offline; other hub ids from their configs). With "
+        "--max-memory, the settings chosen to fit the budget.",
+    )
+    g = plan.add_argument_group("memory estimate")
+    g.add_argument("--memory", action="store_true", help="estimate the peak GPU memory (FouriScale and direct)")
+    g.add_argument(
+        "--dtype", default="fp16", choices=["fp32", "fp16", "bf16"], help="dtype of the estimate (default: fp16)"
+    )
+    g.add_argument(
+        "--offload",
+        default="none",
+        choices=["none", "model", "sequential"],
+        help="CPU offload of the estimate (default: none; --max-memory may choose model offload)",
     )
 
 
@@ -111,7 +124,7 @@ def _compare(sub) -> None:
     cmp = _command(
         sub,
         "compare",
-        "common model size sampling runtime output fouriscale",
+        "common model size sampling runtime budget output fouriscale",
         help="picture direct inference, FouriScale and ablations side by side",
         description="Render one prompt and seed under several variants, then save a labelled grid (whole images and "
         "a full-resolution detail crop) and their power spectra on one plot.",

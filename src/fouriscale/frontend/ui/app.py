@@ -100,6 +100,11 @@ def _request_fields(gr, studio: Studio) -> dict:
         f["attention_guidance"] = gr.Checkbox(value=True, label="FouriScale guidance")
         f["pad_then_crop"] = gr.Checkbox(value=True, label="Pad-then-crop (any aspect ratio)")
         f["progressive"] = gr.Checkbox(value=True, label="Progressive dilation schedule")
+        f["max_memory"] = gr.Textbox(
+            label="Memory budget (e.g. 12GB or 11GiB; empty: none): the fastest settings whose estimated peak fits, "
+            "said under the result",
+            elem_id="max-memory",
+        )
     return f
 
 
@@ -158,6 +163,7 @@ GENERATE_INPUTS = (
     *("prompt", "negative", "model", "width", "height", "steps", "guidance", "seed"),
     *("freeu", "amp", "low_pass", "attention_guidance", "pad_then_crop", "progressive", "compare"),
     *("init_image", "strength", "mask", "controlnet", "control_image", "control_scale", "two_pass"),
+    "max_memory",
 )
 
 

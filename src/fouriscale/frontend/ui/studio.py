@@ -17,6 +17,7 @@ from PIL import Image
 
 from ...config import PAPER_PRESETS, FouriScaleConfig
 from ...diffusers.describe import detect_profile
+from ...memory import parse_memory
 from ..batch import Unit, live_runs, name_units
 from ..defaults import (
     DEFAULT_ETA,
@@ -29,7 +30,7 @@ from ..defaults import (
     check_strength,
     default_size,
 )
-from ..errors import UserError
+from ..errors import UserError, user_errors
 from ..fields import UI_NAMES
 from ..folder import OutputFolder
 from ..loading import LoadedModel, load_pipeline, load_plan_source, native_size, resolve_device
@@ -62,6 +63,16 @@ def _picture_path(value, label: str) -> str | None:
 def _optional(value, check, name: str):
     """An optional number field: empty (``None`` or ``""``) or a value ``check`` accepts."""
     return None if value is None or value == "" else check(value, name)
+
+
+def _budget(value) -> int | None:
+    """The memory budget field: empty (``None`` or blank) or an amount such as ``12GB``, in bytes."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise UserError(f"the memory budget must be text such as 12GB, got {value!r}")
+    with user_errors(labels=UI_NAMES):
+        return parse_memory(value, "the memory budget")
 
 
 class Studio:
@@ -177,6 +188,7 @@ class Studio:
         control_image=None,
         control_scale=None,
         two_pass=False,
+        max_memory=None,
         progress=None,
     ) -> dict:
         """Render one request; returns ``{"image": path, "direct": path or None, "input": picture or None,
@@ -184,7 +196,8 @@ class Studio:
 
         Every input is checked by type first (whole numbers for sizes, steps and seed; a finite guidance from 0
         to 100, empty for the model's default; true/false for the switches; picture files or nothing; a strength
-        in (0, 1] and a ControlNet scale from 0 to 10, empty for the defaults); ``UserError`` otherwise.
+        in (0, 1] and a ControlNet scale from 0 to 10, empty for the defaults; a memory budget such as ``12GB``, empty
+        for none); ``UserError`` otherwise.
         """
         switches = dict(
             freeu=freeu,
@@ -199,7 +212,7 @@ class Studio:
         pictures = dict(init=init_image, mask=mask, control_image=control_image)
         request, seed = self._request(
             prompt, negative, model, width, height, steps, guidance, seed, switches, pictures, strength, controlnet,
-            control_scale,
+            control_scale, max_memory,
         )  # fmt: skip
         with self._lock:
             loaded = self.model(request.model)
@@ -220,7 +233,7 @@ class Studio:
         }
 
     def _request(self, prompt, negative, model, width, height, steps, guidance, seed, switches, pictures, strength,
-                 controlnet, control_scale) -> tuple[Request, int]:  # fmt: skip
+                 controlnet, control_scale, max_memory=None) -> tuple[Request, int]:  # fmt: skip
         """The :class:`Request` of the page's values, each checked by type, and the seed."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError("enter a prompt")
@@ -236,6 +249,7 @@ class Studio:
         strength = _optional(strength, check_strength, "strength")
         control_scale = _optional(control_scale, check_control_scale, "ControlNet scale")
         flags = {name: as_bool(value, name.replace("_", " ")) for name, value in switches.items()}
+        budget = _budget(max_memory)
         paths = {name: _picture_path(value, UI_NAMES[name]) for name, value in pictures.items()}
         spec = (controlnet or "").strip()
         # The page always sends its strength and scale fields: they count where they apply (a strength with an
@@ -274,6 +288,9 @@ class Studio:
             sources=sources,
             compare=flags["compare"],
             allow_pickle=self.allow_pickle,
+            dtype=self.dtype,
+            offload=self.offload,
+            max_memory=budget,
             labels=UI_NAMES,
             name_paths=False,
         )
@@ -335,10 +352,13 @@ def _opened(path: str) -> Image.Image:
 
 def _info(ready, seed: int, found: list[str] = (), cut: list[str] = ()) -> str:
     """The text under the result: size, steps, seed, guidance, the plan's dilation and base size, and notes (the
-    request's, prompts the text encoder cuts, an image the folder already held)."""
+    request's, what a memory budget chose, prompts the text encoder cuts, an image the folder already held)."""
     recipe, plan = ready.recipe, ready.plan
     again = ["the output folder already held this image (the same settings): shown, not rendered again"]
-    notes = [*ready.notes, *cut, *(again if "fouriscale" in found else [])]
+    budget = [f"memory {plan.memory.describe()}"] if plan.memory is not None else []
+    if plan.memory is not None and plan.memory.offload == "model":
+        budget[0] += " (model CPU offload stays on for this model until another one is loaded)"
+    notes = [*ready.notes, *budget, *cut, *(again if "fouriscale" in found else [])]
     return (
         f"{recipe.width}x{recipe.height}, {recipe.steps} steps, seed {seed}, guidance {recipe.guidance_scale:g}: "
         f"dilation {plan.dilation}, base {plan.base_size[1]:g}x{plan.base_size[0]:g}"
