@@ -13,6 +13,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from support.pipelines import load_pipeline  # noqa: E402
+
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
@@ -36,29 +38,20 @@ def fine_dirs(tmp_path_factory):
     return {family: save_tiny_pipeline(str(root / family), family, **sizes) for family in ("sd1", "sdxl")}
 
 
-def _load(path, family):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    pipe = cls.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def sd_pipe(tiny_dirs):
-    return _load(tiny_dirs["sd1"], "sd1")
+    return load_pipeline(tiny_dirs["sd1"], "sd1")
 
 
 @pytest.fixture(scope="module")
 def sdxl_pipe(tiny_dirs):
-    return _load(tiny_dirs["sdxl"], "sdxl")
+    return load_pipeline(tiny_dirs["sdxl"], "sdxl")
 
 
 @pytest.fixture(scope="module")
 def fine_pipes(fine_dirs):
     """The pipelines of :func:`fine_dirs` by family: ``fine_pipes["sd1"]``, ``fine_pipes["sdxl"]``."""
-    return {family: _load(path, family) for family, path in fine_dirs.items()}
+    return {family: load_pipeline(path, family) for family, path in fine_dirs.items()}
 
 
 @pytest.fixture
@@ -70,9 +63,3 @@ def clean(request):
 
     for pipe in pipes:
         fouriscale.remove_fouriscale(pipe)
-
-
-def latents_for(pipe, height, width, batch=1, seed=0):
-    f = pipe.vae_scale_factor
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, pipe.unet.config.in_channels, height // f, width // f, generator=g)

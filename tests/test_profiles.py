@@ -7,7 +7,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from fouriscale.diffusers.describe import detect_profile
 from fouriscale.runtime.ops import freeu_stage
 from fouriscale.testing import real_unet_config, tiny_unet_config
-from reference import SD_LAYERS, SDXL_LAYERS
+from support.reference import SD_LAYERS, SDXL_LAYERS
 
 
 def _meta_unet(config):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import fouriscale
-from conftest import latents_for
-from reference import reference_latents
+from support.pipelines import latents_for
+from support.reference import reference_latents
 
 STEPS = 6  # full dilation, the progressive phase and plain convs all occur
 

@@ -19,7 +19,7 @@ from fouriscale.spectral import (
     real_filter_mask,
     weak_radius,
 )
-from reference import ref_freeu_filter, ref_lowpass, ref_mask
+from support.reference import ref_freeu_filter, ref_lowpass, ref_mask
 
 
 def _values(t):

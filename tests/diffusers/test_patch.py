@@ -8,8 +8,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
 import fouriscale
-from conftest import latents_for
 from fouriscale.diffusers.patch import patch_of
+from support.pipelines import latents_for
 
 PROMPT = "a red cat"
 
@@ -299,16 +299,3 @@ def test_a_custom_denoising_loop_tells_the_step(sd_pipe, clean):
     with pytest.raises(RuntimeError, match="FouriScale is not applied"):
         with fouriscale.denoising_step(sd_pipe, 0, 3):
             pass
-
-
-def test_the_readme_tiny_models_example_runs(capsys):
-    """The README's Python example of the tiny pipelines and ControlNet (fouriscale.testing), as written there."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    code = re.search(r"<!-- tiny-api: run by tests/test_pipeline.py -->\n```python\n(.*?)```", readme, re.S).group(1)
-    scope = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    assert scope["image"].size == (96, 96) and fouriscale.is_fouriscale_applied(scope["control"])
-    assert "FouriScale plan: Stable Diffusion 1.x at 96x96" in capsys.readouterr().out

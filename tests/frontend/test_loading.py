@@ -11,7 +11,7 @@ import torch
 
 from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.loading import load_pipeline, load_unet_profile_source, parse_lora, resolve_device
-from frontend_helpers import FAST, cli, error_line
+from support.frontend import FAST, cli, error_line
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from fouriscale.frontend.files import read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.frontend.ui import CUSTOM, NATIVE, Studio, check_address
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import api_render, as_array, cli, error_line, generator, start_cli, write_mask, write_picture
+from support.frontend import api_render, as_array, cli, error_line, generator, start_cli, write_mask, write_picture
 
 DEFAULTS = dict(
     negative="",

@@ -19,7 +19,7 @@ from fouriscale.frontend.cli import main
 from fouriscale.frontend.files import image_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import FAST, IDLE_LOW_PASS, api_render, cli, close, env, error_line, pixels, run_cli
+from support.frontend import FAST, IDLE_LOW_PASS, api_render, cli, close, env, error_line, pixels, run_cli
 
 
 @pytest.fixture(scope="module")

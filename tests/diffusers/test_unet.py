@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import fouriscale
-from conftest import latents_for
 from fouriscale.diffusers.describe import detect_profile
 from fouriscale.diffusers.patch import patch_of
 from fouriscale.plan import branch_stages
+from support.pipelines import latents_for
 
 
 def run(pipe, height=64, width=96, steps=3, **kwargs):

@@ -17,7 +17,7 @@ from fouriscale.frontend.files import image_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.images import fit_image
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import (
+from support.frontend import (
     FAST,
     IDLE_LOW_PASS,
     api_render,

@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
 import fouriscale
-from conftest import latents_for
 from fouriscale.config import FouriScaleConfig
 from fouriscale.diffusers.describe import detect_profile
 from fouriscale.diffusers.hooks import add_hook, get_hook, remove_hook
@@ -21,6 +20,7 @@ from fouriscale.runtime.ops import dilated_conv2d
 from fouriscale.runtime.state import CallState, Runtime
 from fouriscale.spectral import lowpass_filter
 from fouriscale.testing import tiny_unet_config
+from support.pipelines import latents_for
 
 
 def args_for(pipe, steps=3, height=64, width=64, **extra):

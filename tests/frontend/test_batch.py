@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-import forkserver
 import fouriscale
 from fouriscale.frontend.batch import run_batch
 from fouriscale.frontend.errors import UserError
@@ -21,7 +20,8 @@ from fouriscale.frontend.folder import Manifest, OutputFolder
 from fouriscale.frontend.recipe import Job, make_jobs, output_name, parse_seeds
 from fouriscale.frontend.render import render_images
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import env, pixels, run_cli, start_cli, tiny_recipe
+from support import forkserver
+from support.frontend import env, pixels, run_cli, start_cli, tiny_recipe
 
 GEN = ["generate", "--model", "tiny:sd1", "--size", "64x64", "--no-progress"]
 

@@ -10,7 +10,7 @@ from PIL import Image
 from fouriscale.evaluation import evaluate
 from fouriscale.frontend.files import read_settings
 from fouriscale.frontend.folder import Manifest
-from frontend_helpers import cli, error_line, run_cli
+from support.frontend import cli, error_line, run_cli
 from test_evaluation import smooth_images, tiny_clip  # noqa: F401 - tiny_clip is a fixture
 
 HOOK = ["--feature-extractor", "test_evaluation:tiny_feature_net"]
