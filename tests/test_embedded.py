@@ -4,7 +4,6 @@ A prompt that looks like A1111 settings survives generate -> upscale and reaches
 from fouriscale.evaluation import evaluate
 from fouriscale.frontend.files import read_settings
 from support.frontend import FAST, cli
-from test_evaluation import tiny_clip  # noqa: F401 - a fixture
 
 # A prompt with what an A1111 reader could take for its own structure: a newline, a negative prompt line and a
 # settings line.
