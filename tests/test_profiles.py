@@ -1,4 +1,5 @@
-"""Layer selection and FreeU stages read off real and tiny UNet structures."""
+"""Model families and what FouriScale patches (fouriscale/profiles.py): layer selection and FreeU stages read off
+real and tiny UNet structures (fouriscale/diffusers/describe.py)."""
 
 import pytest
 import torch

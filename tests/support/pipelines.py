@@ -17,3 +17,17 @@ def latents_for(pipe, height, width, batch=1, seed=0):
     f = pipe.vae_scale_factor
     g = torch.Generator().manual_seed(seed)
     return torch.randn(batch, pipe.unet.config.in_channels, height // f, width // f, generator=g)
+
+
+def args_for(pipe, steps=3, height=64, width=64, **extra):
+    """The arguments of a seeded call that returns the final latents (a negative prompt: guided)."""
+    return dict(
+        prompt="a cat",
+        negative_prompt="blurry",
+        height=height,
+        width=width,
+        num_inference_steps=steps,
+        latents=latents_for(pipe, height, width),
+        output_type="latent",
+        **extra,
+    )
