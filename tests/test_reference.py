@@ -1,4 +1,4 @@
-"""Final latents through the public API match the plain re-statement of the algorithm (tests/reference.py)."""
+"""Final latents through the public API match the plain re-statement of the algorithm (tests/support/reference.py)."""
 
 import pytest
 import torch

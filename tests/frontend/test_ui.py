@@ -356,8 +356,9 @@ def test_app_in_a_headless_browser(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("FOURISCALE_UI_SCREENSHOT"), reason="only when asked for the README's picture")
 def test_app_screenshot_in_a_headless_browser(tmp_path):
-    """The README's picture of the page: ``FOURISCALE_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k
-    screenshot`` renders a comparison on the tiny model at 96x96 in the real page and saves the whole page there."""
+    """The README's picture of the page: ``FOURISCALE_UI_SCREENSHOT=docs/ui.png python -m pytest
+    tests/frontend/test_ui.py -k screenshot`` renders a comparison on the tiny model at 96x96 in the real page and saves
+    the whole page there."""
     pytest.importorskip("gradio")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
