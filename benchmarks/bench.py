@@ -17,7 +17,7 @@ glibc's mmap threshold fixed at 128 KiB, so freed tensors leave the resident set
 The low-pass filter's
 share of FouriScale's time is read from ``torch.profiler`` (the conv hook marks it as ``fouriscale.lowpass``).
 
-``official`` is ``tests/reference.py`` from the repository checkout (the plain re-statement of the official
+``official`` is ``tests/support/reference.py`` from the repository checkout (the plain re-statement of the official
 algorithm that the test suite checks FouriScale against, loaded by file path): three branches at every
 step, per-step re-patching of convs, complex FFTs with masks rebuilt at full size on the CPU for every call,
 full Q/K/V in attention.
@@ -40,7 +40,7 @@ import torch
 import fouriscale
 from fouriscale.testing import real_unet_config, sd_ddim_scheduler
 
-REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "reference.py"
+REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "support" / "reference.py"
 
 LAYOUTS = {
     "sd1": lambda: real_unet_config("sd1"),

@@ -1,4 +1,5 @@
-"""Layer selection and FreeU stages read off real and tiny UNet structures."""
+"""Model families and what FouriScale patches (fouriscale/profiles.py): layer selection and FreeU stages read off
+real and tiny UNet structures (fouriscale/diffusers/describe.py)."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from diffusers import UNet2DConditionModel, UNet2DModel
 from fouriscale.diffusers.describe import detect_profile
 from fouriscale.runtime.ops import freeu_stage
 from fouriscale.testing import real_unet_config, tiny_unet_config
-from reference import SD_LAYERS, SDXL_LAYERS
+from support.reference import SD_LAYERS, SDXL_LAYERS
 
 
 def _meta_unet(config):

@@ -1,11 +1,11 @@
-"""Final latents through the public API match the plain re-statement of the algorithm (tests/reference.py)."""
+"""Final latents through the public API match the plain re-statement of the algorithm (tests/support/reference.py)."""
 
 import pytest
 import torch
 
 import fouriscale
-from conftest import latents_for
-from reference import reference_latents
+from support.pipelines import latents_for
+from support.reference import reference_latents
 
 STEPS = 6  # full dilation, the progressive phase and plain convs all occur
 

@@ -1,13 +1,10 @@
-"""Dilation, SDXL buckets, the step schedule and step lookup."""
+"""Dilation, SDXL buckets and the step schedule (fouriscale/schedule.py)."""
 
 import math
 from fractions import Fraction
 
 import pytest
-import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
-from fouriscale.diffusers.step_source import locate_step
 from fouriscale.profiles import FAMILIES
 from fouriscale.schedule import (
     SDXL_BUCKETS,
@@ -101,50 +98,3 @@ def test_branch_dilations_and_mask_scales():
     assert detail_conv_dilation(3.0, 1.5) == 2 and detail_conv_dilation(1.2, 1.5) == 1
     assert detail_conv_dilation(2.6, 1.0) == 3
     assert mask_scale(3.0, 2) == 1.5 and mask_scale(1.5, 2) == 1
-
-
-@pytest.mark.parametrize(
-    "scheduler_cls, order",
-    [(DDIMScheduler, 1), (EulerDiscreteScheduler, 1), (DPMSolverMultistepScheduler, 1), (HeunDiscreteScheduler, 2)],
-)
-def test_step_lookup_counts_denoising_steps(scheduler_cls, order):
-    scheduler = scheduler_cls(num_train_timesteps=1000)
-    scheduler.set_timesteps(7)
-    seen = [locate_step(scheduler, t) for t in scheduler.timesteps]
-    steps = [s for s, _ in seen]
-    assert all(n == 7 for _, n in seen)
-    if order == 1:
-        assert steps == list(range(7))
-    else:  # [t0, t1, t1, t2, t2, ...]: two UNet calls per step after the first
-        assert steps == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]
-    # A copy of the timestep (no shared storage) is located by value.
-    assert locate_step(scheduler, scheduler.timesteps[3].clone())[0] == steps[3]
-    assert locate_step(scheduler, float(scheduler.timesteps[-1]))[0] == steps[-1]
-
-
-def test_step_lookup_of_a_timestep_not_in_the_table_is_none():
-    scheduler = DDIMScheduler(num_train_timesteps=1000)
-    scheduler.set_timesteps(10)
-    assert locate_step(scheduler, 5000) is None  # no nearest-step guess
-    assert locate_step(scheduler, scheduler.timesteps[2] + 1) is None
-    assert locate_step(scheduler, torch.tensor([scheduler.timesteps[2], scheduler.timesteps[3]])) is None
-    batch = scheduler.timesteps[4].expand(3)  # one timestep per row, all equal: step 4
-    assert locate_step(scheduler, batch.clone()) == (4, 10)
-
-
-@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, EulerDiscreteScheduler])
-def test_step_lookup_follows_the_full_schedule_under_strength(scheduler_cls):
-    """img2img with strength 0.6 over 10 steps runs steps 4..9 of the full table (as its pipeline slices it)."""
-    scheduler = scheduler_cls(num_train_timesteps=1000)
-    scheduler.set_timesteps(10)
-    t_start = 10 - int(0.6 * 10)
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(t_start * scheduler.order)
-    seen = [locate_step(scheduler, t) for t in scheduler.timesteps[t_start * scheduler.order :]]
-    assert seen == [(i, 10) for i in range(4, 10)]
-
-
-def test_step_lookup_without_timesteps_is_none():
-    scheduler = DDIMScheduler()
-    scheduler.timesteps = torch.tensor([])
-    assert locate_step(scheduler, torch.tensor(10)) is None

@@ -1,4 +1,5 @@
-"""Two-pass generation through the public API: native pass, upscale, FouriScale img2img at the target size."""
+"""Two-pass generation (fouriscale/two_pass.py) through the public API: native pass, upscale, FouriScale img2img at
+the target size."""
 
 import numpy as np
 import pytest
@@ -6,7 +7,6 @@ import torch
 from PIL import Image
 
 import fouriscale
-from fouriscale.images import centre_crop_box, fit_image
 from fouriscale.two_pass import first_pass_size
 
 
@@ -97,21 +97,3 @@ def test_two_pass_refuses_bad_settings_before_any_work(sd_pipe, clean, kwargs, m
     clean(sd_pipe)
     with pytest.raises(ValueError, match=message):
         fouriscale.two_pass(sd_pipe, "a cat", 64, 64, **kwargs)
-
-
-def test_fit_image_rule():
-    wide = Image.new("RGB", (200, 100), "red")
-    same, note = fit_image(Image.new("RGB", (64, 96)), 96, 64)
-    assert same.size == (64, 96) and note is None
-    resized, note = fit_image(Image.new("RGB", (128, 64)), 32, 64)  # same aspect: resized only
-    assert resized.size == (64, 32) and note == "downscaled from 128x64 to 64x32"
-    cropped, note = fit_image(wide, 64, 64)  # 2:1 into 1:1: centre crop, then resize
-    assert cropped.size == (64, 64) and note.startswith("centre-cropped from 200x100 to 100x100")
-    exact, note = fit_image(wide, 100, 100)  # the crop alone gives the target: no resize, no resize note
-    assert exact.size == (100, 100) and note == "centre-cropped from 200x100 to 100x100 (the target's aspect ratio)"
-    assert (np.asarray(exact) == np.asarray(wide.crop((50, 0, 150, 100)))).all()
-    assert centre_crop_box((200, 100), 1.0) == (50, 0, 150, 100)
-    assert centre_crop_box((100, 200), 2.0) == (0, 75, 100, 125)
-    mask = Image.fromarray(np.array([[0, 255], [255, 0]], dtype=np.uint8), "L")
-    up, note = fit_image(mask, 8, 8, mask=True)
-    assert set(np.unique(np.asarray(up))) == {0, 255} and note == "upscaled from 2x2 to 8x8"

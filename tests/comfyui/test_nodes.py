@@ -16,7 +16,7 @@ from fouriscale import FouriScaleConfig
 from fouriscale.comfyui.nodes import FouriScale, FouriScalePlan, config_from_widgets
 from fouriscale.comfyui.workflows import example_workflows, workflow_json
 from fouriscale.errors import SettingError
-from frontend_helpers import cli, error_line
+from support.frontend import cli, error_line
 
 from .conftest import ROOT
 from .twins import NATIVE, Twin, sample

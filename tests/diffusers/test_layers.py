@@ -1,6 +1,5 @@
-"""The hooks one by one: convs, Q/K sharing, FreeU, LoRA layers; and what stays stock while applied."""
-
-import logging
+"""The hooks on the patched layers one by one (fouriscale/diffusers/layers.py): convs, Q/K sharing, the paper's
+FreeU, LoRA layers."""
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
 import fouriscale
-from conftest import latents_for
 from fouriscale.config import FouriScaleConfig
 from fouriscale.diffusers.describe import detect_profile
 from fouriscale.diffusers.hooks import add_hook, get_hook, remove_hook
@@ -21,19 +19,7 @@ from fouriscale.runtime.ops import dilated_conv2d
 from fouriscale.runtime.state import CallState, Runtime
 from fouriscale.spectral import lowpass_filter
 from fouriscale.testing import tiny_unet_config
-
-
-def args_for(pipe, steps=3, height=64, width=64, **extra):
-    return dict(
-        prompt="a cat",
-        negative_prompt="blurry",
-        height=height,
-        width=width,
-        num_inference_steps=steps,
-        latents=latents_for(pipe, height, width),
-        output_type="latent",
-        **extra,
-    )
+from support.pipelines import args_for
 
 
 def _profile(family):
@@ -47,26 +33,6 @@ def _profile(family):
 def _call(plan, step_index, roles, rows):
     stock = tuple(r for r in roles if r != STRUCTURE)
     return CallState(plan=plan, step=plan.steps[step_index], rows=rows, stock=stock, forked=roles)
-
-
-def test_state_dict_keys_and_module_types_stay_stock_while_applied(sd_pipe, clean, tmp_path):
-    keys = list(sd_pipe.unet.state_dict().keys())
-    types = [(name, type(m)) for name, m in sd_pipe.unet.named_modules()]
-    processors = dict(sd_pipe.unet.attn_processors)
-    clean(sd_pipe)
-    fouriscale.apply_fouriscale(sd_pipe)
-    assert list(sd_pipe.unet.state_dict().keys()) == keys
-    assert [(name, type(m)) for name, m in sd_pipe.unet.named_modules()] == types
-    assert all(sd_pipe.unet.attn_processors[k] is v for k, v in processors.items())  # the user's processors
-    # save_pretrained and load_state_dict work while applied and give the stock weights.
-    sd_pipe.unet.save_pretrained(tmp_path / "unet")
-    from diffusers import UNet2DConditionModel
-
-    reloaded = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
-    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), sd_pipe.unet.state_dict().values()))
-    sd_pipe.unet.load_state_dict(reloaded.state_dict())
-    conv = sd_pipe.unet.get_submodule("mid_block.resnets.0.conv1")
-    assert isinstance(get_hook(conv, CONV_HOOK), ConvHook) and conv.dilation == (1, 1) and conv.padding == (1, 1)
 
 
 def test_conv_hook_is_the_plain_conv_outside_fouriscale_passes():
@@ -217,40 +183,6 @@ def test_fused_qkv_projections_before_or_after_apply(tiny_dirs):
     assert torch.equal(pipe(**args_for(pipe)).images, fused_stock)
 
 
-def test_paper_freeu_differs_from_diffusers_freeu_and_both_are_removable(sd_pipe, clean):
-    clean(sd_pipe)
-    args = args_for(sd_pipe, steps=3)
-    stock = sd_pipe(**args).images
-    results = {}
-    for mode in ("paper", "diffusers", None):
-        fouriscale.apply_fouriscale(sd_pipe, freeu=mode)
-        if mode == "diffusers":
-            assert sd_pipe.unet.up_blocks[0].b1 == 1.2
-        results[mode] = sd_pipe(**args).images
-        fouriscale.remove_fouriscale(sd_pipe)
-        assert getattr(sd_pipe.unet.up_blocks[0], "b1", None) is None
-    assert not torch.allclose(results["paper"], results["diffusers"], atol=1e-4)
-    assert not torch.allclose(results["paper"], results[None], atol=1e-4)
-    assert torch.equal(sd_pipe(**args).images, stock)
-
-
-def test_user_freeu_is_restored_after_removal_and_inside_disabled(sd_pipe):
-    args = args_for(sd_pipe, steps=2, height=32, width=32)  # native size: FouriScale itself is a no-op
-    sd_pipe.enable_freeu(s1=0.9, s2=0.2, b1=1.5, b2=1.6)
-    try:
-        users = sd_pipe(**args).images
-        fouriscale.apply_fouriscale(sd_pipe)  # the paper's FreeU replaces it while applied
-        assert getattr(sd_pipe.unet.up_blocks[0], "b1", None) is None
-        with fouriscale.disabled(sd_pipe):
-            assert sd_pipe.unet.up_blocks[0].b1 == 1.5
-            assert torch.equal(sd_pipe(**args).images, users)
-        assert getattr(sd_pipe.unet.up_blocks[0], "b1", None) is None
-        fouriscale.remove_fouriscale(sd_pipe)
-        assert sd_pipe.unet.up_blocks[0].b1 == 1.5 and sd_pipe.unet.up_blocks[1].s2 == 0.2
-    finally:
-        sd_pipe.disable_freeu()
-
-
 def test_paper_freeu_hook_scales_backbone_and_filters_skip(sd_pipe, clean):
     """The hook before up_blocks.2.resnets.0 (stage 1 on SD 1.5's layout) against the formula."""
     from fouriscale.spectral import freeu_filter
@@ -340,26 +272,22 @@ def test_lora_load_set_adapters_fuse_and_unload_while_applied(tiny_dirs, tmp_pat
     assert lora.endswith("lora.safetensors")
 
 
-def test_unet_calls_outside_a_pipeline_or_its_schedule_run_unchanged_and_warn_once(sd_pipe, clean, caplog):
+def test_freeu_in_place_leaves_a_callers_own_tensor_alone(sd_pipe, clean):
+    """FreeU changes only a concatenation nothing else holds: a caller's tensor that it keeps is copied."""
     clean(sd_pipe)
-    sd_pipe.scheduler.set_timesteps(5)
-    sample = latents_for(sd_pipe, 64, 64)
-    embeds = torch.randn(1, 77, sd_pipe.unet.config.cross_attention_dim)
-    t = sd_pipe.scheduler.timesteps[0]
-    stock = sd_pipe.unet(sample, t, encoder_hidden_states=embeds).sample
-    bogus = sd_pipe.unet(sample, 5000, encoder_hidden_states=embeds).sample
-    fouriscale.apply_fouriscale(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe, filter_pieces=True)
+    patch = fouriscale.diffusers.patch.patch_of(sd_pipe)
+    plan = patch.plan(64, 64, 10)
+    from fouriscale.runtime.layout import DETAIL, UNCOND
+    from fouriscale.runtime.state import CallState
 
-    def custom_sampler(self, timestep):  # a pipeline method driving the UNet with a timestep of its own
-        return self.unet(sample, timestep, encoder_hidden_states=embeds).sample
-
-    with caplog.at_level(logging.WARNING, logger="fouriscale"):
-        # A direct call (no pipeline on the stack): the guidance layout is unknown, so the stock UNet runs.
-        assert torch.equal(sd_pipe.unet(sample, t, encoder_hidden_states=embeds).sample, stock)
-        assert torch.equal(sd_pipe.unet(sample, t, encoder_hidden_states=embeds).sample, stock)
-        # From a pipeline, with a timestep that is not in its scheduler's table: no nearest-step guess.
-        assert torch.equal(custom_sampler(sd_pipe, 5000), bogus)
-        custom_sampler(sd_pipe, 4999)
-    messages = [r.getMessage() for r in caplog.records]
-    assert sum("outside a diffusers pipeline" in m for m in messages) == 1
-    assert sum("not in the scheduler's table" in m for m in messages) == 1
+    resnet = sd_pipe.unet.get_submodule("up_blocks.2.resnets.0")
+    x = torch.randn(2, resnet.in_channels, 8, 8)
+    kept = x.clone()
+    held = [x]  # one more reference than the up block's own
+    patch.runtime.call = CallState(plan=plan, step=plan.steps[-1], rows=1, stock=(UNCOND, DETAIL), forked=None)
+    try:
+        resnet(x, torch.zeros(2, resnet.time_emb_proj.in_features))
+    finally:
+        patch.runtime.call = None
+    assert torch.equal(held[0], kept)

@@ -5,13 +5,22 @@ mismatches, devices, and the Hub offline or unreachable (no retries)."""
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from fouriscale.frontend.cli import main
 from fouriscale.frontend.errors import UserError
-from fouriscale.frontend.loading import load_pipeline, load_unet_profile_source, parse_lora, resolve_device
-from frontend_helpers import FAST, cli, error_line
+from fouriscale.frontend.loading import (
+    load_pipeline,
+    load_plan_source,
+    load_unet_profile_source,
+    parse_lora,
+    resolve_device,
+)
+from fouriscale.testing import tiny_vae
+from support.frontend import FAST, cli, error_line
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +160,14 @@ def test_hub_offline_and_unreachable_fail_fast(tmp_path, capsys, monkeypatch):
         line = error_line(capsys)
         assert "cannot reach http://127.0.0.1" in line and "--model PATH" in line
     assert time.monotonic() - start < 10  # no retries
+
+
+def test_the_plan_command_reads_the_vae_class_from_the_folder(tiny_dirs, tmp_path, capsys):
+    folder = tmp_path / "asymmetric"  # the configs are all the plan reads
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text((Path(tiny_dirs["sd1"]) / "unet" / "config.json").read_text())
+    tiny_vae("AsymmetricAutoencoderKL").save_config(folder / "vae")
+    assert load_plan_source(str(folder))[1:] == (4, "AsymmetricAutoencoderKL")
+    assert load_plan_source("tiny:sd1")[2] == "AutoencoderKL"
+    assert main(["plan", "--model", str(folder), "--size", "64x64", "--steps", "2"]) == 0
+    assert "VAE decode         AsymmetricAutoencoderKL's own at this size (tiled" in capsys.readouterr().out

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import fouriscale
-from conftest import latents_for
 from fouriscale.diffusers.patch import patch_of
+from support.pipelines import latents_for
 
 PROMPT = "a red cat"
 SIZES = [(64, 64), (64, 96)]  # 2x the tiny models' 32 px, square and not

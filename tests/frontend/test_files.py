@@ -1,8 +1,7 @@
-"""Finished files (frontend/outputs.py): safe names, atomic writes with the usual permissions, embedded settings,
-a strict and duplicate-free manifest, stale leftovers, full disks and unwritable folders. No model needed."""
+"""Finished files (frontend/files.py): safe names, atomic writes with the usual permissions, embedded settings,
+full disks. No model needed."""
 
 import errno
-import json
 import os
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 from PIL import Image
 
 from fouriscale.embedded import a1111_parameters
-from fouriscale.frontend.errors import UserError, one_line
+from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.files import (
     atomic_write_bytes,
     compare_name,
@@ -22,7 +21,6 @@ from fouriscale.frontend.files import (
     slugify,
     write_png,
 )
-from fouriscale.frontend.folder import TEMP_FILE, Manifest, OutputFolder
 
 
 def _image(seed=0, size=(16, 8)):
@@ -132,72 +130,3 @@ def test_disk_full_names_the_path_and_leaves_nothing(tmp_path, monkeypatch):
         write_png(_image(), tmp_path / "a.png")
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_stale_temp_files_and_dead_claims_are_removed(tmp_path):
-    folder = OutputFolder(tmp_path)
-    keep = ["00000-1-a-cat.png", "notes.tmp", ".hidden-user-file", "manifest.jsonl"]
-    stale = [
-        ".00000-1-a-cat.png.k2j3h4x9.tmp",
-        ".manifest.jsonl.a1b2c3d4e5f6.tmp",
-        ".x.png.0123456789ab.tmp",
-        "..00001-2-a-cat.png.claim.2d6463b380c0.tmp",
-    ]
-    for name in keep + stale:
-        (tmp_path / name).write_bytes(b"x")
-    (tmp_path / ".00000-2-a-cat.png.claim").write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname()[1]}))
-    (tmp_path / ".00000-3-a-cat.png.claim").write_text(json.dumps({"pid": 1, "host": "another-machine"}))
-    assert all(TEMP_FILE.match(name) for name in stale) and not any(TEMP_FILE.match(name) for name in keep)
-    folder.prepare()
-    left = sorted(p.name for p in tmp_path.iterdir() if p.name != ".fouriscale.lock")
-    assert left == sorted(keep + [".00000-3-a-cat.png.claim"])  # other hosts' claims are not ours to judge
-
-
-def test_claims_are_exclusive_and_released(tmp_path):
-    a, b = OutputFolder(tmp_path).prepare(), OutputFolder(tmp_path)
-    with a.lock:
-        assert a.claim("x.png") and not a.claim("x.png") and not b.claim("x.png")
-    a.release("x.png")
-    with b.lock:
-        assert b.claim("x.png")
-    b.release_all()
-    assert not (tmp_path / ".x.png.claim").exists()
-
-
-def test_folder_checks_before_any_work(tmp_path):
-    file = tmp_path / "file"
-    file.write_text("x")
-    with pytest.raises(UserError, match="is a file, not a folder"):
-        OutputFolder(file).prepare()
-    with pytest.raises(UserError, match="cannot create the folder"):
-        OutputFolder(file / "sub").prepare()  # below a regular file: no permission trick needed as root
-    with pytest.raises(UserError, match=r"MiB free, the next image needs up to"):
-        OutputFolder(tmp_path / "ok").prepare(bytes_needed=2**62)
-    with pytest.raises(UserError, match="cannot create the folder"):
-        OutputFolder(file / "sub").check()
-    OutputFolder(tmp_path / "new" / "deeper").check()  # can be made: checked, nothing created
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
-
-
-def test_manifest_is_strict_deduplicated_and_survives_torn_lines(tmp_path):
-    m = Manifest(tmp_path)
-    assert m.add({"key": "k1", "file": "a.png", "seed": 1})
-    assert not m.add({"key": "k1", "file": "a.png", "seed": 1})
-    with open(tmp_path / "manifest.jsonl", "ab") as fh:
-        fh.write(b'{"key": "k2", "fi')  # torn by a crash
-    other = Manifest(tmp_path)  # another process: sees the first line, appends after a fence
-    assert not other.add({"key": "k1", "file": "a.png"})
-    assert other.add({"key": "k2", "file": "b.png"})
-    assert not m.add({"key": "k2", "file": "b.png"})  # the first writer catches up with the other's line
-    with pytest.raises(ValueError):
-        m.add({"key": "k3", "file": "c.png", "guidance_scale": float("inf")})
-    lines = (tmp_path / "manifest.jsonl").read_text().splitlines()
-    assert [json.loads(line)["file"] for line in lines if line.endswith("}")] == ["a.png", "b.png"]
-    assert [e["file"] for e in Manifest(tmp_path).entries()] == ["a.png", "b.png"]
-
-
-def test_one_line_cuts_at_a_word_boundary():
-    text = "could not reach the hub because " + "the network is down " * 30
-    line = one_line(text, 100)
-    assert len(line) <= 100 and line.endswith("…") and line[:-1].split()[-1] in text.split()
-    assert one_line("a\n  b\tc") == "a b c" and one_line(ValueError()) == "ValueError"

@@ -1,4 +1,7 @@
-"""End to end through the public API on tiny SD 1.5-layout and SDXL-layout pipelines."""
+"""``apply_fouriscale``, ``remove_fouriscale`` and friends (fouriscale/diffusers/patch.py), end to end through the
+public API on tiny SD 1.5-layout and SDXL-layout pipelines; removal restores bit-identical output, the model stays
+stock while applied, and bad input raises a TypeError/ValueError that says what to do and leaves the pipeline
+untouched."""
 
 import logging
 
@@ -8,8 +11,10 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler
 
 import fouriscale
-from conftest import latents_for
+from fouriscale.diffusers.hooks import get_hook
+from fouriscale.diffusers.layers import CONV_HOOK, ConvHook
 from fouriscale.diffusers.patch import patch_of
+from support.pipelines import latents_for
 
 PROMPT = "a red cat"
 
@@ -218,31 +223,6 @@ def test_sdxl_conditions_on_the_base_bucket(sdxl_pipe, clean):
     assert seen[2][1].tolist() == [512.0, 512.0, 0.0, 0.0, 26.0, 36.0]  # an explicit original_size stays
 
 
-def test_plan_is_printable_and_follows_the_size(sd_pipe):
-    plan = fouriscale.get_plan(sd_pipe, 64, 96, 50)
-    text = str(plan)
-    assert plan.dilation == 3 and (plan.start, plan.stop) == (10, 30)
-    assert "down_blocks.2.downsamplers.0.conv" in text and "dilation d         3" in text
-    assert fouriscale.get_plan(sd_pipe, 32, 32, 50).noop
-    assert fouriscale.get_plan(sd_pipe, 128, 128, 50).dilation == 4
-    assert (fouriscale.get_plan(sd_pipe, 128, 128, 50).start, fouriscale.get_plan(sd_pipe, 128, 128, 50).stop) == (
-        20,
-        35,
-    )
-
-
-def test_sequential_uncond_by_default_from_128x128_latents(sd_pipe):
-    from fouriscale.plan import SEQUENTIAL_UNCOND_MIN_LATENT
-
-    assert SEQUENTIAL_UNCOND_MIN_LATENT == 128 * 128
-    assert fouriscale.get_plan(sd_pipe, 512, 512, 50).sequential_uncond  # 128x128 latents (vae factor 4)
-    assert not fouriscale.get_plan(sd_pipe, 448, 512, 50).sequential_uncond  # 112x128: one batch
-    forced = fouriscale.get_plan(sd_pipe, 64, 96, 50, fouriscale.FouriScaleConfig(sequential_uncond=True))
-    assert forced.sequential_uncond
-    kept = fouriscale.get_plan(sd_pipe, 512, 512, 50, fouriscale.FouriScaleConfig(sequential_uncond=False))
-    assert not kept.sequential_uncond
-
-
 def test_plan_of_a_patched_pipeline_is_the_same(sd_pipe, clean):
     before = str(fouriscale.get_plan(sd_pipe, 64, 96, 20))
     clean(sd_pipe)
@@ -301,14 +281,76 @@ def test_a_custom_denoising_loop_tells_the_step(sd_pipe, clean):
             pass
 
 
-def test_the_readme_tiny_models_example_runs(capsys):
-    """The README's Python example of the tiny pipelines and ControlNet (fouriscale.testing), as written there."""
-    import re
-    from pathlib import Path
+def test_unknown_override_is_a_type_error(sd_pipe):
+    with pytest.raises(TypeError, match="unknown FouriScale option.*dilaton.*valid options"):
+        fouriscale.apply_fouriscale(sd_pipe, dilaton=2)
+    assert not fouriscale.is_fouriscale_applied(sd_pipe)
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    code = re.search(r"<!-- tiny-api: run by tests/test_pipeline.py -->\n```python\n(.*?)```", readme, re.S).group(1)
-    scope = {}
-    exec(compile(code, "README.md", "exec"), scope)
-    assert scope["image"].size == (96, 96) and fouriscale.is_fouriscale_applied(scope["control"])
-    assert "FouriScale plan: Stable Diffusion 1.x at 96x96" in capsys.readouterr().out
+
+def test_non_diffusers_objects_are_type_errors(sd_pipe):
+    with pytest.raises(TypeError, match="diffusers pipeline"):
+        fouriscale.apply_fouriscale(object())
+    with pytest.raises(TypeError, match="not its UNet"):
+        fouriscale.apply_fouriscale(sd_pipe.unet)
+    with pytest.raises(TypeError, match="FouriScaleConfig"):
+        fouriscale.apply_fouriscale(sd_pipe, config={"amp_guidance": True})
+    with pytest.raises(TypeError, match="diffusers pipeline"):
+        fouriscale.remove_fouriscale("pipe")
+
+
+def test_unknown_unet_layout_is_a_value_error():
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(8, 8, 16),
+        layers_per_block=1,
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 3,
+        up_block_types=("UpBlock2D",) * 3,
+    )
+    pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+    with pytest.raises(ValueError, match="unknown UNet layout"):
+        fouriscale.apply_fouriscale(pipe)
+
+
+def test_unknown_layer_names_fail_cleanly(sd_pipe):
+    with pytest.raises(ValueError, match="matches no spatial convolution"):
+        fouriscale.apply_fouriscale(sd_pipe, layers=("down_blocks.7.resnets.0.conv1",))
+    assert not fouriscale.is_fouriscale_applied(sd_pipe)
+    assert not hasattr(sd_pipe.unet, "_diffusers_hook")
+
+
+def test_failed_apply_leaves_no_patch(sd_pipe, monkeypatch):
+    import fouriscale.diffusers.patch as patch_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(patch_module, "PaperFreeUHook", boom)
+    before = dict(sd_pipe.unet.named_modules())
+    with pytest.raises(RuntimeError, match="boom"):
+        fouriscale.apply_fouriscale(sd_pipe)
+    assert dict(sd_pipe.unet.named_modules()).keys() == before.keys()
+    assert not fouriscale.is_fouriscale_applied(sd_pipe)
+    assert not any(hasattr(m, "_diffusers_hook") or "forward" in m.__dict__ for m in sd_pipe.unet.modules())
+
+
+def test_state_dict_keys_and_module_types_stay_stock_while_applied(sd_pipe, clean, tmp_path):
+    keys = list(sd_pipe.unet.state_dict().keys())
+    types = [(name, type(m)) for name, m in sd_pipe.unet.named_modules()]
+    processors = dict(sd_pipe.unet.attn_processors)
+    clean(sd_pipe)
+    fouriscale.apply_fouriscale(sd_pipe)
+    assert list(sd_pipe.unet.state_dict().keys()) == keys
+    assert [(name, type(m)) for name, m in sd_pipe.unet.named_modules()] == types
+    assert all(sd_pipe.unet.attn_processors[k] is v for k, v in processors.items())  # the user's processors
+    # save_pretrained and load_state_dict work while applied and give the stock weights.
+    sd_pipe.unet.save_pretrained(tmp_path / "unet")
+    from diffusers import UNet2DConditionModel
+
+    reloaded = UNet2DConditionModel.from_pretrained(tmp_path / "unet")
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.state_dict().values(), sd_pipe.unet.state_dict().values()))
+    sd_pipe.unet.load_state_dict(reloaded.state_dict())
+    conv = sd_pipe.unet.get_submodule("mid_block.resnets.0.conv1")
+    assert isinstance(get_hook(conv, CONV_HOOK), ConvHook) and conv.dilation == (1, 1) and conv.padding == (1, 1)

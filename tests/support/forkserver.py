@@ -10,7 +10,7 @@ anything, runs ``python -m fouriscale ARGS`` with the caller's environment and w
 
 ``Started`` is a small ``subprocess.Popen`` look-alike for such a child. The server is started on first
 use and stopped (and waited for, so the children's CPU time is counted by ``time``) when the tests end.
-One smoke test still runs the command in a fresh interpreter (``fresh=True`` in ``frontend_helpers``).
+One smoke test still runs the command in a fresh interpreter (``fresh=True`` in ``support.frontend``).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def socket_path() -> str:
             return _server["path"]
         folder = tempfile.mkdtemp(prefix="fouriscale-forkserver-")
         path = os.path.join(folder, "socket")
-        from frontend_helpers import env
+        from support.frontend import env
 
         proc = subprocess.Popen(
             [sys.executable, "-u", __file__, path], env=env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE

@@ -19,7 +19,7 @@ from fouriscale.frontend.cli import main
 from fouriscale.frontend.files import image_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import FAST, IDLE_LOW_PASS, api_render, cli, close, env, error_line, pixels, run_cli
+from support.frontend import FAST, IDLE_LOW_PASS, api_render, cli, close, env, error_line, pixels, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -510,7 +510,7 @@ def test_smoke_eval(tmp_path, capsys):
             rng = np.random.default_rng(i + (10 if name == "fake" else 0))
             Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)).save(tmp_path / name / f"{i}.png")
     report = tmp_path / "scores.json"
-    hook = ["--feature-extractor", "test_evaluation:tiny_feature_net", "--device", "cpu", "--no-progress"]
+    hook = ["--feature-extractor", "support.evaluation:tiny_feature_net", "--device", "cpu", "--no-progress"]
     done = run_cli(
         "eval",
         "--real",

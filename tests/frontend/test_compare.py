@@ -21,7 +21,7 @@ from fouriscale.frontend.compare import (
 from fouriscale.frontend.files import compare_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import FAST, IDLE_LOW_PASS, api_render, cli, close, error_line, pixels, run_cli
+from support.frontend import FAST, IDLE_LOW_PASS, api_render, cli, close, error_line, pixels, run_cli
 
 
 def _image(seed, smooth=False, size=(96, 64)):

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import fouriscale
-from conftest import _load, latents_for
+from support.pipelines import latents_for, load_pipeline
 
 
 def _fresh(tiny_dirs):
-    return _load(tiny_dirs["sd1"], "sd1")
+    return load_pipeline(tiny_dirs["sd1"], "sd1")
 
 
 @pytest.fixture

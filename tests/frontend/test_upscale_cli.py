@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 
 import diffusers
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -17,7 +16,7 @@ from fouriscale.frontend.files import image_name, read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.images import fit_image
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import (
+from support.frontend import (
     FAST,
     IDLE_LOW_PASS,
     api_render,
@@ -563,20 +562,3 @@ def test_help_shows_the_new_options_with_defaults(capsys):
     assert main(["upscale", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--scale" in text and "--prompt" in text and "--init-image" not in text
-
-
-def test_embedded_prompt_readers(tmp_path):
-    from fouriscale.embedded import parse_a1111, read_embedded_prompt
-
-    assert parse_a1111("a cat,\nsitting\nNegative prompt: dark\nSteps: 20, Sampler: Euler") == (
-        "a cat,\nsitting",
-        "dark",
-    )
-    assert parse_a1111("just a prompt") == ("just a prompt", "")
-    exif_path = tmp_path / "a1111.jpg"
-    image = Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8))
-    exif = Image.Exif()
-    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\x00" + "a fox\nSteps: 20".encode("utf-16-be")
-    image.save(exif_path, exif=exif)
-    assert read_embedded_prompt(str(exif_path)) == ("a fox", "", "its A1111 parameters (EXIF)")
-    assert read_embedded_prompt(write_picture(tmp_path / "p.png")) is None

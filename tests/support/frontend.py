@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-import forkserver
 from fouriscale.frontend.cli import main
+from support import forkserver
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]  # tests/, where ``support`` is a package
 FAST = ["--steps", "2", "--no-progress"]
 #: The warning every run at 64x64 on the tiny models gives (feature maps too small for the low-pass to act).
 IDLE_LOW_PASS = "at 64x64 the low-pass filter changes nothing"

@@ -1,13 +1,12 @@
-"""Branch sharing: the stock batch up to the fork, three branches to the join, the stock batch after; exact."""
+"""Branch sharing inside one UNet call (fouriscale/diffusers/unet.py and the layer hooks): the stock batch up to the
+fork, three branches to the join, the stock batch after; exact."""
 
 import pytest
 import torch
 
 import fouriscale
-from conftest import latents_for
-from fouriscale.diffusers.describe import detect_profile
 from fouriscale.diffusers.patch import patch_of
-from fouriscale.plan import branch_stages
+from support.pipelines import latents_for
 
 
 def run(pipe, height=64, width=96, steps=3, **kwargs):
@@ -42,33 +41,6 @@ def test_sharing_on_and_off_give_the_same_latents(request, clean, family, height
     _close(shared, unshared)
     fouriscale.remove_fouriscale(pipe)
     assert not torch.allclose(run(pipe, height, width, guidance_scale=guidance), shared, atol=1e-3)  # not a no-op
-
-
-def _stages(pipe, **config):
-    profile = detect_profile(pipe.unet, pipe.vae_scale_factor, config.get("layers"))
-    fork, join = branch_stages(profile, fouriscale.FouriScaleConfig(**config))
-    return tuple(profile.stages[s] if s is not None else None for s in (fork, join))
-
-
-def test_fork_and_join_follow_the_plan(sd_pipe, sdxl_pipe):
-    # The first patched conv is in down_blocks.2; the last self-attention in the last up block with attention.
-    assert _stages(sd_pipe) == ("down_blocks.2", "up_blocks.3")
-    assert _stages(sdxl_pipe) == ("down_blocks.2", "up_blocks.1")
-    assert _stages(sd_pipe, share_branches=False) == ("conv_in", "conv_out")
-    assert _stages(sd_pipe, layers=("up_blocks.1.resnets.*.conv1",)) == ("up_blocks.1", "up_blocks.3")
-    # SD without the low-pass filter: structure and detail never differ, so no third branch at all; SDXL's
-    # detail branch still dilates by its own rule.
-    assert _stages(sd_pipe, low_pass=False) == (None, None)
-    assert _stages(sdxl_pipe, low_pass=False) == ("down_blocks.2", "up_blocks.1")
-    assert _stages(sd_pipe, attention_guidance=False) == (None, None)
-    # The batch joins after the transformer model of the last self-attention (without sharing: after conv_out).
-    assert fouriscale.get_plan(sdxl_pipe, 64, 96, 10).join_block == "up_blocks.1.attentions.2"
-    assert fouriscale.get_plan(sd_pipe, 64, 96, 10, share_branches=False).join_block == "conv_out"
-    text = str(fouriscale.get_plan(sd_pipe, 64, 96, 10))
-    assert (
-        "3 branches (uncond, structure, detail) for down_blocks.2..up_blocks.3.attentions.2; stock batch before "
-        "down_blocks.2, detail only after up_blocks.3.attentions.2" in text
-    )
 
 
 def _rows_seen(pipe, names):
@@ -200,22 +172,6 @@ def test_feed_forward_runs_the_forked_batch_whole_or_in_stock_sized_pieces(reque
     for name in hooked:
         remove_hook(pipe.unet.get_submodule(name), FF_HOOK)
     _close(pieces, run(pipe, generator=torch.Generator().manual_seed(0), **kwargs))
-
-
-def test_feed_forward_pieces_from_64x64_maps_on():
-    """The plan splits the feed-forward layers whose maps have 4096 tokens or more (real SD 1.5 layout)."""
-    from diffusers import UNet2DConditionModel
-
-    from fouriscale.plan import FEED_FORWARD_PIECES_MIN_TOKENS, make_plan
-    from fouriscale.testing import real_unet_config
-
-    assert FEED_FORWARD_PIECES_MIN_TOKENS == 64 * 64
-    with torch.device("meta"):
-        profile = detect_profile(UNet2DConditionModel(**real_unet_config("sd1")), 8)
-    for size, levels in ((1024, {0, 1}), (2048, {0, 1, 2}), (768, {0})):
-        plan = make_plan(profile, size, size, 10)
-        split = {a.level for a, pieces in zip(profile.attentions, plan.feed_forward_pieces) if pieces}
-        assert split == levels, size
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])

@@ -12,16 +12,15 @@ import time
 
 import pytest
 
-import forkserver
 import fouriscale
 from fouriscale.frontend.batch import run_batch
-from fouriscale.frontend.errors import UserError
 from fouriscale.frontend.files import read_settings
 from fouriscale.frontend.folder import Manifest, OutputFolder
-from fouriscale.frontend.recipe import Job, make_jobs, output_name, parse_seeds
+from fouriscale.frontend.recipe import Job, make_jobs, output_name
 from fouriscale.frontend.render import render_images
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import env, pixels, run_cli, start_cli, tiny_recipe
+from support import forkserver
+from support.frontend import env, pixels, run_cli, start_cli, tiny_recipe
 
 GEN = ["generate", "--model", "tiny:sd1", "--size", "64x64", "--no-progress"]
 
@@ -45,27 +44,6 @@ def files_match_manifest(out):
 
 def leftovers(out):
     return sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".fouriscale.lock")
-
-
-def test_parse_seeds():
-    assert parse_seeds("23") == [23] and parse_seeds("1,5-7") == [1, 5, 6, 7]
-    assert parse_seeds(str(2**64 - 1)) == [2**64 - 1]
-    for text, message in (
-        ("2**64", "expected a seed"),
-        (str(2**64), "largest seed"),
-        ("0-100000", "too long"),
-        ("5-1", "backwards"),
-        ("-3", "expected a seed"),
-        ("", "expected a seed"),
-    ):
-        with pytest.raises(UserError, match=message):
-            parse_seeds(text)
-    assert [(j.index, j.prompt, j.seed) for j in make_jobs(["a", "b"], [1, 2])] == [
-        (0, "a", 1),
-        (1, "a", 2),
-        (2, "b", 1),
-        (3, "b", 2),
-    ]
 
 
 def test_largest_seed_renders(pipe, tmp_path):

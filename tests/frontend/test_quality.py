@@ -1,19 +1,27 @@
-"""``fouriscale benchmark-quality`` (frontend/quality.py): every method generated through the batch machinery and
-scored against ``--real`` and against direct inference, offline with the small feature network and tiny CLIP of
-test_evaluation; resumable; bad input refused before any image is rendered."""
+"""The quality commands (frontend/quality.py, frontend/cli/quality.py), offline with the small feature network of
+support/evaluation.py and the tiny CLIP of tests/conftest.py. ``fouriscale benchmark-quality``: every method generated
+through the batch machinery and scored against ``--real`` and against direct inference; resumable; bad input refused
+before any image is rendered. ``fouriscale eval``: its options, its feature-extractor hook, its errors as one line."""
 
+import importlib
 import json
 
 import pytest
 from PIL import Image
 
 from fouriscale.evaluation import evaluate
+from fouriscale.frontend.cli.quality import cmd_eval
 from fouriscale.frontend.files import read_settings
 from fouriscale.frontend.folder import Manifest
-from frontend_helpers import cli, error_line, run_cli
-from test_evaluation import smooth_images, tiny_clip  # noqa: F401 - tiny_clip is a fixture
+from fouriscale.frontend.loading import UserError
+from fouriscale.frontend.quality import load_feature_extractor
+from support.evaluation import Recorder, TinyFeatureNet, parse, smooth_images, tiny_feature_net
+from support.frontend import cli, error_line, run_cli
 
-HOOK = ["--feature-extractor", "test_evaluation:tiny_feature_net"]
+# The eval tests ran under one torch thread (as all of tests/evaluation/ does).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HOOK = ["--feature-extractor", "support.evaluation:tiny_feature_net"]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +96,7 @@ def test_smoke_end_to_end_and_resume(inputs, tmp_path, capsys):
     assert set(results["fouriscale"]) == {"vs_real", "own", "vs_direct"} and "vs_direct" not in results["direct"]
     assert set(results["fouriscale"]["vs_real"]) == {"fid", "kid_mean", "kid_std", "fid_c", "kid_c_mean", "kid_c_std"}
     # the numbers are those of the evaluation API on the same folders
-    from test_evaluation import TinyFeatureNet
+    from support.evaluation import TinyFeatureNet
 
     expected = evaluate(
         out / "direct",
@@ -157,3 +165,86 @@ def test_metric_networks_are_checked_before_rendering(inputs, tmp_path, capsys, 
     assert cli(*_args(inputs, tmp_path / "bench", "--metrics", "fid,clip")) == 2  # the default CLIP-L, not cached
     assert "CLIP model 'openai/clip-vit-large-patch14' is not in the local Hugging Face cache" in error_line(capsys)
     assert not (tmp_path / "bench").exists()
+
+
+# ---------------------------------------------------------------------------------------------- fouriscale eval
+
+
+def test_feature_extractor_hook_is_importable():
+    assert importlib.import_module("support.evaluation").tiny_feature_net is tiny_feature_net
+    assert isinstance(load_feature_extractor("support.evaluation:tiny_feature_net"), TinyFeatureNet)
+    assert isinstance(load_feature_extractor("support.evaluation:Recorder"), Recorder)
+    for spec, message in (
+        ("nocolon", "MODULE:ATTR"),
+        ("no_such_module_x:f", "cannot import"),
+        ("support.evaluation:missing", "has no"),
+        ("support.evaluation:N_IMAGES", "not a torch.nn.Module"),
+    ):
+        with pytest.raises(UserError, match=message):
+            load_feature_extractor(spec)
+
+
+def test_cli_end_to_end(sets, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    args = parse(
+        "--real",
+        sets["real"],
+        "--fake",
+        sets["blur2"],
+        "--crops",
+        2,
+        "--crop-size",
+        48,
+        "--seed",
+        3,
+        "--json",
+        out,
+        "--feature-extractor",
+        "support.evaluation:tiny_feature_net",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--batch-size",
+        7,
+    )
+    assert args.clip_model == "openai/clip-vit-large-patch14" and args.kid_subset_size is None
+    assert cmd_eval(args) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    expected = evaluate(
+        sets["real"], sets["blur2"], crops=2, crop_size=48, seed=3, feature_extractor=TinyFeatureNet(), batch_size=7
+    )
+    assert (
+        list(data["metrics"])
+        == list(expected)
+        == ["fid", "kid_mean", "kid_std", "fid_c", "kid_c_mean", "kid_c_std", "is_mean", "is_std"]
+    )
+    for name, value in expected.items():
+        assert data["metrics"][name] == pytest.approx(value, rel=1e-6), name
+        assert name in printed
+    assert f"{expected['fid']:.6g}" in printed
+    assert "note: clip_score skipped: no prompts" in printed
+    assert data["report"]["seed"] == 3 and data["report"]["crop_size"] == 48 and data["report"]["batch_size"] == 7
+    assert data["report"]["feature_extractor"] == "TinyFeatureNet"
+
+
+def test_cli_errors_are_user_errors(sets, tmp_path):
+    hook = ("--feature-extractor", "support.evaluation:tiny_feature_net", "--no-progress", "--device", "cpu")
+    cases = [
+        (("--real", tmp_path / "missing", "--fake", sets["real"]), "does not exist"),
+        (("--real", sets["real"], "--fake", sets["real"], "--crops", 2), "needs a crop size"),
+        (
+            ("--real", sets["real"], "--fake", sets["real"], "--crops", 1, "--crop-size", 500),
+            "smaller than the 500x500",
+        ),
+        (("--real", sets["real"], "--fake", sets["real"], "--metrics", "fid,psnr"), "choose from"),
+        (("--real", sets["real"], "--fake", sets["real"], "--kid-subset-size", 100), "exceeds the image count"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(UserError, match=message) as info:
+            cmd_eval(parse(*argv, *hook))
+        assert "\n" not in str(info.value)
+    with pytest.raises(SystemExit):
+        parse("--real", sets["real"], "--fake", sets["real"], "--crops", -1)
+    with pytest.raises(SystemExit):
+        parse("--fake", sets["real"])

@@ -3,7 +3,6 @@ decode it stands in for (AutoencoderKL, AsymmetricAutoencoderKL), takes every ar
 pipeline runs with each class as it does stock."""
 
 import inspect
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,6 @@ from PIL import Image
 import fouriscale
 from fouriscale.diffusers import vae_tiling
 from fouriscale.diffusers.vae_tiling import SyncTiledDecode, sync_tiled_decode, tiles_exactly
-from fouriscale.frontend.cli import main
-from fouriscale.frontend.loading import load_plan_source
 from fouriscale.testing import VAE_CLASSES, tiny_vae
 
 TILED = ("AutoencoderKL", "AsymmetricAutoencoderKL")  # the classes the tiled decode stands in for
@@ -246,14 +243,3 @@ def test_the_plan_says_how_the_vae_decodes(sd_pipe, vaes, name):
     unet = fouriscale.get_plan(pipe.unet, 64, 64, 2, vae_scale_factor=4)
     assert unet.vae_decode is None and "VAE decode" not in str(unet)
     assert str(fouriscale.get_plan(pipe.unet, 64, 64, 2, vae_scale_factor=4, vae=name)) == str(small)
-
-
-def test_the_plan_command_reads_the_vae_class_from_the_folder(tiny_dirs, tmp_path, capsys):
-    folder = tmp_path / "asymmetric"  # the configs are all the plan reads
-    (folder / "unet").mkdir(parents=True)
-    (folder / "unet" / "config.json").write_text((Path(tiny_dirs["sd1"]) / "unet" / "config.json").read_text())
-    tiny_vae("AsymmetricAutoencoderKL").save_config(folder / "vae")
-    assert load_plan_source(str(folder))[1:] == (4, "AsymmetricAutoencoderKL")
-    assert load_plan_source("tiny:sd1")[2] == "AutoencoderKL"
-    assert main(["plan", "--model", str(folder), "--size", "64x64", "--steps", "2"]) == 0
-    assert "VAE decode         AsymmetricAutoencoderKL's own at this size (tiled" in capsys.readouterr().out

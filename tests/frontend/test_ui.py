@@ -19,7 +19,7 @@ from fouriscale.frontend.files import read_settings
 from fouriscale.frontend.folder import Manifest
 from fouriscale.frontend.ui import CUSTOM, NATIVE, Studio, check_address
 from fouriscale.testing import tiny_pipeline
-from frontend_helpers import api_render, as_array, cli, error_line, generator, start_cli, write_mask, write_picture
+from support.frontend import api_render, as_array, cli, error_line, generator, start_cli, write_mask, write_picture
 
 DEFAULTS = dict(
     negative="",
@@ -358,8 +358,9 @@ def test_app_in_a_headless_browser(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("FOURISCALE_UI_SCREENSHOT"), reason="only when asked for the README's picture")
 def test_app_screenshot_in_a_headless_browser(tmp_path):
-    """The README's picture of the page: ``FOURISCALE_UI_SCREENSHOT=docs/ui.png python -m pytest tests/test_ui.py -k
-    screenshot`` renders a comparison on the tiny model at 96x96 in the real page and saves the whole page there."""
+    """The README's picture of the page: ``FOURISCALE_UI_SCREENSHOT=docs/ui.png python -m pytest
+    tests/frontend/test_ui.py -k screenshot`` renders a comparison on the tiny model at 96x96 in the real page and saves
+    the whole page there."""
     pytest.importorskip("gradio")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

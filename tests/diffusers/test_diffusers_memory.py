@@ -1,5 +1,5 @@
-"""Memory estimates on the diffusers host against real runs on tiny models, and the memory budget: its choices, its
-refusals, and the same latents with and without it."""
+"""Memory estimates on the diffusers host (fouriscale/diffusers/memory.py) against real runs on tiny models, and the
+memory budget: its choices, its refusals, and the same latents with and without it."""
 
 import pytest
 import torch
@@ -250,24 +250,3 @@ def test_a_budget_that_needs_offload_turns_it_on(wide_sd, rungs, clean):
         wide_sd.to("cpu")
     scale = free.abs().max()
     torch.testing.assert_close(offloaded / scale, free / scale, rtol=0, atol=1e-5)
-
-
-def test_freeu_in_place_leaves_a_callers_own_tensor_alone(sd_pipe, clean):
-    """FreeU changes only a concatenation nothing else holds: a caller's tensor that it keeps is copied."""
-    clean(sd_pipe)
-    fouriscale.apply_fouriscale(sd_pipe, filter_pieces=True)
-    patch = fouriscale.diffusers.patch.patch_of(sd_pipe)
-    plan = patch.plan(64, 64, 10)
-    from fouriscale.runtime.layout import DETAIL, UNCOND
-    from fouriscale.runtime.state import CallState
-
-    resnet = sd_pipe.unet.get_submodule("up_blocks.2.resnets.0")
-    x = torch.randn(2, resnet.in_channels, 8, 8)
-    kept = x.clone()
-    held = [x]  # one more reference than the up block's own
-    patch.runtime.call = CallState(plan=plan, step=plan.steps[-1], rows=1, stock=(UNCOND, DETAIL), forked=None)
-    try:
-        resnet(x, torch.zeros(2, resnet.time_emb_proj.in_features))
-    finally:
-        patch.runtime.call = None
-    assert torch.equal(held[0], kept)
