@@ -12,7 +12,7 @@ from fouriscale.frontend.files import read_settings
 from fouriscale.frontend.loading import load_estimate_source
 from fouriscale.frontend.ui import Studio
 from fouriscale.memory import format_bytes
-from frontend_helpers import FAST, cli, close, error_line, pixels
+from support.frontend import FAST, cli, close, error_line, pixels
 
 SIZE = ["--size", "96x96"]
 
