@@ -95,11 +95,12 @@ def test_a_budget_too_small_is_refused_before_any_weights(capsys, tmp_path, monk
 
     monkeypatch.setattr("fouriscale.frontend.requests.load_pipeline", no_loading)
     out = tmp_path / "out"
-    assert cli("generate", "a cat", "--model", "tiny:sd1", *SIZE, *FAST, "--max-memory", "1KB", "--out", out) == 2
+    small = ["--size", "64x64"]
+    assert cli("generate", "a cat", "--model", "tiny:sd1", *small, *FAST, "--max-memory", "1KB", "--out", out) == 2
     line = error_line(capsys)
     assert "needs an estimated" in line and line.endswith("more than the memory budget of 1 KB")
     assert not out.exists()
-    assert cli("plan", "--model", "tiny:sd1", *SIZE, "--max-memory", "1KB") == 2
+    assert cli("plan", "--model", "tiny:sd1", *small, "--steps", "2", "--max-memory", "1KB") == 2
     assert "more than the memory budget of 1 KB" in error_line(capsys)
 
 
