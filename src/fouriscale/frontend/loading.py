@@ -458,18 +458,19 @@ def load_plan_source(model: str, config: str | None = None, labels: Mapping = CL
         if not (path / "unet" / "config.json").is_file():
             raise UserError(f"{model}: unet/config.json is missing")
     source = str(path) if path.is_dir() else model
-    try:
-        unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", local_files_only=True)
-        vae_config = AutoencoderKL.load_config(source, subfolder="vae", local_files_only=True)
-    except Exception as exc:
-        if path.is_dir():
-            raise UserError(f"could not read the configs of {model} ({one_line(exc, first_line=True)})") from None
-        check_hub(model, option=labels["model_path"])
+
+    def configs(local_files_only: bool):
+        read = dict(local_files_only=local_files_only)
+        unet_config = UNet2DConditionModel.load_config(source, subfolder="unet", **read)
+        return unet_config, AutoencoderKL.load_config(source, subfolder="vae", **read)
+
+    if path.is_dir():
         try:
-            unet_config = UNet2DConditionModel.load_config(source, subfolder="unet")
-            vae_config = AutoencoderKL.load_config(source, subfolder="vae")
+            unet_config, vae_config = configs(True)
         except Exception as exc:
-            raise UserError(f"could not read the config of {model!r} ({one_line(exc, first_line=True)})") from None
+            raise UserError(f"could not read the configs of {model} ({one_line(exc, first_line=True)})") from None
+    else:
+        unet_config, vae_config = _cached_or_fetched(model, labels, configs, "config")
     unet = _meta_unet(json.dumps(dict(unet_config), sort_keys=True))
     return unet, vae_scale_factor(vae_config), vae_config.get("_class_name", "AutoencoderKL")
 
@@ -478,18 +479,27 @@ def load_plan_source(model: str, config: str | None = None, labels: Mapping = CL
 CONFIG_FILES = ("model_index.json", "*/config.json", "scheduler/scheduler_config.json")
 
 
+def _cached_or_fetched(model: str, labels: Mapping, fetch, what: str):
+    """``fetch(local_files_only)`` for a hub id: from the cache, else (once the Hub is known to answer:
+    :func:`check_hub`) from the Hub; a failure is one line about the ``what`` of ``model``."""
+    try:
+        return fetch(True)
+    except Exception:
+        check_hub(model, option=labels["model_path"])
+    try:
+        return fetch(False)
+    except Exception as exc:
+        raise UserError(f"could not read the {what} of {model!r} ({one_line(exc, first_line=True)})") from None
+
+
 def _hub_configs(model: str, labels: Mapping) -> str:
     """The folder of a hub id's configs (:data:`CONFIG_FILES`): from the cache, else fetched (kilobytes)."""
     from huggingface_hub import snapshot_download
 
-    try:
-        return snapshot_download(model, allow_patterns=list(CONFIG_FILES), local_files_only=True)
-    except Exception:
-        check_hub(model, option=labels["model_path"])
-    try:
-        return snapshot_download(model, allow_patterns=list(CONFIG_FILES))
-    except Exception as exc:
-        raise UserError(f"could not read the configs of {model!r} ({one_line(exc, first_line=True)})") from None
+    def fetch(local_files_only: bool) -> str:
+        return snapshot_download(model, allow_patterns=list(CONFIG_FILES), local_files_only=local_files_only)
+
+    return _cached_or_fetched(model, labels, fetch, "configs")
 
 
 def load_estimate_source(
